@@ -1,0 +1,145 @@
+"""The channel protocol every driver implements, and the driver registry.
+
+A *channel* moves :class:`~afmi.wire.message.Message` objects between the
+ranks of one job. It knows nothing about matching, serialization or
+collectives: it takes a message for a destination world rank and hands
+arriving messages to the callback given to :meth:`Channel.start`.
+
+A *driver* builds channels: :meth:`ChannelDriver.group` opens the channels of
+all ranks of a job inside one process (``afmi.run_local``), and
+:meth:`ChannelDriver.connect` opens one rank's channel in its own process
+(``afmi.connect``). Drivers are found by name through :func:`get_driver`.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from afmi.errors import ArgumentError, ChannelError
+from afmi.wire.message import Message
+
+if TYPE_CHECKING:
+    from afmi.config import Config
+
+__all__ = [
+    "Channel",
+    "ChannelDriver",
+    "MessageCallback",
+    "FailureCallback",
+    "available_drivers",
+    "get_driver",
+    "register_driver",
+]
+
+MessageCallback = Callable[[Message], None]
+FailureCallback = Callable[[ChannelError], None]
+
+
+class Channel(abc.ABC):
+    """One rank's end of a channel.
+
+    Contract (checked by :mod:`afmi.testing.conformance`):
+
+    * :meth:`send` completes once the channel has *taken* the message: after
+      it returns, the caller may modify the arrays the message refers to.
+      It never waits for the receiver to post a receive.
+    * Messages from one sender to one receiver arrive in send order.
+    * Arriving messages are passed to ``on_message`` from the event loop's
+      thread, in arrival order; the channel never blocks on the callback.
+    * A broken link or dead peer is reported once through ``on_failure``
+      with a :class:`~afmi.errors.ChannelError` naming the peer.
+    * :meth:`aclose` releases every socket, key, object and task; it is
+      idempotent and safe to call after a failure.
+    """
+
+    #: Driver name ("local", "direct", "redis", "s3").
+    name: ClassVar[str] = "?"
+
+    def __init__(self, rank: int, size: int) -> None:
+        self.rank = rank
+        self.size = size
+        self._on_message: MessageCallback | None = None
+        self._on_failure: FailureCallback | None = None
+
+    def start(self, on_message: MessageCallback, on_failure: FailureCallback) -> None:
+        """Begin delivering arriving messages to ``on_message``."""
+        self._on_message = on_message
+        self._on_failure = on_failure
+
+    @abc.abstractmethod
+    async def send(self, dest: int, msg: Message) -> None:
+        """Send ``msg`` to world rank ``dest`` (never to self)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release every resource held by this channel."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for benchmarks and cost reports (messages, bytes, requests)."""
+        return {}
+
+
+class ChannelDriver(Protocol):
+    """Builds channels of one kind; see the module docstring."""
+
+    name: str
+
+    def group(
+        self, size: int, job: str, config: Config
+    ) -> AbstractAsyncContextManager[list[Channel]]:
+        """Open the channels of ranks 0..size-1 in this process; close them on exit."""
+        ...
+
+    async def connect(
+        self, rank: int, size: int, job: str, config: Config, env: Mapping[str, str]
+    ) -> Channel:
+        """Open the channel of one rank of a job spread over processes or functions."""
+        ...
+
+
+_BUILTIN: dict[str, str] = {
+    "local": "afmi.channels.local:LocalDriver",
+    "direct": "afmi.channels.direct:DirectDriver",
+    "redis": "afmi.channels.redis:RedisDriver",
+    "s3": "afmi.channels.s3:S3Driver",
+}
+_REGISTERED: dict[str, ChannelDriver] = {}
+
+
+def register_driver(driver: ChannelDriver) -> None:
+    """Make ``driver`` available under ``driver.name`` (for third-party channels)."""
+    _REGISTERED[driver.name] = driver
+
+
+def available_drivers() -> list[str]:
+    """Names accepted by :func:`get_driver`."""
+    return sorted(set(_BUILTIN) | set(_REGISTERED))
+
+
+def get_driver(name: str) -> ChannelDriver:
+    """Return the driver called ``name``.
+
+    Raises:
+        ArgumentError: no such driver; the message lists the available ones.
+    """
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    target = _BUILTIN.get(name)
+    if target is None:
+        raise ArgumentError(
+            f"unknown channel {name!r}; choose one of {', '.join(available_drivers())}"
+        )
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ArgumentError(
+            f"channel {name!r} is not available: {exc}. Install afmi[{name}] for its dependencies"
+        ) from exc
+    driver: ChannelDriver = getattr(module, attr)()
+    _REGISTERED[name] = driver
+    return driver

@@ -1,0 +1,117 @@
+"""What a collective algorithm sees: :class:`CollectiveContext` and :class:`Algorithm`.
+
+Every collective call on a communicator gets a sequence number (all ranks
+call collectives in the same order, as MPI requires). Its messages travel on
+the communicator's hidden collective context with tags derived from that
+number, so concurrent nonblocking collectives never mix, and collectives
+never match user point-to-point messages.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from afmi.wire.message import Message
+
+if TYPE_CHECKING:
+    from afmi.comm import Communicator
+
+__all__ = ["Algorithm", "CollectiveContext", "Step", "SUBTAGS"]
+
+#: Number of distinct sub-tags one collective call may use.
+SUBTAGS = 1 << 12
+
+
+@dataclass(frozen=True)
+class Step:
+    """One round of an algorithm, for the performance model.
+
+    ``rounds`` sequential rounds in which each rank sends (and receives) at
+    most ``messages`` messages of ``nbytes`` bytes each.
+    """
+
+    rounds: int
+    nbytes: int
+    messages: int = 1
+
+
+class CollectiveContext:
+    """Tagged point-to-point on a communicator's collective context."""
+
+    def __init__(self, comm: Communicator, seq: int, name: str) -> None:
+        self.comm = comm
+        self.rank = comm.rank
+        self.size = comm.size
+        self.name = name
+        self._ep = comm.endpoint
+        self._group = comm._group
+        self._context = comm._coll
+        self._base = seq * SUBTAGS
+
+    def _tag(self, sub: int) -> int:
+        if not 0 <= sub < SUBTAGS:
+            raise ValueError(f"collective sub-tag {sub} out of range")
+        return self._base + sub
+
+    async def send(self, obj: Any, dest: int, sub: int = 0) -> None:
+        """Send ``obj`` to communicator rank ``dest``."""
+        world = self._group[dest]
+        msg = self._ep.prepare(world, self._context, self._tag(sub), obj)
+        await self._ep.transmit(world, msg)
+
+    async def send_raw(self, msg: Message, dest: int, sub: int = 0) -> None:
+        """Forward an already received message's payload to ``dest`` without decoding it."""
+        world = self._group[dest]
+        out = self._ep.stamp(world, self._context, self._tag(sub), msg.header, msg.buffers)
+        await self._ep.transmit(world, out)
+
+    async def recv_raw(self, source: int, sub: int = 0) -> Message:
+        """Receive the undecoded message from ``source``."""
+        ticket = self._ep.post(self._context, self._group[source], self._tag(sub))
+        fut = ticket.waiter
+        assert isinstance(fut, asyncio.Future)
+        return await fut  # type: ignore[no-any-return]
+
+    async def recv(self, source: int, sub: int = 0) -> Any:
+        """Receive and decode the message from ``source``."""
+        return self._ep.decode(await self.recv_raw(source, sub))
+
+    def decode(self, msg: Message) -> Any:
+        """Decode a message from :meth:`recv_raw`."""
+        return self._ep.decode(msg)
+
+    async def sendrecv(self, obj: Any, dest: int, source: int, sub: int = 0) -> Any:
+        """Send to ``dest`` while receiving from ``source``."""
+        ticket = self._ep.post(self._context, self._group[source], self._tag(sub))
+        fut = ticket.waiter
+        assert isinstance(fut, asyncio.Future)
+        await self.send(obj, dest, sub)
+        return self._ep.decode(await fut)
+
+
+class Algorithm(abc.ABC):
+    """One way to run one collective. Subclasses are registered in :mod:`.registry`."""
+
+    #: Collective it implements ("allreduce", ...).
+    collective: ClassVar[str]
+    #: Unique name ("recursive_doubling", "ring", "binomial", ...).
+    name: ClassVar[str]
+
+    def applicable(self, size: int, nbytes: int, args: dict[str, Any]) -> bool:
+        """False if the algorithm cannot run these arguments (e.g. a non-commutative op)."""
+        return True
+
+    @abc.abstractmethod
+    def steps(self, size: int, nbytes: int) -> list[Step]:
+        """The critical path as rounds of messages, for the performance model."""
+
+    #: ``async run(ctx, **args)``: run on every rank and return this rank's result.
+    #: Each subclass spells out the keyword arguments of its collective.
+    run: Callable[..., Coroutine[Any, Any, Any]]
+
+    def __repr__(self) -> str:
+        return f"<{self.collective}:{self.name}>"

@@ -1,0 +1,202 @@
+"""Centralised algorithms: everything goes through the root (or rank 0).
+
+They take ``O(size)`` sequential steps at the root but only two message
+hops, which suits channels where one upload can be read by many (storage)
+and tiny communicators. They are also the reference the others are tested
+against, and they apply every op in exact rank order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from afmi.collectives.base import Algorithm, CollectiveContext, Step
+from afmi.ops import Op
+
+__all__ = [
+    "LinearAllgather",
+    "LinearAllreduce",
+    "LinearAlltoall",
+    "LinearBarrier",
+    "LinearBcast",
+    "LinearExscan",
+    "LinearGather",
+    "LinearReduce",
+    "LinearReduceScatter",
+    "LinearScan",
+    "LinearScatter",
+]
+
+
+def fold(op: Op, values: list[Any]) -> Any:
+    """``values[0] op values[1] op ...`` left to right."""
+    acc = values[0]
+    for v in values[1:]:
+        acc = op(acc, v)
+    return acc
+
+
+async def gather_to(ctx: CollectiveContext, obj: Any, root: int, sub: int = 0) -> list[Any] | None:
+    """Every rank sends ``obj`` to ``root``, which returns them in rank order."""
+    if ctx.rank != root:
+        await ctx.send(obj, root, sub)
+        return None
+    others = [r for r in range(ctx.size) if r != root]
+    received = await asyncio.gather(*(ctx.recv(r, sub) for r in others))
+    out: list[Any] = [None] * ctx.size
+    out[root] = obj
+    for r, v in zip(others, received):
+        out[r] = v
+    return out
+
+
+async def bcast_from(ctx: CollectiveContext, obj: Any, root: int, sub: int = 0) -> Any:
+    """``root`` sends ``obj`` to every rank."""
+    if ctx.rank == root:
+        await asyncio.gather(*(ctx.send(obj, r, sub) for r in range(ctx.size) if r != root))
+        return obj
+    return await ctx.recv(root, sub)
+
+
+class _Linear(Algorithm):
+    name = "linear"
+
+    def steps(self, size: int, nbytes: int) -> list[Step]:
+        return [Step(1, nbytes, max(size - 1, 0))]
+
+
+class LinearBarrier(_Linear):
+    collective = "barrier"
+
+    def steps(self, size: int, nbytes: int) -> list[Step]:
+        return [Step(2, 1, max(size - 1, 0))]
+
+    async def run(self, ctx: CollectiveContext, **args: Any) -> None:
+        await gather_to(ctx, None, 0, 0)
+        await bcast_from(ctx, None, 0, 1)
+
+
+class LinearBcast(_Linear):
+    collective = "bcast"
+
+    async def run(self, ctx: CollectiveContext, *, obj: Any, root: int) -> Any:
+        return await bcast_from(ctx, obj, root)
+
+
+class LinearGather(_Linear):
+    collective = "gather"
+
+    async def run(self, ctx: CollectiveContext, *, obj: Any, root: int) -> Any:
+        return await gather_to(ctx, obj, root)
+
+
+class LinearScatter(_Linear):
+    collective = "scatter"
+
+    async def run(self, ctx: CollectiveContext, *, seq: list[Any] | None, root: int) -> Any:
+        if ctx.rank == root:
+            assert seq is not None
+            await asyncio.gather(*(ctx.send(seq[r], r) for r in range(ctx.size) if r != root))
+            return seq[root]
+        return await ctx.recv(root)
+
+
+class LinearAllgather(_Linear):
+    collective = "allgather"
+
+    def steps(self, size: int, nbytes: int) -> list[Step]:
+        return [Step(1, nbytes, size - 1), Step(1, nbytes * size, size - 1)]
+
+    async def run(self, ctx: CollectiveContext, *, obj: Any) -> Any:
+        items = await gather_to(ctx, obj, 0, 0)
+        return await bcast_from(ctx, items, 0, 1)
+
+
+class LinearAlltoall(_Linear):
+    collective = "alltoall"
+
+    async def run(self, ctx: CollectiveContext, *, seq: list[Any]) -> Any:
+        others = [r for r in range(ctx.size) if r != ctx.rank]
+        recvs = [asyncio.ensure_future(ctx.recv(r)) for r in others]
+        try:
+            await asyncio.gather(*(ctx.send(seq[r], r) for r in others))
+            received = await asyncio.gather(*recvs)
+        finally:
+            for f in recvs:
+                f.cancel()
+        out: list[Any] = [None] * ctx.size
+        out[ctx.rank] = seq[ctx.rank]
+        for r, v in zip(others, received):
+            out[r] = v
+        return out
+
+
+class LinearReduce(_Linear):
+    collective = "reduce"
+
+    async def run(self, ctx: CollectiveContext, *, x: Any, op: Op, root: int) -> Any:
+        values = await gather_to(ctx, x, root)
+        return None if values is None else fold(op, values)
+
+
+class LinearAllreduce(_Linear):
+    collective = "allreduce"
+
+    def steps(self, size: int, nbytes: int) -> list[Step]:
+        return [Step(2, nbytes, max(size - 1, 0))]
+
+    async def run(self, ctx: CollectiveContext, *, x: Any, op: Op) -> Any:
+        values = await gather_to(ctx, x, 0, 0)
+        result = fold(op, values) if values is not None else None
+        return await bcast_from(ctx, result, 0, 1)
+
+
+class LinearReduceScatter(_Linear):
+    collective = "reduce_scatter"
+
+    async def run(self, ctx: CollectiveContext, *, x: Any, op: Op) -> Any:
+        import numpy as np
+
+        values = await gather_to(ctx, x, 0, 0)
+        blocks = None
+        if values is not None:
+            blocks = np.array_split(fold(op, values), ctx.size)
+        if ctx.rank == 0:
+            assert blocks is not None
+            await asyncio.gather(*(ctx.send(blocks[r], r, 1) for r in range(1, ctx.size)))
+            return blocks[0]
+        return await ctx.recv(0, 1)
+
+
+class LinearScan(_Linear):
+    collective = "scan"
+
+    async def run(self, ctx: CollectiveContext, *, x: Any, op: Op) -> Any:
+        values = await gather_to(ctx, x, 0, 0)
+        if ctx.rank == 0:
+            assert values is not None
+            prefix, acc = [], None
+            for i, v in enumerate(values):
+                acc = v if i == 0 else op(acc, v)
+                prefix.append(acc)
+            await asyncio.gather(*(ctx.send(prefix[r], r, 1) for r in range(1, ctx.size)))
+            return prefix[0]
+        return await ctx.recv(0, 1)
+
+
+class LinearExscan(_Linear):
+    collective = "exscan"
+
+    async def run(self, ctx: CollectiveContext, *, x: Any, op: Op) -> Any:
+        values = await gather_to(ctx, x, 0, 0)
+        if ctx.rank == 0:
+            assert values is not None
+            acc = values[0]
+            sends = []
+            for r in range(1, ctx.size):
+                sends.append(ctx.send(acc, r, 1))
+                acc = op(acc, values[r])
+            await asyncio.gather(*sends)
+            return None
+        return await ctx.recv(0, 1)

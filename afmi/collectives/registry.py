@@ -1,0 +1,88 @@
+"""The collectives registry: which algorithm runs a collective call.
+
+Algorithms register under their collective's name. :func:`select` picks,
+from the applicable ones, the one whose rule matches the call's size and
+payload. The choice uses only arguments every rank has in common (the
+communicator size, and the payload size for collectives whose payloads
+must match), so every rank picks the same algorithm without talking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from afmi.collectives.base import Algorithm, CollectiveContext
+
+__all__ = ["algorithms", "payload_nbytes", "register", "select", "Chooser"]
+
+#: ``chooser(candidates, size, nbytes, args, ctx) -> Algorithm`` picks among applicable algorithms.
+Chooser = Callable[[list[Algorithm], int, int, dict[str, Any], CollectiveContext], Algorithm]
+
+_ALGORITHMS: dict[str, list[Algorithm]] = {}
+_CHOOSERS: dict[str, Chooser] = {}
+
+#: Collectives whose payload size is the same on every rank (so it may steer the choice).
+SIZE_STEERED = {"allreduce", "reduce", "reduce_scatter", "scan", "exscan", "allgather"}
+
+
+def register(algorithm: Algorithm) -> Algorithm:
+    """Add ``algorithm`` to its collective's candidates (the first registered is the default)."""
+    _ALGORITHMS.setdefault(algorithm.collective, []).append(algorithm)
+    return algorithm
+
+
+def set_chooser(collective: str, chooser: Chooser) -> None:
+    """Replace the rule that picks an algorithm for ``collective``."""
+    _CHOOSERS[collective] = chooser
+
+
+def algorithms(collective: str | None = None) -> list[Algorithm]:
+    """Registered algorithms (of one collective, or all)."""
+    _load()
+    if collective is not None:
+        return list(_ALGORITHMS.get(collective, []))
+    return [a for group in _ALGORITHMS.values() for a in group]
+
+
+def payload_nbytes(obj: Any) -> int:
+    """A cheap estimate of a payload's size in bytes (exact for numpy arrays)."""
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if isinstance(obj, (bytes, bytearray, str)):
+        return len(obj)
+    if isinstance(obj, (list, tuple)):
+        return sum(payload_nbytes(o) for o in obj) + 1
+    if isinstance(obj, dict):
+        return sum(payload_nbytes(k) + payload_nbytes(v) for k, v in obj.items()) + 1
+    return 9
+
+
+def select(collective: str, ctx: CollectiveContext, args: dict[str, Any]) -> Algorithm:
+    """The algorithm that runs ``collective`` with ``args`` on ``ctx``'s communicator."""
+    _load()
+    candidates = _ALGORITHMS.get(collective)
+    if not candidates:
+        raise LookupError(f"no algorithm registered for collective {collective!r}")
+    nbytes = 0
+    if collective in SIZE_STEERED:
+        nbytes = payload_nbytes(args.get("x", args.get("obj")))
+    usable = [a for a in candidates if a.applicable(ctx.size, nbytes, args)]
+    if not usable:
+        raise LookupError(f"no algorithm for {collective} applies to {args!r}")
+    chooser = _CHOOSERS.get(collective)
+    if chooser is None:
+        return usable[0]
+    return chooser(usable, ctx.size, nbytes, args, ctx)
+
+
+_loaded = False
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        import afmi.collectives.algorithms  # noqa: F401  (registers everything)

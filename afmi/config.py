@@ -1,0 +1,266 @@
+"""Configuration: one :class:`Config` object, loaded from a dict, JSON or TOML.
+
+Every key is validated: an unknown key, a value of the wrong type or a value
+out of range raises :class:`~afmi.errors.ConfigError` naming the dotted key
+(``channels.redis.url``) and what is expected.
+
+Sources, in order of use by :meth:`Config.load`: an explicit ``Config``, a
+``dict``, a path to a ``.json`` or ``.toml`` file, or, when nothing is given,
+the file named by the ``AFMI_CONFIG`` environment variable, else defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+from afmi.errors import ConfigError
+
+__all__ = [
+    "ChannelsConfig",
+    "Config",
+    "DirectConfig",
+    "FaasConfig",
+    "RedisConfig",
+    "S3Config",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DirectConfig:
+    """``channels.direct``: TCP links between ranks, paired by a rendezvous service."""
+
+    #: ``host:port`` of the rendezvous service (``AFMI_RENDEZVOUS`` overrides when unset).
+    rendezvous: str | None = None
+    #: Address this rank listens on for peers.
+    listen_host: str = "127.0.0.1"
+    #: Address peers should use to reach this rank (default: ``listen_host``).
+    advertise_host: str | None = None
+    #: Seconds to establish all links before giving up.
+    connect_timeout: float = 30.0
+    #: Seconds to wait for a TCP simultaneous open before relaying through the service.
+    punch_timeout: float = 2.0
+    #: Allow traffic to be relayed through the rendezvous service when no direct path forms.
+    relay: bool = True
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """``channels.redis``: per-rank mailboxes in a Redis server."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    #: Every key afmi writes expires after this many seconds at the latest.
+    key_ttl: float = 600.0
+    #: Payloads above this size are cut into chunks of this size.
+    chunk_bytes: int = 1024 * 1024
+    #: Prefix of every key (the job name follows it).
+    prefix: str = "afmi"
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """``channels.s3``: one object per message in an S3 (or S3-compatible) bucket."""
+
+    bucket: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    prefix: str = "afmi"
+    #: First polling interval, seconds; it doubles while nothing arrives ...
+    poll_min: float = 0.005
+    #: ... up to this cap, seconds.
+    poll_max: float = 0.5
+    #: Payloads above this size are uploaded with multipart upload.
+    multipart_threshold: int = 8 * 1024 * 1024
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class ChannelsConfig:
+    """``channels``: one table per channel driver."""
+
+    direct: DirectConfig = field(default_factory=DirectConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    s3: S3Config = field(default_factory=S3Config)
+
+
+@dataclass(frozen=True)
+class FaasConfig:
+    """``faas``: the function platform, for cost accounting."""
+
+    #: Memory of each function, MiB.
+    memory_mb: int = 1024
+    #: Price of one GiB-second of function time, dollars (AWS Lambda x86).
+    gib_second_price: float = 0.0000166667
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings shared by every rank of a job.
+
+    Build it with keyword arguments, :meth:`from_dict`, :meth:`from_file`,
+    or :meth:`load`, which accepts any of those forms.
+    """
+
+    #: Default timeout of every blocking operation, seconds (None: wait forever).
+    timeout: float | None = 300.0
+    #: Channel selection hint: ``"fast"`` minimises time, ``"cheap"`` minimises dollars.
+    hint: Literal["fast", "cheap"] = "fast"
+    #: Allow pickled payloads (only between trusted ranks).
+    pickle: bool = False
+    #: Default channel for ``afmi.connect`` when neither argument nor ``AFMI_CHANNEL`` names one.
+    channel: str | None = None
+    channels: ChannelsConfig = field(default_factory=ChannelsConfig)
+    faas: FaasConfig = field(default_factory=FaasConfig)
+
+    def __post_init__(self) -> None:
+        _check_positive(self.timeout, "timeout", allow_none=True)
+        _check_positive(self.faas.memory_mb, "faas.memory_mb")
+        if self.faas.gib_second_price < 0:
+            raise ConfigError("faas.gib_second_price must be >= 0")
+
+    # -- constructors --
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Build a Config from nested dicts, validating every key."""
+        return _build(cls, data, "")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Config:
+        """Load a ``.json`` or ``.toml`` file."""
+        p = Path(path)
+        try:
+            text = p.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
+        try:
+            if p.suffix == ".toml":
+                data = tomllib.loads(text.decode())
+            elif p.suffix == ".json":
+                data = json.loads(text)
+            else:
+                raise ConfigError(f"config file {p} must end in .json or .toml")
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(
+                f"config file {p} is not valid {p.suffix[1:].upper()}: {exc}"
+            ) from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a table/object at the top level")
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, source: Config | dict[str, Any] | str | os.PathLike[str] | None = None) -> Config:
+        """Return a Config from ``source``, or from ``$AFMI_CONFIG``, or the defaults."""
+        if isinstance(source, Config):
+            return source
+        if isinstance(source, dict):
+            return cls.from_dict(source)
+        if isinstance(source, (str, os.PathLike)):
+            return cls.from_file(source)
+        if source is not None:
+            raise ConfigError(
+                f"config must be a Config, a dict or a file path, not {type(source).__name__}"
+            )
+        env = os.environ.get("AFMI_CONFIG")
+        if env:
+            return cls.from_file(env)
+        return cls()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as nested plain dicts (round-trips through :meth:`from_dict`)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with top-level fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+
+def _check_positive(value: Any, key: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value <= 0:
+        raise ConfigError(f"{key} must be > 0, got {value!r}")
+
+
+def _build(cls: type[T], data: Any, prefix: str) -> T:
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a table/object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key {prefix + key!r}; known keys here: {', '.join(sorted(fields))}"
+            )
+        kwargs[key] = _convert(hints[key], value, f"{prefix}{key}")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad value in {where}: {exc}") from exc
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")  # type: ignore[arg-type]
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {'; '.join(errors)}")
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(
+                f"{key} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}"
+            )
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {type(value).__name__} {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {type(value).__name__} {value!r}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table/object")
+        return dict(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list")
+        return list(value)
+    if hint is Any:
+        return value
+    raise ConfigError(f"{key}: unsupported config type {hint!r}")

@@ -1,0 +1,198 @@
+"""One rank's connection to its job: channels in, matching engine, channels out.
+
+An :class:`Endpoint` exists once per rank (per process or per simulated
+rank). Every :class:`~afmi.comm.Communicator` of that rank shares it. It
+serializes outgoing payloads, stamps sequence numbers, picks a channel,
+feeds arriving messages to the :class:`~afmi.wire.matching.MatchingEngine`
+and completes the futures of matched receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from afmi.channels.base import Channel
+from afmi.config import Config
+from afmi.errors import ChannelError
+from afmi.wire.matching import MatchingEngine, Ticket
+from afmi.wire.message import Message
+from afmi.wire.serialize import decode, encode
+
+if TYPE_CHECKING:
+    from afmi.comm import Communicator
+
+__all__ = ["Endpoint", "WORLD_CONTEXT"]
+
+T = TypeVar("T")
+
+#: Context id of the world communicator (its collectives use ``WORLD_CONTEXT + 1``).
+WORLD_CONTEXT = 0
+
+#: Chooses the channel for a message: ``(dest, nbytes) -> channel name``.
+ChannelSelector = Callable[[int, int], str]
+
+
+class Endpoint:
+    """A rank's messaging core; see the module docstring."""
+
+    def __init__(
+        self,
+        rank: int,
+        size: int,
+        channels: dict[str, Channel],
+        config: Config,
+        job: str = "job",
+        default_channel: str | None = None,
+    ) -> None:
+        if not channels:
+            raise ValueError("an endpoint needs at least one channel")
+        self.rank = rank
+        self.size = size
+        self.job = job
+        self.config = config
+        self.channels = channels
+        self.default_channel = default_channel or next(iter(channels))
+        self.engine = MatchingEngine()
+        #: Next free context id; communicators agree on new ids with a MAX allreduce.
+        self.next_context = WORLD_CONTEXT + 2
+        self._send_seq: dict[tuple[int, int], int] = {}
+        self._failure: ChannelError | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self.selector: ChannelSelector | None = None
+        for ch in channels.values():
+            ch.start(self._on_message, self._on_failure)
+
+    # -- communicators --
+    def world(self, name: str = "world") -> Communicator:
+        """The communicator of all ranks of the job."""
+        from afmi.comm import Communicator
+
+        return Communicator(self, list(range(self.size)), WORLD_CONTEXT, name=name)
+
+    # -- sending --
+    def prepare(self, dest: int, context: int, tag: int, obj: Any) -> Message:
+        """Serialize ``obj`` and stamp the next sequence number for ``(context, dest)``.
+
+        Raises :class:`~afmi.errors.PayloadTypeError` at once for unsupported payloads.
+        """
+        header, buffers = encode(obj, allow_pickle=self.config.pickle)
+        return self.stamp(dest, context, tag, header, buffers)
+
+    def stamp(
+        self, dest: int, context: int, tag: int, header: bytes, buffers: list[Any]
+    ) -> Message:
+        """Build a message from an encoded payload, with the next sequence number."""
+        key = (context, dest)
+        seq = self._send_seq.get(key, 0)
+        self._send_seq[key] = seq + 1
+        return Message(context, self.rank, tag, seq, header, buffers)
+
+    async def transmit(self, dest: int, msg: Message, channel: str | None = None) -> None:
+        """Hand ``msg`` to a channel (or to this rank's own engine when ``dest`` is self)."""
+        self.check_alive()
+        if dest == self.rank:
+            self._on_message(msg.detached())
+            await asyncio.sleep(0)
+            return
+        name = channel or self.default_channel
+        if channel is None and self.selector is not None:
+            name = self.selector(dest, msg.nbytes)
+        await self.channels[name].send(dest, msg)
+
+    # -- receiving --
+    def post(self, context: int, source: int, tag: int) -> Ticket:
+        """Post a receive; its ``waiter`` is a future resolved with the matched Message."""
+        self.check_alive()
+        loop = asyncio.get_running_loop()
+        ticket = self.engine.post(context, source, tag)
+        fut: asyncio.Future[Message] = loop.create_future()
+        ticket.waiter = fut
+        if ticket.message is not None:
+            fut.set_result(ticket.message)
+        else:
+            fut.add_done_callback(functools.partial(self._waiter_done, ticket=ticket))
+        return ticket
+
+    def _waiter_done(self, fut: asyncio.Future[Message], *, ticket: Ticket) -> None:
+        if fut.cancelled():
+            self.engine.cancel(ticket)
+
+    def give_back(self, msg: Message) -> None:
+        """Return a matched message whose receiver went away (cancellation)."""
+        self._complete(self.engine.requeue(msg))
+
+    def decode(self, msg: Message) -> Any:
+        """Rebuild the payload of a received message."""
+        return decode(msg.header, msg.buffers, allow_pickle=self.config.pickle)
+
+    def _on_message(self, msg: Message) -> None:
+        self._complete(self.engine.deliver(msg))
+
+    def _complete(self, tickets: list[Ticket]) -> None:
+        for ticket in tickets:
+            fut = ticket.waiter
+            assert isinstance(fut, asyncio.Future) and ticket.message is not None
+            if fut.done():  # cancelled between match and delivery: keep the message
+                self._complete(self.engine.requeue(ticket.message))
+            else:
+                fut.set_result(ticket.message)
+
+    # -- failure --
+    def _on_failure(self, error: ChannelError) -> None:
+        if self._failure is not None or self._closed:
+            return
+        self._failure = error
+        for ticket in self.engine.all_posted():
+            self.engine.cancel(ticket)
+            fut = ticket.waiter
+            if isinstance(fut, asyncio.Future) and not fut.done():
+                fut.set_exception(error)
+        for task in list(self._tasks):
+            task.cancel(f"channel failure: {error}")
+
+    @property
+    def failure(self) -> ChannelError | None:
+        """The channel error that broke this endpoint, if any."""
+        return self._failure
+
+    def check_alive(self) -> None:
+        """Raise the recorded channel failure, or an error if the endpoint is closed."""
+        if self._failure is not None:
+            raise self._failure
+        if self._closed:
+            raise ChannelError(f"rank {self.rank}: the communicator is closed")
+
+    # -- background work --
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``coro`` as a task owned by this endpoint (cancelled on close)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failure is not None:
+            task.exception()  # mark retrieved: the failure is reported elsewhere
+
+    async def aclose(self) -> None:
+        """Cancel background work and close every channel. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for ticket in self.engine.all_posted():
+            self.engine.cancel(ticket)
+            fut = ticket.waiter
+            if isinstance(fut, asyncio.Future) and not fut.done():
+                fut.cancel()
+        for ch in self.channels.values():
+            await ch.aclose()

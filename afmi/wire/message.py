@@ -1,0 +1,59 @@
+"""The unit every channel moves: a :class:`Message`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Message", "Buffer", "copy_buffers"]
+
+#: Anything exposing the buffer protocol (bytes, bytearray, memoryview, numpy arrays).
+Buffer = Any
+
+
+@dataclass(slots=True)
+class Message:
+    """One message: routing fields, a msgpack skeleton and raw buffers.
+
+    ``context`` says which communicator (and whether user point-to-point or a
+    collective) the message belongs to, ``source`` is the sender's *world* rank,
+    ``seq`` counts messages from ``source`` on ``context`` so that a receiver
+    can restore send order even when consecutive messages take different
+    channels. ``header`` is the payload skeleton produced by
+    :func:`afmi.wire.serialize.encode`, ``buffers`` hold array data out of band.
+    """
+
+    context: int
+    source: int
+    tag: int
+    seq: int
+    header: bytes
+    buffers: list[Buffer] = field(default_factory=list)
+    #: Arrival order at the receiver, assigned by the matching engine.
+    arrival: int = -1
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of payload: the skeleton plus every buffer."""
+        return len(self.header) + sum(memoryview(b).nbytes for b in self.buffers)
+
+    def detached(self) -> Message:
+        """Return a copy whose buffers are private, writable ``bytearray`` objects.
+
+        In-process channels call this on send so that the receiver never sees
+        changes the sender makes to its arrays after the send completes.
+        """
+        return Message(
+            self.context, self.source, self.tag, self.seq, self.header, copy_buffers(self.buffers)
+        )
+
+
+def copy_buffers(buffers: list[Buffer]) -> list[Buffer]:
+    """Copy each buffer into a fresh ``bytearray`` (one memcpy per buffer)."""
+    out: list[Buffer] = []
+    for b in buffers:
+        mv = memoryview(b)
+        if mv.ndim != 1 or mv.format != "B":
+            mv = mv.cast("B")
+        out.append(bytearray(mv))
+    return out
