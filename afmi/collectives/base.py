@@ -52,6 +52,11 @@ class CollectiveContext:
         self._context = comm._coll
         self._base = seq * SUBTAGS
 
+    @property
+    def channel(self) -> str:
+        """Name of the channel this rank sends on by default ("local", "direct", ...)."""
+        return self._ep.default_channel
+
     def _tag(self, sub: int) -> int:
         if not 0 <= sub < SUBTAGS:
             raise ValueError(f"collective sub-tag {sub} out of range")
@@ -100,6 +105,9 @@ class Algorithm(abc.ABC):
     collective: ClassVar[str]
     #: Unique name ("recursive_doubling", "ring", "binomial", ...).
     name: ClassVar[str]
+    #: Channels this algorithm is meant for (None: any). Channel-specific
+    #: algorithms are preferred over generic ones on their channels.
+    channels: ClassVar[frozenset[str] | None] = None
 
     def applicable(self, size: int, nbytes: int, args: dict[str, Any]) -> bool:
         """False if the algorithm cannot run these arguments (e.g. a non-commutative op)."""

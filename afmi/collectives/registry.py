@@ -69,7 +69,15 @@ def select(collective: str, ctx: CollectiveContext, args: dict[str, Any]) -> Alg
     nbytes = 0
     if collective in SIZE_STEERED:
         nbytes = payload_nbytes(args.get("x", args.get("obj")))
-    usable = [a for a in candidates if a.applicable(ctx.size, nbytes, args)]
+    usable = [
+        a
+        for a in candidates
+        if (a.channels is None or ctx.channel in a.channels)
+        and a.applicable(ctx.size, nbytes, args)
+    ]
+    specific = [a for a in usable if a.channels is not None]
+    if specific:
+        usable = specific
     if not usable:
         raise LookupError(f"no algorithm for {collective} applies to {args!r}")
     chooser = _CHOOSERS.get(collective)
