@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ["afmi", "tests", "examples", "noxfile.py"]
+TARGETS = ["afmi", "tests", "examples", "docs", "noxfile.py"]
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
