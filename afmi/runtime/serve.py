@@ -138,6 +138,9 @@ class FunctionRuntime:
         self.timeout = timeout
         #: job -> running invocation tasks
         self.active: dict[str, set[asyncio.Task[Any]]] = {}
+        #: jobs with a failed invocation: their in-process (local channel) state is dropped
+        #: once none of their invocations runs any more, even if some ranks never arrived.
+        self._failed_jobs: set[str] = set()
         self.counters = {"invocations": 0, "ok": 0, "errors": 0, "timeouts": 0, "rejected": 0}
         self.app = web.Application()
         self.app.add_routes(
@@ -210,12 +213,18 @@ class FunctionRuntime:
         )
         tasks = self.active.setdefault(inv.job, set())
         tasks.add(task)
+        status = 500
         try:
             status, out = await self._outcome(task, inv.job, inv.rank)
         finally:
             tasks.discard(task)
+            if status != 200:
+                self._failed_jobs.add(inv.job)
             if not tasks and self.active.get(inv.job) is tasks:
                 del self.active[inv.job]
+                if inv.job in self._failed_jobs:
+                    self._failed_jobs.discard(inv.job)
+                    _forget_local_job(inv.job)
         duration = time.perf_counter() - start
         if status == 200:
             self.counters["ok"] += 1
@@ -259,6 +268,12 @@ class FunctionRuntime:
             task.cancel(msg="runtime shutting down")
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _forget_local_job(job: str) -> None:
+    from afmi.channels import local
+
+    local._JOINABLE.pop(job, None)
 
 
 def _json_response(status: int, body: Any) -> web.Response:

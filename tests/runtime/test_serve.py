@@ -121,6 +121,15 @@ async def test_timeout_names_the_stuck_rank(served):
     assert served.wait_idle()["active"] == 0
 
 
+def test_rank_whose_peers_never_come_times_out_and_leaves_nothing(served):
+    body = json.dumps({"rank": 0, "size": 2, "job": "lonely", "timeout": 0.3}).encode()
+    status, _, doc = post(served.url + "/invoke", body)
+    assert status == 504
+    assert "rank 0 of job 'lonely' did not finish within 0.3 s" in doc["errorMessage"]
+    health = served.wait_idle()
+    assert health["active"] == 0 and health["local_jobs"] == 0
+
+
 async def test_lambda_invoke_api_drives_the_runtime(served, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
