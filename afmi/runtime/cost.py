@@ -93,25 +93,32 @@ class CostReport:
 
     def format(self) -> str:
         """A human-readable table with units."""
-        lines = [
-            f"cost of job {self.job} ({self.functions} functions x {self.memory_mb} MiB, "
-            f"channel {self.channel}, wall time {self.wall_s:.3f} s)",
-            f"  function time      {self.billed_ms_total:>10d} ms billed = "
-            f"{self.gib_seconds:.6f} GiB-s      ${self.function_time_usd:.9f}",
-            f"  function requests  {self.functions:>10d} requests                 "
-            f"${self.function_requests_usd:.9f}",
+        rows = [
+            (
+                "function time",
+                f"{self.billed_ms_total} ms billed x {self.memory_mb / 1024:g} GiB"
+                f" = {self.gib_seconds:.6f} GiB-s",
+                self.function_time_usd,
+            ),
+            ("function requests", f"{self.functions} requests", self.function_requests_usd),
         ]
-        if self.storage_requests:
-            counts = ", ".join(f"{k} {v}" for k, v in sorted(self.storage_requests.items()))
-            lines.append(f"  storage requests   {counts:<36s} ${self.storage_usd:.9f}")
-        else:
-            lines.append(f"  storage requests   {'none':<36s} ${self.storage_usd:.9f}")
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.storage_requests.items()))
+        rows.append(("storage requests", counts or "none", self.storage_usd))
         for name, item in sorted(self.infrastructure.items()):
-            lines.append(
-                f"  {name:<18s} {item['hours'] * 3600:>10.3f} s at ${item['usd_per_hour']}/h"
-                f"{'':<10s} ${item['usd']:.9f}"
+            rows.append(
+                (
+                    name,
+                    f"{item['hours'] * 3600:.3f} s x ${item['usd_per_hour']}/h",
+                    item["usd"],
+                )
             )
-        lines.append(f"  total{'':<50s} ${self.total_usd:.9f}")
+        rows.append(("total", "", self.total_usd))
+        width = max(len(r[1]) for r in rows)
+        lines = [
+            f"cost of job {self.job}: {self.functions} functions x {self.memory_mb} MiB, "
+            f"channel {self.channel}, wall time {self.wall_s:.3f} s (US dollars)"
+        ]
+        lines += [f"  {label:<18} {what:<{width}}  ${usd:.9f}" for label, what, usd in rows]
         return "\n".join(lines)
 
 

@@ -127,7 +127,7 @@ def test_cost_counts_every_function_memory_and_requests():
         report.function_time_usd + report.function_requests_usd + report.storage_usd
     )
     text = report.format()
-    assert "601 ms billed" in text and "GiB-s" in text and "s3 put 4" in text
+    assert "601 ms billed x 2 GiB" in text and "GiB-s" in text and "s3 put 4" in text
     assert report.to_dict()["total_usd"] == report.total_usd
 
 
