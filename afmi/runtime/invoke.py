@@ -307,10 +307,16 @@ class JobFailedError(AfmiError):
     (ranks that had not answered are absent).
     """
 
-    def __init__(self, job: str, failed: RankResult, ranks: list[RankResult]) -> None:
-        super().__init__(
-            f"job {job} failed: rank {failed.rank}: {failed.error_type}: {failed.error}"
-        )
+    def __init__(
+        self, job: str, failed: RankResult, ranks: list[RankResult], size: int | None = None
+    ) -> None:
+        message = f"job {job} failed: rank {failed.rank}: {failed.error_type}: {failed.error}"
+        answered = {r.rank for r in ranks}
+        waiting = [r for r in range(size or 0) if r not in answered]
+        if waiting:
+            shown = ", ".join(map(str, waiting[:8])) + (", ..." if len(waiting) > 8 else "")
+            message += f" (no answer yet from rank{'s' if len(waiting) > 1 else ''} {shown})"
+        super().__init__(message)
         self.job = job
         self.rank = failed.rank
         self.failed = failed
@@ -507,6 +513,11 @@ async def _fan_out(
             if not result.ok:
                 failed = result
                 break
+    except asyncio.CancelledError:
+        # The caller gave up on the job: stop its invocations where the runtime can.
+        with contextlib.suppress(Exception):
+            await target.cancel(job)
+        raise
     finally:
         pending = [t for t in tasks if not t.done()]
         for t in pending:
@@ -516,7 +527,7 @@ async def _fan_out(
     wall = time.perf_counter() - start
     if failed is not None:
         await target.cancel(job)
-        raise JobFailedError(job, failed, [done[r] for r in sorted(done)])
+        raise JobFailedError(job, failed, [done[r] for r in sorted(done)], len(payloads))
     return [done[r] for r in range(len(payloads))], wall
 
 

@@ -107,6 +107,7 @@ async def test_handler_raising_fails_the_job_naming_the_rank(served):
         )
     assert info.value.rank == 3
     assert "rank 3" in str(info.value) and "ValueError: boom on rank 3" in str(info.value)
+    assert "(no answer yet from ranks 0, 1, 2)" in str(info.value)
     # The other ranks wait in a barrier for rank 3; the invoker cancels them.
     health = served.wait_idle()
     assert health["active"] == 0 and health["local_jobs"] == 0
@@ -128,6 +129,22 @@ def test_rank_whose_peers_never_come_times_out_and_leaves_nothing(served):
     assert "rank 0 of job 'lonely' did not finish within 0.3 s" in doc["errorMessage"]
     health = served.wait_idle()
     assert health["active"] == 0 and health["local_jobs"] == 0
+
+
+async def test_cancelling_the_invoker_cancels_the_job(served):
+    import asyncio
+
+    task = asyncio.create_task(
+        invoke_job(HttpTarget(served.url), 3, {"mode": "sleep", "sleep_rank": 1}, timeout=60)
+    )
+    while served.health()["active"] < 1:  # rank 1 is asleep in the runtime
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    health = served.wait_idle()
+    assert health["active"] == 0 and health["local_jobs"] == 0
+    assert asyncio.all_tasks() == {asyncio.current_task()}
 
 
 async def test_lambda_invoke_api_drives_the_runtime(served, monkeypatch):
