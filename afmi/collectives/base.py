@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from afmi.wire.message import Message
+from afmi.wire.serialize import encode
 
 if TYPE_CHECKING:
     from afmi.comm import Communicator
@@ -67,6 +68,15 @@ class CollectiveContext:
         world = self._group[dest]
         msg = self._ep.prepare(world, self._context, self._tag(sub), obj)
         await self._ep.transmit(world, msg)
+
+    def pack(self, obj: Any) -> Message:
+        """Encode ``obj`` once into a message that :meth:`send_raw` can send to many ranks.
+
+        The buffers are views of ``obj``'s arrays (no copy); send them before
+        anything modifies those arrays.
+        """
+        header, buffers = encode(obj, allow_pickle=self._ep.config.pickle)
+        return Message(self._context, self._ep.rank, 0, -1, header, buffers)
 
     async def send_raw(self, msg: Message, dest: int, sub: int = 0) -> None:
         """Forward an already received message's payload to ``dest`` without decoding it."""
