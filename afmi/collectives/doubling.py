@@ -35,7 +35,7 @@ class DisseminationBarrier(Algorithm):
     name = "dissemination"
 
     def steps(self, size: int, nbytes: int) -> list[Step]:
-        return [Step(ceil_log2(size), 1)]
+        return [Step(ceil_log2(size), 1)] if size > 1 else []
 
     async def run(self, ctx: CollectiveContext, **args: Any) -> None:
         size, rank = ctx.size, ctx.rank
@@ -172,7 +172,7 @@ class RecursiveDoublingScan(Algorithm):
     name = "recursive_doubling"
 
     def steps(self, size: int, nbytes: int) -> list[Step]:
-        return [Step(ceil_log2(size), nbytes)]
+        return [Step(ceil_log2(size), nbytes)] if size > 1 else []
 
     async def run(self, ctx: CollectiveContext, *, x: Any, op: Op) -> Any:
         return await _prefix(ctx, x, op, inclusive=True)
@@ -185,7 +185,7 @@ class RecursiveDoublingExscan(Algorithm):
     name = "recursive_doubling"
 
     def steps(self, size: int, nbytes: int) -> list[Step]:
-        return [Step(ceil_log2(size), nbytes)]
+        return [Step(ceil_log2(size), nbytes)] if size > 1 else []
 
     async def run(self, ctx: CollectiveContext, *, x: Any, op: Op) -> Any:
         return await _prefix(ctx, x, op, inclusive=False)

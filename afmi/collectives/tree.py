@@ -127,7 +127,7 @@ class BinomialBcast(Algorithm):
     name = "binomial"
 
     def steps(self, size: int, nbytes: int) -> list[Step]:
-        return [Step(ceil_log2(size), nbytes)]
+        return [Step(ceil_log2(size), nbytes)] if size > 1 else []
 
     async def run(self, ctx: CollectiveContext, *, obj: Any, root: int) -> Any:
         return await binomial_bcast(ctx, obj, root)
@@ -140,7 +140,8 @@ class BinomialReduce(Algorithm):
     name = "binomial"
 
     def steps(self, size: int, nbytes: int) -> list[Step]:
-        return [Step(ceil_log2(size) + 1, nbytes)]
+        # One more hop when a non-commutative op meets a root other than 0.
+        return [Step(ceil_log2(size), nbytes)] if size > 1 else []
 
     async def run(self, ctx: CollectiveContext, *, x: Any, op: Op, root: int) -> Any:
         return await binomial_reduce(ctx, x, op, root)
@@ -198,6 +199,8 @@ class TreeReduceScatter(Algorithm):
     def steps(self, size: int, nbytes: int) -> list[Step]:
         rounds = ceil_log2(size)
         block = math.ceil(nbytes / max(size, 1))
+        if size <= 1:
+            return []
         return [Step(rounds, nbytes)] + [Step(1, block << k) for k in reversed(range(rounds))]
 
     async def run(self, ctx: CollectiveContext, *, x: Any, op: Op) -> Any:
