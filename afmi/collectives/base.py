@@ -3,7 +3,7 @@
 Every collective call on a communicator gets a sequence number (all ranks
 call collectives in the same order, as MPI requires). Its messages travel on
 the communicator's hidden collective context with tags derived from that
-number, so concurrent nonblocking collectives never mix, and collectives
+number and the collective's kind, so concurrent nonblocking collectives never mix, and collectives
 never match user point-to-point messages.
 """
 
@@ -25,6 +25,30 @@ __all__ = ["Algorithm", "CollectiveContext", "Step", "SUBTAGS"]
 
 #: Number of distinct sub-tags one collective call may use.
 SUBTAGS = 1 << 12
+
+#: Each collective's number in the tag, so that ranks calling different
+#: collectives at the same point never match each other's messages (they time
+#: out with a hint instead of returning garbage).
+KINDS = {
+    name: i
+    for i, name in enumerate(
+        (
+            "barrier",
+            "bcast",
+            "gather",
+            "scatter",
+            "allgather",
+            "alltoall",
+            "reduce",
+            "allreduce",
+            "reduce_scatter",
+            "scan",
+            "exscan",
+        )
+    )
+}
+#: Tag room per collective call: every kind of collective, and others.
+_KIND_SLOTS = 16
 
 
 @dataclass(frozen=True)
@@ -51,7 +75,8 @@ class CollectiveContext:
         self._ep = comm.endpoint
         self._group = comm._group
         self._context = comm._coll
-        self._base = seq * SUBTAGS
+        kind = KINDS.get(name, _KIND_SLOTS - 1)
+        self._base = (seq * _KIND_SLOTS + kind) * SUBTAGS
 
     @property
     def channel(self) -> str:

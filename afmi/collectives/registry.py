@@ -27,6 +27,7 @@ __all__ = [
     "register",
     "select",
     "set_chooser",
+    "unregister",
 ]
 
 #: ``chooser(candidates, size, nbytes, args, ctx) -> Algorithm`` picks among applicable algorithms.
@@ -50,6 +51,7 @@ def register(algorithm: Algorithm) -> Algorithm:
 
     Raises ValueError if the collective already has an algorithm of that name.
     """
+    _load()
     group = _ALGORITHMS.setdefault(algorithm.collective, [])
     if any(a.name == algorithm.name and a.channels == algorithm.channels for a in group):
         raise ValueError(
@@ -57,6 +59,14 @@ def register(algorithm: Algorithm) -> Algorithm:
         )
     group.append(algorithm)
     return algorithm
+
+
+def unregister(algorithm: Algorithm) -> None:
+    """Remove a registered algorithm (ValueError if it is not registered)."""
+    group = _ALGORITHMS.get(algorithm.collective, [])
+    if algorithm not in group:
+        raise ValueError(f"{algorithm!r} is not registered")
+    group.remove(algorithm)
 
 
 def get(collective: str, name: str) -> Algorithm:
@@ -88,9 +98,17 @@ def forced(**choices: str) -> Iterator[None]:
         _FORCED.reset(token)
 
 
-def set_chooser(collective: str, chooser: Chooser) -> None:
-    """Replace the rule that picks an algorithm for ``collective``."""
-    _CHOOSERS[collective] = chooser
+def set_chooser(collective: str, chooser: Chooser | None) -> Chooser | None:
+    """Replace the rule that picks an algorithm for ``collective``; return the previous one.
+
+    ``None`` removes the rule (the first applicable algorithm is then used).
+    A chooser must give the same answer on every rank for the same call.
+    """
+    _load()
+    previous = _CHOOSERS.pop(collective, None)
+    if chooser is not None:
+        _CHOOSERS[collective] = chooser
+    return previous
 
 
 def algorithms(collective: str | None = None) -> list[Algorithm]:

@@ -69,9 +69,7 @@ def reduction_cases() -> list[tuple[str, Any, afmi.Op]]:
     for op in (afmi.SUM, afmi.PROD, afmi.MIN, afmi.MAX):
         for dtype in ("int32", "float64"):
             for shape, order in NUMERIC_SHAPES:
-                cases.append(
-                    (f"{op.name}-{dtype}-{shape}{order}", _maker(dtype, shape, order), op)
-                )
+                cases.append((f"{op.name}-{dtype}-{shape}{order}", _maker(dtype, shape, order), op))
         cases.append((f"{op.name}-int", lambda r: r % 4 + 1, op))
     for op in (afmi.SUM, afmi.PROD):
         cases.append((f"{op.name}-complex", _maker("complex128", (3, 4), "F"), op))
