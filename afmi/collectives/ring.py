@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: Largest message the ring sends; bigger chunks are cut into segments this size.
-SEGMENT_BYTES = 1 << 20
+SEGMENT_BYTES = 1 << 19
 
 
 def ring_applicable(x: Any, op: Any, min_ndim: int = 0) -> bool:
@@ -90,9 +90,14 @@ async def _reduce_scatter(
         last = s == size - 2
         for a, b in _segments(bounds[c], bounds[c + 1], itemsize):
             seg = await ctx.recv(left)
-            ufunc(seg, src[a:b], out=out[a:b])
-            if not last:
-                await ctx.send(out[a:b], right)
+            if last:
+                ufunc(seg, src[a:b], out=out[a:b])
+                continue
+            # Reduce into the received buffer (ours alone) and pass it on.
+            if not (seg.flags.writeable and seg.dtype == src.dtype):
+                seg = seg.copy()
+            ufunc(seg, src[a:b], out=seg)
+            await ctx.send(seg, right)
     return out
 
 
