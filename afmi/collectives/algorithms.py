@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from afmi.collectives import doubling, linear, pairwise, ring, tree
+from afmi.collectives import doubling, linear, pairwise, ring, scatter_allgather, tree
 from afmi.collectives.base import Algorithm, CollectiveContext
 from afmi.collectives.registry import register, set_chooser
 
 __all__ = [
     "ALLTOALL_PAIRWISE_MIN_SIZE",
+    "BCAST_SCATTER_MIN_SIZE",
     "RING_ALLREDUCE_MIN_BYTES",
     "TREE_MIN_SIZE",
 ]
@@ -28,6 +29,10 @@ __all__ = [
 #: Smallest communicator on which bcast, gather, scatter and reduce use binomial
 #: trees; below it the root talks to every rank directly (as few rounds, fewer hops).
 TREE_MIN_SIZE = 4
+#: Smallest communicator on which bcast runs ``scatter_allgather`` (which itself
+#: stays binomial below ``scatter_allgather.BCAST_SCATTER_MIN_BYTES``): its ~2 n
+#: bytes per rank beat the tree's ``ceil(log2 size)`` n once the tree is deep.
+BCAST_SCATTER_MIN_SIZE = 16
 #: Smallest array (bytes) that allreduce sends around the ring; below it
 #: recursive doubling's ``log2(size)`` rounds beat the ring's ``2 (size - 1)``.
 RING_ALLREDUCE_MIN_BYTES = 1 << 19
@@ -49,6 +54,7 @@ for _algorithm in (
     linear.LinearExscan(),
     doubling.DisseminationBarrier(),
     tree.BinomialBcast(),
+    scatter_allgather.ScatterAllgatherBcast(),
     tree.BinomialGather(),
     tree.BinomialScatter(),
     tree.BinomialReduce(),
@@ -167,7 +173,21 @@ def _prefix(
     return _prefer(candidates, "recursive_doubling" if size > 1 else "linear")
 
 
-for _collective in ("bcast", "gather", "scatter", "reduce"):
+def _bcast(
+    candidates: list[Algorithm],
+    size: int,
+    nbytes: int,
+    args: dict[str, Any],
+    ctx: CollectiveContext,
+) -> Algorithm:
+    """Like :func:`_rooted`, with ``scatter_allgather`` from :data:`BCAST_SCATTER_MIN_SIZE` on."""
+    if size >= BCAST_SCATTER_MIN_SIZE:
+        return _prefer(candidates, "scatter_allgather", "binomial")
+    return _rooted(candidates, size, nbytes, args, ctx)
+
+
+set_chooser("bcast", _bcast)
+for _collective in ("gather", "scatter", "reduce"):
     set_chooser(_collective, _rooted)
 set_chooser("barrier", _barrier)
 set_chooser("allreduce", _allreduce)

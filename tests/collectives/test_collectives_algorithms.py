@@ -296,6 +296,24 @@ async def test_bcast(name, size):
 
 
 @pytest.mark.parametrize("size", SIZES)
+async def test_bcast_scatter_allgather_splits_payloads_from_its_threshold(size, monkeypatch):
+    from afmi.collectives import scatter_allgather
+
+    monkeypatch.setattr(scatter_allgather, "BCAST_SCATTER_MIN_BYTES", 0)
+    big = np.arange(1001, dtype=np.int16).reshape(7, 143)[:, ::2]  # not contiguous
+
+    async def main(comm):
+        with registry.forced(bcast="scatter_allgather"):
+            for root in range(size):
+                for value in (payload(root, 2), big + root, "no buffers", np.empty(0)):
+                    got = await comm.bcast(value if comm.rank == root else None, root=root)
+                    assert_same(got, value, "bcast")
+        await finish(comm)
+
+    await launch(main, size)
+
+
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("name", names("gather"))
 async def test_gather(name, size):
     async def main(comm):
@@ -392,7 +410,8 @@ async def test_default_choices(size):
             return registry.select(collective, ctx, args).name
 
         tree = "binomial" if size >= builtins.TREE_MIN_SIZE else "linear"
-        assert pick("bcast", obj=1, root=0) == tree
+        wide = size >= builtins.BCAST_SCATTER_MIN_SIZE
+        assert pick("bcast", obj=1, root=0) == ("scatter_allgather" if wide else tree)
         assert pick("gather", obj=1, root=0) == tree
         assert pick("scatter", seq=None, root=0) == tree
         assert pick("reduce", x=1, op=afmi.SUM, root=0) == tree
@@ -446,3 +465,19 @@ async def test_big_arrays_take_the_ring_and_match():
         await finish(comm)
 
     await launch(main, 4)
+
+
+async def test_wide_bcast_of_a_large_array_is_split_into_pieces_by_default():
+    from afmi.collectives import algorithms as builtins
+    from afmi.collectives import scatter_allgather
+
+    size = builtins.BCAST_SCATTER_MIN_SIZE + 1
+    n = scatter_allgather.BCAST_SCATTER_MIN_BYTES // 8 + 3
+
+    async def main(comm):
+        x = np.arange(n, dtype=np.float64) if comm.rank == 5 else None
+        got = await comm.bcast(x, root=5)
+        assert np.array_equal(got, np.arange(n, dtype=np.float64))
+        await finish(comm)
+
+    await launch(main, size)
