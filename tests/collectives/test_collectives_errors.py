@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from typing import Any
 
@@ -48,6 +49,7 @@ async def test_mismatched_collectives_time_out_with_a_hint_and_the_comm_stays_us
             # rank 1's gather message (same call number, other collective) must not match
             with pytest.raises(afmi.OperationTimeoutError, match="matching arguments"):
                 await comm.bcast(None, root=1, timeout=0.3)
+            assert comm.endpoint.engine.posted_count() == 0  # the timed-out receive is withdrawn
         else:
             assert await comm.gather(1, root=0, timeout=0.3) is None  # a leaf only sends
         await comm.send("p2p", 1 - comm.rank, tag=3)
@@ -126,3 +128,26 @@ async def test_register_a_custom_algorithm_and_chooser():
         registry.set_chooser("bcast", previous)
         registry.unregister(algorithm)
     assert "test_chain" not in [a.name for a in registry.algorithms("bcast")]
+
+
+@pytest.mark.parametrize(
+    "collective,name",
+    [("allreduce", "ring"), ("allgather", "bruck"), ("bcast", "scatter_allgather")],
+)
+async def test_a_timed_out_collective_withdraws_every_receive(collective, name):
+    async def main(comm):
+        if comm.rank != 0:  # rank 0 never joins
+            with registry.forced(**{collective: name}):
+                with pytest.raises(afmi.OperationTimeoutError):
+                    if collective == "allreduce":
+                        await comm.allreduce(np.ones(1 << 16), timeout=0.2)
+                    elif collective == "allgather":
+                        await comm.allgather(comm.rank, timeout=0.2)
+                    else:
+                        await comm.bcast(None, root=0, timeout=0.2)
+            await asyncio.sleep(0)
+            assert comm.endpoint.engine.posted_count() == 0
+        await comm.send(comm.rank, (comm.rank + 1) % comm.size, tag=1)
+        return await comm.recv((comm.rank - 1) % comm.size, tag=1)
+
+    assert await launch(main, 4) == [3, 0, 1, 2]

@@ -113,6 +113,9 @@ async def test_cancelled_icollective_leaves_the_communicator_usable_for_p2p():
             assert req.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await req
+            await asyncio.sleep(0)
+            assert comm.endpoint.engine.posted_count() == 0  # its receive was withdrawn
+            assert not comm.endpoint._tasks  # and its task is gone
         await comm.send(comm.rank, 1 - comm.rank, tag=5)
         return await comm.recv(1 - comm.rank, tag=5)
 
