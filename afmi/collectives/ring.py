@@ -33,6 +33,7 @@ from afmi.wire.message import Message
 
 __all__ = [
     "SEGMENT_BYTES",
+    "block_bounds",
     "RingAllgather",
     "RingAllreduce",
     "RingReduceScatter",
@@ -54,7 +55,7 @@ def ring_applicable(x: Any, op: Any, min_ndim: int = 0) -> bool:
     )
 
 
-def _bounds(n: int, parts: int) -> list[int]:
+def block_bounds(n: int, parts: int) -> list[int]:
     """Start offsets of ``numpy.array_split(range(n), parts)``'s blocks, and ``n`` at the end."""
     q, r = divmod(n, parts)
     out = [0]
@@ -149,7 +150,7 @@ class RingAllreduce(Algorithm):
             return x.copy()
         flat, transposed = _flat(x)
         ufunc = elementwise_ufunc(op, flat.dtype)
-        bounds = _bounds(flat.size, size)
+        bounds = block_bounds(flat.size, size)
         out = await _reduce_scatter(ctx, flat, bounds, ufunc)
         await _allgather_into(ctx, out, bounds)
         if transposed:
@@ -175,7 +176,7 @@ class RingReduceScatter(Algorithm):
 
     async def run(self, ctx: CollectiveContext, *, x: Any, op: Op) -> Any:
         size, rank = ctx.size, ctx.rank
-        rows = _bounds(x.shape[0], size)
+        rows = block_bounds(x.shape[0], size)
         if size == 1:
             return x.copy()
         flat = np.ascontiguousarray(x).reshape(-1)

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from afmi.collectives.base import Algorithm, CollectiveContext, Step
-from afmi.collectives.tree import _lowbit_span, ceil_log2
+from afmi.collectives.ring import block_bounds
+from afmi.collectives.tree import ceil_log2, subtree_span
 from afmi.wire.message import Message
 
 __all__ = ["BCAST_SCATTER_MIN_BYTES", "ScatterAllgatherBcast"]
@@ -34,14 +35,6 @@ __all__ = ["BCAST_SCATTER_MIN_BYTES", "ScatterAllgatherBcast"]
 BCAST_SCATTER_MIN_BYTES = 1 << 20
 
 _FULL, _DESCRIPTOR, _PIECES, _RING = 0, 1, 2, 3
-
-
-def _bounds(n: int, parts: int) -> list[int]:
-    q, r = divmod(n, parts)
-    out = [0]
-    for i in range(parts):
-        out.append(out[-1] + q + (1 if i < r else 0))
-    return out
 
 
 async def _first_of(ctx: CollectiveContext, source: int) -> tuple[int, Message]:
@@ -78,7 +71,7 @@ class ScatterAllgatherBcast(Algorithm):
 
     async def run(self, ctx: CollectiveContext, *, obj: Any, root: int) -> Any:
         size, vrank = ctx.size, (ctx.rank - root) % ctx.size
-        span = _lowbit_span(vrank, size)
+        span = subtree_span(vrank, size)
         parent = (vrank - span + root) % size
         children = []
         mask = span >> 1
@@ -106,7 +99,7 @@ class ScatterAllgatherBcast(Algorithm):
         for child in children:
             await ctx.send_raw(descriptor, (child + root) % size, _DESCRIPTOR)
         total = sum(lengths)
-        bounds = _bounds(total, size)
+        bounds = block_bounds(total, size)
         # This vertex's subtree covers pieces [vrank, end): one contiguous byte range.
         end = min(vrank + span, size)
         if vrank == 0:
@@ -118,7 +111,7 @@ class ScatterAllgatherBcast(Algorithm):
             blob[bounds[vrank] : bounds[end]] = mine
         base = bounds[vrank]
         for child in children:
-            hi = bounds[min(child + _lowbit_span(child, size), size)]
+            hi = bounds[min(child + subtree_span(child, size), size)]
             part = mine[bounds[child] - base : hi - base]
             await ctx.send(part, (child + root) % size, _PIECES)
         await _ring_pieces(ctx, blob, bounds, vrank, root)

@@ -34,6 +34,7 @@ __all__ = [
     "binomial_reduce",
     "binomial_scatter",
     "ceil_log2",
+    "subtree_span",
 ]
 
 
@@ -42,7 +43,7 @@ def ceil_log2(n: int) -> int:
     return max(n - 1, 0).bit_length()
 
 
-def _lowbit_span(vrank: int, size: int) -> int:
+def subtree_span(vrank: int, size: int) -> int:
     """Size of the subtree rooted at ``vrank`` (a power of two, before clipping at ``size``)."""
     if vrank == 0:
         return 1 << ceil_log2(size)
@@ -52,7 +53,7 @@ def _lowbit_span(vrank: int, size: int) -> int:
 async def binomial_bcast(ctx: CollectiveContext, obj: Any, root: int, sub: int = 0) -> Any:
     """Broadcast ``obj`` from ``root``; inner vertices forward the encoded message as is."""
     size, vrank = ctx.size, (ctx.rank - root) % ctx.size
-    span = _lowbit_span(vrank, size)
+    span = subtree_span(vrank, size)
     if vrank == 0:
         msg = ctx.pack(obj)
         result = obj
@@ -102,7 +103,7 @@ async def binomial_scatter(
 ) -> Any:
     """Give item ``i`` of root's ``seq`` to rank ``i``; subtrees get their items as one list."""
     size, vrank = ctx.size, (ctx.rank - root) % ctx.size
-    span = _lowbit_span(vrank, size)
+    span = subtree_span(vrank, size)
     if vrank == 0:
         assert seq is not None
         items = [seq[(v + root) % size] for v in range(size)]
