@@ -35,6 +35,18 @@ __all__ = ["BCAST_SCATTER_MIN_BYTES", "ScatterAllgatherBcast"]
 BCAST_SCATTER_MIN_BYTES = 1 << 20
 
 _FULL, _DESCRIPTOR, _PIECES, _RING = 0, 1, 2, 3
+#: Buffers start at multiples of this in the reassembled bytes (aligned arrays).
+_ALIGN = 64
+
+
+def _layout(lengths: list[int]) -> tuple[list[int], int]:
+    """Offsets of the payload's buffers in the flat bytes, and the total length."""
+    offsets, end = [], 0
+    for n in lengths:
+        start = -(-end // _ALIGN) * _ALIGN
+        offsets.append(start)
+        end = start + n
+    return offsets, end
 
 
 async def _first_of(ctx: CollectiveContext, source: int) -> tuple[int, Message]:
@@ -98,12 +110,12 @@ class ScatterAllgatherBcast(Algorithm):
             header, lengths = ctx.decode(msg)
         for child in children:
             await ctx.send_raw(descriptor, (child + root) % size, _DESCRIPTOR)
-        total = sum(lengths)
+        offsets, total = _layout(lengths)
         bounds = block_bounds(total, size)
         # This vertex's subtree covers pieces [vrank, end): one contiguous byte range.
         end = min(vrank + span, size)
         if vrank == 0:
-            blob = _concat(msg.buffers, total)
+            blob = _concat(msg.buffers, offsets, total)
             mine = blob
         else:
             mine = ctx.decode(await ctx.recv_raw(parent, _PIECES))
@@ -114,32 +126,26 @@ class ScatterAllgatherBcast(Algorithm):
             hi = bounds[min(child + subtree_span(child, size), size)]
             part = mine[bounds[child] - base : hi - base]
             await ctx.send(part, (child + root) % size, _PIECES)
-        await _ring_pieces(ctx, blob, bounds, vrank, root)
+        await _ring_pieces(ctx, blob, bounds, vrank)
         if vrank == 0:
             return obj
-        start = 0
-        buffers = []
-        for n in lengths:
-            buffers.append(blob[start : start + n])
-            start += n
+        buffers = [blob[o : o + n] for o, n in zip(offsets, lengths)]
         return ctx.decode(Message(0, 0, 0, 0, header, buffers))
 
 
-def _concat(buffers: list[Any], total: int) -> np.ndarray[Any, Any]:
-    """The payload's bytes as one flat uint8 array (a view when there is one buffer)."""
+def _concat(buffers: list[Any], offsets: list[int], total: int) -> np.ndarray[Any, Any]:
+    """The payload's bytes laid out at ``offsets`` (a view when there is one buffer)."""
     if len(buffers) == 1:
         return np.frombuffer(buffers[0], dtype=np.uint8)
-    blob = np.empty(total, dtype=np.uint8)
-    start = 0
-    for b in buffers:
-        n = memoryview(b).nbytes
-        blob[start : start + n] = np.frombuffer(b, dtype=np.uint8)
-        start += n
+    blob = np.zeros(total, dtype=np.uint8)
+    for b, start in zip(buffers, offsets):
+        flat = np.frombuffer(b, dtype=np.uint8)
+        blob[start : start + flat.size] = flat
     return blob
 
 
 async def _ring_pieces(
-    ctx: CollectiveContext, blob: np.ndarray[Any, Any], bounds: list[int], vrank: int, root: int
+    ctx: CollectiveContext, blob: np.ndarray[Any, Any], bounds: list[int], vrank: int
 ) -> None:
     """Ring allgather of the pieces of ``blob`` over vertex numbers; fills ``blob`` in place."""
     size = ctx.size

@@ -308,6 +308,8 @@ async def test_bcast_scatter_allgather_splits_payloads_from_its_threshold(size, 
                 for value in (payload(root, 2), big + root, "no buffers", np.empty(0)):
                     got = await comm.bcast(value if comm.rank == root else None, root=root)
                     assert_same(got, value, "bcast")
+                    if isinstance(got, dict):
+                        assert got["f"].flags.aligned and got["z"].flags.aligned
         await finish(comm)
 
     await launch(main, size)
