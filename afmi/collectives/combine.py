@@ -41,7 +41,9 @@ def elementwise_ufunc(op: Op, dtype: np.dtype[Any]) -> Any:
     None when ``op`` is not such a built-in op (user ops, MAXLOC/MINLOC, or a
     logical op on a non-bool dtype, whose result dtype would differ).
     """
-    if not op.builtin or dtype.hasobject:
+    if not op.builtin or dtype.kind not in "biufc":
+        # Strings, datetimes, structured dtypes...: a result may need another
+        # dtype or size (np.add on "<U2" arrays gives "<U4"), so never in place.
         return None
     ufunc = _SAME_DTYPE.get(id(op))
     if ufunc is None and dtype == np.bool_:

@@ -483,3 +483,25 @@ async def test_wide_bcast_of_a_large_array_is_split_into_pieces_by_default():
         await finish(comm)
 
     await launch(main, size)
+
+
+async def test_string_arrays_are_never_reduced_in_place():
+    """np.add on '<U2' arrays gives '<U4': an in-place result would be truncated."""
+
+    async def main(comm):
+        x = np.array(["ab", "cd"]) if comm.rank == 0 else np.array(["ef", "gh"])
+        out = []
+        for name in ("recursive_doubling", "linear"):
+            with registry.forced(allreduce=name):
+                out.append(await comm.allreduce(x, op=afmi.Op(np.add, commutative=False)))
+                out.append(await comm.allreduce(x))
+        with registry.forced(reduce="binomial"):
+            out.append(await comm.reduce(x, op=afmi.Op(np.add, commutative=False), root=1))
+        return out
+
+    results = await launch(main, 2)
+    for got in results[0][:-1] + results[1]:
+        assert got.tolist() == ["abef", "cdgh"]
+    assert not registry.get("allreduce", "ring").applicable(
+        2, 16, {"x": np.array(["ab"] * 100_000), "op": afmi.SUM}
+    )
