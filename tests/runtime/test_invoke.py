@@ -4,6 +4,7 @@ transport errors, argument checks, no leaked tasks; and the cost report's arithm
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 from serve_handlers import serve
@@ -82,6 +83,20 @@ def test_job_spread_over_two_runtimes_over_direct(subprocess_env):
     assert all(r["sum"] == [36.0] * 4 for r in result.results)
     assert [h["ok"] for h in health] == [4, 4]
     assert "rendezvous VM" in result.cost.infrastructure
+
+
+@pytest.mark.skipif(not channel_available("s3"), reason="s3 channel not merged yet")
+def test_s3_job_reports_storage_requests(s3, subprocess_env):
+    config = {"channels": {"s3": s3.config(prefix=f"t{uuid.uuid4().hex[:8]}")}}
+    with serve(subprocess_env) as runtime:
+        result = asyncio.run(
+            invoke_job(HttpTarget(runtime.url), 4, channel="s3", config=config, timeout=60)
+        )
+    assert all(r["sum"] == [10.0] * 4 for r in result.results)
+    requests = result.cost.storage_requests
+    assert requests.get("s3 put", 0) > 0, requests
+    assert result.cost.storage_usd > 0
+    assert result.cost.infrastructure == {}
 
 
 # -- cost report --
