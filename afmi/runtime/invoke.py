@@ -441,7 +441,10 @@ async def invoke_job(
         raise ArgumentError(f"bad config for the job: {exc}") from None
     channel = channel or cfg.channel or "local"
     job = job or f"job-{uuid.uuid4().hex[:12]}"
-    config_dict = cfg.to_dict() if config is not None else {}
+    # Send what the caller wrote (not every default), so runtimes with an older afmi accept it.
+    config_dict: dict[str, Any] = (
+        dict(config) if isinstance(config, dict) else cfg.to_dict() if config is not None else {}
+    )
     for key in ("rank", "size", "job", "rendezvous", "token"):
         base.pop(key, None)
     if timeout is not None and timeout <= 0:

@@ -192,6 +192,33 @@ def test_cli_invoke_success_and_failure(served, tmp_path, subprocess_env):
     assert "rank 1: ValueError: boom on rank 1" in bad.stderr
 
 
+def test_cli_invoke_through_lambda_api(served, subprocess_env):
+    env = {**subprocess_env, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "afmi",
+            "invoke",
+            "-n",
+            "3",
+            "--lambda",
+            "fn",
+            "--endpoint-url",
+            served.url,
+            "--region",
+            "us-east-1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "3 ranks over local, all ok" in proc.stdout
+    assert "function time" in proc.stdout and "GiB-s" in proc.stdout
+
+
 def test_cli_rejects_bad_input(served, tmp_path, subprocess_env):
     payload = tmp_path / "payload.json"
     payload.write_text("[1]")
