@@ -118,6 +118,7 @@ class HttpTarget:
                 raise ArgumentError(f"--url must look like http://host:port, got {url!r}")
         self.urls = list(urls)
         self._session: Any = None
+        self._users = 0
 
     def describe(self) -> str:
         """The URLs."""
@@ -130,16 +131,20 @@ class HttpTarget:
     async def __aenter__(self) -> HttpTarget:
         import aiohttp
 
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
-        )
+        if self._users == 0:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+            )
+        self._users += 1  # several jobs may share one target at once
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        self._users -= 1
+        if self._users == 0:
+            session, self._session = self._session, None
+            if session is not None:
+                await session.close()
 
     async def invoke(self, rank: int, payload: dict[str, Any], timeout: float | None) -> Reply:
         """POST the payload; 200 is success, an error document otherwise."""
@@ -183,12 +188,21 @@ class LambdaTarget:
         self.region = region
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
+        self._users = 0
+        self._lock = asyncio.Lock()
 
     def describe(self) -> str:
         """The function name (and endpoint)."""
         return self.function + (f" at {self.endpoint_url}" if self.endpoint_url else "")
 
     async def __aenter__(self) -> LambdaTarget:
+        async with self._lock:  # several jobs may share one target at once
+            if self._client is None:
+                self._stack, self._client = await self._open()
+            self._users += 1
+        return self
+
+    async def _open(self) -> tuple[contextlib.AsyncExitStack, Any]:
         try:
             from aiobotocore.config import AioConfig
             from aiobotocore.session import get_session
@@ -202,9 +216,9 @@ class LambdaTarget:
             retries={"max_attempts": 0},
             max_pool_connections=1024,
         )
-        self._stack = contextlib.AsyncExitStack()
+        stack = contextlib.AsyncExitStack()
         session = get_session()
-        self._client = await self._stack.enter_async_context(
+        client = await stack.enter_async_context(
             session.create_client(
                 "lambda",
                 endpoint_url=self.endpoint_url,
@@ -212,10 +226,13 @@ class LambdaTarget:
                 config=config,
             )
         )
-        return self
+        return stack, client
 
     async def __aexit__(self, *exc: object) -> None:
-        stack, self._stack = self._stack, None
+        self._users -= 1
+        if self._users > 0:
+            return
+        stack, self._stack, self._client = self._stack, None, None
         if stack is not None:
             await stack.aclose()
 

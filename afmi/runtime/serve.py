@@ -60,6 +60,9 @@ log = logging.getLogger("afmi.serve")
 
 LAMBDA_PATH = "/2015-03-31/functions/{name}/invocations"
 
+#: Largest request body accepted (AWS Lambda's limit for synchronous invocations).
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
+
 
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, event and the record's extra fields."""
@@ -142,7 +145,8 @@ class FunctionRuntime:
         #: once none of their invocations runs any more, even if some ranks never arrived.
         self._failed_jobs: set[str] = set()
         self.counters = {"invocations": 0, "ok": 0, "errors": 0, "timeouts": 0, "rejected": 0}
-        self.app = web.Application()
+        # Lambda accepts synchronous payloads up to 6 MB; so does this runtime.
+        self.app = web.Application(client_max_size=MAX_PAYLOAD_BYTES)
         self.app.add_routes(
             [
                 web.get("/health", self._health),

@@ -59,12 +59,14 @@ class Served:
         with urllib.request.urlopen(self.url + "/health", timeout=10) as resp:
             return json.loads(resp.read())  # type: ignore[no-any-return]
 
-    def wait_idle(self, timeout: float = 20.0) -> dict[str, Any]:
-        """Health once no invocation is running (cancelled ones may take a moment to end)."""
+    def wait_idle(self, tasks: int | None = None, timeout: float = 20.0) -> dict[str, Any]:
+        """Health once no invocation is running (cancelled ones may take a moment to end)
+        and, if given, at most ``tasks`` tasks are left (closed connections wind down)."""
         deadline = time.monotonic() + timeout
         while True:
             health = self.health()
-            if health["active"] == 0 or time.monotonic() > deadline:
+            done = health["active"] == 0 and (tasks is None or health["tasks"] <= tasks)
+            if done or time.monotonic() > deadline:
                 return health
             time.sleep(0.05)
 

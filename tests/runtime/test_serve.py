@@ -3,6 +3,7 @@ timeouts, cancellation, Lambda's Invoke API path, structured logs, no leaked tas
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -54,17 +55,17 @@ async def test_job_of_8_over_local_channel(served):
     assert all("local" in r.stats and r.stats["local"]["messages_sent"] > 0 for r in result.ranks)
     assert result.cost.functions == 8
     assert result.cost.billed_ms_total >= 8  # at least 1 ms per function
-    after = served.wait_idle()
+    after = served.wait_idle(tasks=before["tasks"])
     assert after["active"] == 0 and after["local_jobs"] == 0  # every local hub released
     assert after["ok"] - before["ok"] == 8
-    assert after["tasks"] == before["tasks"]  # no task left behind
+    assert after["tasks"] == before["tasks"]  # no task left behind in the runtime
+    assert asyncio.all_tasks() == {asyncio.current_task()}  # nor in the invoker
 
 
 async def test_concurrent_jobs_share_one_runtime(served):
-    import asyncio
-
+    target = HttpTarget(served.url)  # one target (one HTTP session) shared by three jobs
     results = await asyncio.gather(
-        *(invoke_job(HttpTarget(served.url), 4, {"input": j}, channel="local") for j in range(3))
+        *(invoke_job(target, 4, {"input": j}, channel="local") for j in range(3))
     )
     for j, res in enumerate(results):
         assert [r["input"] for r in res.results] == [j] * 4
@@ -132,8 +133,6 @@ def test_rank_whose_peers_never_come_times_out_and_leaves_nothing(served):
 
 
 async def test_cancelling_the_invoker_cancels_the_job(served):
-    import asyncio
-
     task = asyncio.create_task(
         invoke_job(HttpTarget(served.url), 3, {"mode": "sleep", "sleep_rank": 1}, timeout=60)
     )
@@ -151,8 +150,13 @@ async def test_lambda_invoke_api_drives_the_runtime(served, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     target = LambdaTarget("afmi-fn", endpoint_url=served.url, region="us-east-1")
-    result = await invoke_job(target, 8, {"input": 5}, channel="local")
-    assert all(r["sum"] == EXPECTED_SUM for r in result.results)
+    first, second = await asyncio.gather(  # one Lambda client shared by two jobs at once
+        invoke_job(target, 8, {"input": 5}, channel="local"),
+        invoke_job(target, 8, {"input": 6}, channel="local"),
+    )
+    assert all(r["sum"] == EXPECTED_SUM and r["input"] == 5 for r in first.results)
+    assert all(r["sum"] == EXPECTED_SUM and r["input"] == 6 for r in second.results)
+    assert target._client is None  # closed after the last job
     with pytest.raises(JobFailedError) as info:
         await invoke_job(
             LambdaTarget("afmi-fn", endpoint_url=served.url, region="us-east-1"),
@@ -245,8 +249,6 @@ def test_cli_rejects_bad_input(served, tmp_path, subprocess_env):
 
 
 def test_structured_logs(subprocess_env):
-    import asyncio
-
     with serve(subprocess_env) as s:
         asyncio.run(invoke_job(HttpTarget(s.url), 2, channel="local"))
         post(s.url + "/invoke", b"{}")
