@@ -23,6 +23,12 @@ from afmi.runtime import (
 )
 
 
+def warm_up_collectives() -> None:
+    """Load the collective algorithms before ranks start in threads: the registry loads them
+    lazily on first use, and that first use is not thread-safe."""
+    import afmi.collectives.algorithms  # noqa: F401
+
+
 def payload(rank: int, size: int, job: str, **extra):
     return {"rank": rank, "size": size, "job": job, "channel": "local", **extra}
 
@@ -171,6 +177,7 @@ def test_lambda_handler_rejects_bad_payload():
 @pytest.mark.skipif(not channel_available("redis"), reason="redis channel not on this branch yet")
 def test_lambda_handlers_in_threads_over_redis(redis_url):
     """Like Lambda: every rank is a separate synchronous call with its own event loop."""
+    warm_up_collectives()
     entry = lambda_handler(allreduce_handler)
     job = f"t-{uuid.uuid4().hex[:8]}"
     size = 4
@@ -193,6 +200,51 @@ def test_lambda_handlers_in_threads_over_redis(redis_url):
         t.join(60)
     assert not errors, errors
     assert [o["result"]["total"] for o in outs] == [[0, 10, 20]] * size
+
+
+@pytest.mark.skipif(not channel_available("direct"), reason="direct channel not on this branch yet")
+def test_lambda_handlers_in_threads_over_direct(subprocess_env):
+    """Lambda-style calls in threads, linked by a real `afmi rendezvous` process."""
+    import subprocess
+    import sys
+
+    from afmi.testing.servers import free_port, wait_for_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "afmi", "rendezvous", "--port", str(port)],
+        env=subprocess_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, 30, proc)
+        warm_up_collectives()
+        entry = lambda_handler(allreduce_handler)
+        job, size = f"t-{uuid.uuid4().hex[:8]}", 3
+        outs: list = [None] * size
+        errors: list = []
+
+        def call(r: int) -> None:
+            event = payload(
+                r, size, job, channel="direct", rendezvous=f"127.0.0.1:{port}", token="t0ken"
+            )
+            try:
+                outs[r] = entry(event, FakeContext(30_000))
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=call, args=(r,)) for r in range(size)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        assert [o["result"]["total"] for o in outs] == [[0, 6, 12]] * size
+        assert all("direct" in o["afmi"]["stats"] for o in outs)
+    finally:
+        proc.terminate()
+        proc.wait(15)
 
 
 async def test_aiohttp_handler_in_a_real_server():
