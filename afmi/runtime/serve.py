@@ -331,7 +331,7 @@ async def serve(
     runner = web.AppRunner(runtime.app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, backlog=1024)  # a job connects all at once
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
