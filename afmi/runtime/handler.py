@@ -62,6 +62,12 @@ Handler = Callable[[Communicator, dict[str, Any]], Awaitable[Any]]
 RESERVED_KEYS = ("rank", "size", "job", "channel", "config", "rendezvous", "token", "timeout")
 
 
+#: Largest job accepted in a payload (ranks).
+MAX_SIZE = 65536
+#: Longest job name accepted in a payload.
+MAX_JOB_CHARS = 200
+
+
 class InvocationError(ArgumentError):
     """The invocation payload is malformed; the message names the key and what to change."""
 
@@ -129,13 +135,18 @@ def parse_invocation(event: Any) -> Invocation:
     if not isinstance(event, Mapping):
         raise _fail(f"must be a JSON object, got {type(event).__name__}")
     size = _int_key(event, "size")
-    if size < 1:
-        raise _fail(f"'size' must be >= 1 (the number of ranks), got {size}")
+    if not 1 <= size <= MAX_SIZE:
+        raise _fail(f"'size' must be in 1..{MAX_SIZE} (the number of ranks), got {size}")
     rank = _int_key(event, "rank")
     if not 0 <= rank < size:
         raise _fail(f"'rank' must be in 0..{size - 1} for size {size}, got {rank}")
     job = _str_key(event, "job", required=True)
     assert job is not None
+    if len(job) > MAX_JOB_CHARS or not job.isprintable() or any(c.isspace() for c in job):
+        raise _fail(
+            f"'job' must be at most {MAX_JOB_CHARS} printable characters without spaces, "
+            f"got {job[:40]!r}{'...' if len(job) > 40 else ''}"
+        )
     raw_config = event.get("config")
     if raw_config is not None and not isinstance(raw_config, Mapping):
         raise _fail(f"'config' must be an object (afmi.Config as a dict), got {raw_config!r}")

@@ -70,7 +70,10 @@ def test_parse_direct_needs_rendezvous_and_token_and_passes_them_on():
 @pytest.mark.parametrize(
     ("event", "says"),
     [
-        ({"rank": 0, "size": 0, "job": "j"}, "'size' must be >= 1"),
+        ({"rank": 0, "size": 0, "job": "j"}, "'size' must be in 1..65536"),
+        ({"rank": 0, "size": 10**9, "job": "j"}, "'size' must be in 1..65536"),
+        ({"rank": 0, "size": 1, "job": "a b"}, "printable characters without spaces"),
+        ({"rank": 0, "size": 1, "job": "x" * 201}, "at most 200 printable"),
         ({"rank": True, "size": 2, "job": "j"}, "'rank' must be an int, got bool"),
         ({"rank": 0, "size": 2.0, "job": "j"}, "'size' must be an int"),
         ({"rank": 0, "size": 2}, "missing key 'job'"),
