@@ -28,6 +28,8 @@ __all__ = [
     "Config",
     "DirectConfig",
     "FaasConfig",
+    "ChannelModelConfig",
+    "ModelConfig",
     "RedisConfig",
     "S3Config",
 ]
@@ -105,6 +107,80 @@ class FaasConfig:
 
 
 @dataclass(frozen=True)
+class ChannelModelConfig:
+    """``model.<channel>``: overrides of one channel's performance and price model.
+
+    Every key left unset (None) keeps the value from ``model.file`` or, failing
+    that, afmi's built-in default for the channel (see :mod:`afmi.model`).
+    Units are in the names: seconds, bytes per second, US dollars.
+    """
+
+    #: One-way time of a one-byte message, seconds.
+    latency_s: float | None = None
+    #: Extra sender time for every further message in the same round, seconds.
+    per_message_s: float | None = None
+    #: Mean wait of a poller before it sees a new message is half of this, seconds.
+    poll_interval_s: float | None = None
+    #: Bandwidth of one stream (one sender to one receiver), bytes per second.
+    bandwidth_single_bytes_per_s: float | None = None
+    #: Bandwidth of many concurrent streams of one rank together, bytes per second.
+    bandwidth_aggregate_bytes_per_s: float | None = None
+    #: Price of each message written (a PUT, a RPUSH), dollars.
+    price_per_request_usd: float | None = None
+    #: Price of each read or poll (a GET, a LIST), dollars.
+    price_per_read_usd: float | None = None
+    #: Expected reads (polls included) before a consumer gets a message.
+    reads_per_message: float | None = None
+    #: Price of moving one gigabyte (10**9 bytes), dollars.
+    price_per_gb_usd: float | None = None
+    #: Price of the servers the channel needs (Redis instance, rendezvous VM), dollars/hour.
+    infrastructure_usd_per_hour: float | None = None
+    #: Requests the infrastructure serves per hour; its price is spread over them.
+    requests_per_hour: float | None = None
+    #: Count the infrastructure price at all (false: someone else pays for it).
+    include_infrastructure: bool | None = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name != "include_infrastructure" and value is not None and value < 0:
+                raise ConfigError(f"model.<channel>.{f.name} must be >= 0, got {value!r}")
+        for name in ("bandwidth_single_bytes_per_s", "bandwidth_aggregate_bytes_per_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"model.<channel>.{name} must be > 0, got {value!r}")
+
+    def overrides(self) -> dict[str, Any]:
+        """The keys that are set, as a dict."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``model``: the performance and cost model that picks channels (see docs/model.md)."""
+
+    #: A model file (``.json``/``.toml``, e.g. from ``afmi bench --calibrate``); its
+    #: ``model`` table is read first, then the keys below override it.
+    file: str | None = None
+    #: Use the model to pick the algorithm too (false: the collectives registry picks
+    #: the algorithm for each channel and the model only picks the channel).
+    choose_algorithm: bool = True
+    #: For ``hint="weighted"``: dollars one second of the job's time is worth;
+    #: the choice minimises ``dollars + usd_per_s * seconds``.
+    usd_per_s: float = 0.01
+    #: Where and when the values were calibrated (written by ``afmi bench --calibrate``).
+    calibrated: str | None = None
+    local: ChannelModelConfig = field(default_factory=ChannelModelConfig)
+    direct: ChannelModelConfig = field(default_factory=ChannelModelConfig)
+    redis: ChannelModelConfig = field(default_factory=ChannelModelConfig)
+    s3: ChannelModelConfig = field(default_factory=ChannelModelConfig)
+
+    def __post_init__(self) -> None:
+        if self.usd_per_s < 0:
+            raise ConfigError(f"model.usd_per_s must be >= 0, got {self.usd_per_s!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     """Settings shared by every rank of a job.
 
@@ -114,14 +190,17 @@ class Config:
 
     #: Default timeout of every blocking operation, seconds (None: wait forever).
     timeout: float | None = 300.0
-    #: Channel selection hint: ``"fast"`` minimises time, ``"cheap"`` minimises dollars.
-    hint: Literal["fast", "cheap"] = "fast"
+    #: Channel selection hint: ``"fast"`` minimises time, ``"cheap"`` minimises dollars,
+    #: ``"weighted"`` minimises ``dollars + model.usd_per_s * seconds``.
+    hint: Literal["fast", "cheap", "weighted"] = "fast"
     #: Allow pickled payloads (only between trusted ranks).
     pickle: bool = False
-    #: Default channel for ``afmi.connect`` when neither argument nor ``AFMI_CHANNEL`` names one.
+    #: Default channel for ``afmi.connect`` when neither argument nor ``AFMI_CHANNEL`` names one:
+    #: a driver name, ``"auto"`` (every configured channel) or several names, comma-separated.
     channel: str | None = None
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
     faas: FaasConfig = field(default_factory=FaasConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
         _check_positive(self.timeout, "timeout", allow_none=True)
