@@ -162,9 +162,10 @@ class ModelConfig:
     #: A model file (``.json``/``.toml``, e.g. from ``afmi bench --calibrate``); its
     #: ``model`` table is read first, then the keys below override it.
     file: str | None = None
-    #: Use the model to pick the algorithm too (false: the collectives registry picks
-    #: the algorithm for each channel and the model only picks the channel).
-    choose_algorithm: bool = True
+    #: Let the model pick the algorithm too, from every registered algorithm's steps.
+    #: False (default): the collectives registry picks the algorithm for each channel
+    #: and the model picks the channel.
+    choose_algorithm: bool = False
     #: For ``hint="weighted"``: dollars one second of the job's time is worth;
     #: the choice minimises ``dollars + usd_per_s * seconds``.
     usd_per_s: float = 0.01
