@@ -18,7 +18,14 @@ from afmi.model.select import Explanation, as_hint, candidates, choose, explain
 if TYPE_CHECKING:
     from afmi.collectives.base import Algorithm, CollectiveContext
 
-__all__ = ["MessageSelector", "Plan", "common_nbytes", "plan", "plan_explanation"]
+__all__ = [
+    "MessageSelector",
+    "Plan",
+    "common_nbytes",
+    "plan",
+    "plan_explanation",
+    "sample_args",
+]
 
 
 class MessageSelector:
@@ -60,6 +67,32 @@ def common_nbytes(collective: str, args: dict[str, Any]) -> int:
     if collective in SIZE_STEERED:
         return payload_nbytes(args.get("x", args.get("obj")))
     return 0
+
+
+def sample_args(collective: str, nbytes: int) -> dict[str, Any]:
+    """Stand-in arguments of a ``collective`` call moving ``nbytes`` per rank.
+
+    The payload is a zero-stride numpy view: its ``nbytes`` is right, its memory is one byte.
+    """
+    import numpy as np
+
+    from afmi.ops import SUM
+
+    payload = np.broadcast_to(np.zeros(1, dtype=np.uint8), (max(int(nbytes), 0),))
+    if collective in ("allreduce", "reduce", "reduce_scatter", "scan", "exscan"):
+        return {"x": payload, "op": SUM, "root": 0} if collective == "reduce" else {
+            "x": payload,
+            "op": SUM,
+        }
+    if collective in ("bcast", "gather"):
+        return {"obj": payload, "root": 0}
+    if collective == "allgather":
+        return {"obj": payload}
+    if collective == "scatter":
+        return {"seq": None, "root": 0}
+    if collective == "alltoall":
+        return {"seq": None}
+    return {}
 
 
 def _registry_pick(collective: str, ctx: CollectiveContext, channel: str, args: dict[str, Any]) -> Algorithm:
@@ -121,7 +154,7 @@ def plan_explanation(
     args: dict[str, Any] | None = None,
 ) -> Explanation:
     """The table behind :func:`plan`: every channel and algorithm, the one that runs marked."""
-    args = args or {}
+    args = args if args is not None else sample_args(collective, nbytes)
     if collective == "send":
         return explain("send", nbytes, 2, channels, config, hint, pinned=pinned)
     every = {c: candidates(collective, c, ctx.size, nbytes, args) for c in channels}
