@@ -125,6 +125,13 @@ class ChannelModelConfig:
     bandwidth_single_bytes_per_s: float | None = None
     #: Bandwidth of many concurrent streams of one rank together, bytes per second.
     bandwidth_aggregate_bytes_per_s: float | None = None
+    #: Bytes of a message beyond this size move at ``bandwidth_large_bytes_per_s``
+    #: (0: one bandwidth for all sizes), bytes.
+    large_message_bytes: float | None = None
+    #: Bandwidth for the bytes of a message beyond ``large_message_bytes``, bytes per second.
+    bandwidth_large_bytes_per_s: float | None = None
+    #: Fixed software cost of one collective call (setting up its rounds), seconds.
+    call_overhead_s: float | None = None
     #: Price of each message written (a PUT, a RPUSH), dollars.
     price_per_request_usd: float | None = None
     #: Price of each read or poll (a GET, a LIST), dollars.
@@ -145,7 +152,11 @@ class ChannelModelConfig:
             value = getattr(self, f.name)
             if f.name != "include_infrastructure" and value is not None and value < 0:
                 raise ConfigError(f"model.<channel>.{f.name} must be >= 0, got {value!r}")
-        for name in ("bandwidth_single_bytes_per_s", "bandwidth_aggregate_bytes_per_s"):
+        for name in (
+            "bandwidth_single_bytes_per_s",
+            "bandwidth_aggregate_bytes_per_s",
+            "bandwidth_large_bytes_per_s",
+        ):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"model.<channel>.{name} must be > 0, got {value!r}")

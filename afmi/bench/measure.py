@@ -82,6 +82,21 @@ def _run(main: Callable[..., Any], size: int, channel: str, config: Config, *arg
         return runner.run(launch_local(main, size, *args, channel=channel, config=config))
 
 
+async def _timed(iters: int, one: Callable[[], Any]) -> float:
+    """Seconds per iteration: the median of up to five batch means (robust to interference)."""
+    batches = min(5, iters)
+    per_batch = [iters // batches + (1 if i < iters % batches else 0) for i in range(batches)]
+    means = []
+    for count in per_batch:
+        t0 = time.perf_counter()
+        for _ in range(count):
+            await one()
+        means.append((time.perf_counter() - t0) / count)
+    means.sort()
+    mid = len(means) // 2
+    return means[mid] if len(means) % 2 else (means[mid - 1] + means[mid]) / 2
+
+
 async def _warm_then_count(comm: Communicator, budget: Budget, nbytes: int, one: Any) -> int:
     """Run the warm-up (``await one()`` per iteration) and agree on the timed count."""
     warm, iters = budget.plan(nbytes)
@@ -107,11 +122,7 @@ async def _pingpong_main(comm: Communicator, nbytes_list: list[int], budget: Bud
 
         iters = await _warm_then_count(comm, budget, nbytes, one)
         await comm.barrier()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            await one()
-        elapsed = time.perf_counter() - t0
-        out.append((nbytes, iters, elapsed / iters / 2))
+        out.append((nbytes, iters, await _timed(iters, one) / 2))
     return out
 
 
@@ -157,10 +168,7 @@ async def _burst_main(comm: Communicator, count: int, nbytes: int, budget: Budge
 
     iters = await _warm_then_count(comm, budget, nbytes * count, one)
     await comm.barrier()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        await one()
-    return (time.perf_counter() - t0) / iters
+    return await _timed(iters, one)
 
 
 def burst_time(
@@ -187,10 +195,7 @@ async def _fanout_main(comm: Communicator, nbytes: int, budget: Budget) -> float
 
     iters = await _warm_then_count(comm, budget, nbytes * (comm.size - 1), one)
     await comm.barrier()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        await one()
-    return (time.perf_counter() - t0) / iters
+    return await _timed(iters, one)
 
 
 def fanout_time(
@@ -228,11 +233,17 @@ async def _collective_main(
 
         iters = await _warm_then_count(comm, budget, nbytes, one)
         await comm.barrier()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            await one()
-        out.append((nbytes, iters, (time.perf_counter() - t0) / iters))
+        out.append((nbytes, iters, await _timed(iters, one)))
     return out
+
+
+def collective_time(
+    channel: str, op: str, ranks: int, nbytes: int, config: Config | None = None,
+    budget: Budget | None = None,
+) -> float:
+    """Seconds per call of ``op`` on ``ranks`` ranks with ``nbytes`` (one point)."""
+    rows = collective_latency(channel, op, ranks, [nbytes], config, budget)
+    return float(rows[0]["latency_s"])
 
 
 def collective_latency(
@@ -246,7 +257,7 @@ def collective_latency(
 ) -> list[dict[str, Any]]:
     """Seconds per call of collective ``op`` on ``ranks`` ranks, for each payload size.
 
-    Every rank times its own loop; the slowest rank's mean is reported.
+    Every rank times its own loop; the slowest rank's time is reported.
     """
     if op not in COLLECTIVES:
         raise ValueError(f"unknown collective {op!r}; choose from {', '.join(COLLECTIVES)}")

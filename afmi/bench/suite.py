@@ -113,28 +113,23 @@ def _restore(key: str, value: str | None) -> None:
 
 
 def _calibrate_channel(
-    channel: str, rows: list[dict[str, Any]], config: Config, opts: Options
+    channel: str, rows: list[dict[str, Any]], config: Config, opts: Options, ranks: list[int]
 ) -> dict[str, float]:
+    """Fit one channel: the wire from its ping-pong rows, the rounds from a few collectives."""
     budget = opts.budget()
-    latency, single = calibrate.fit_latency_bandwidth(
-        [(r["nbytes"], r["latency_s"]) for r in rows]
+    params: dict[str, float] = dict(
+        calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in rows])
     )
-    count = 16
-    per_message = calibrate.fit_per_message(
-        measure.burst_time(channel, count, 1, config, budget), count, latency
-    )
-    peers, nbytes = 3, (1 << 18) if opts.quick else (1 << 20)
-    aggregate = calibrate.fit_aggregate(
-        measure.fanout_time(channel, peers, nbytes, config, budget),
-        peers, nbytes, latency, per_message, single,
-    )
-    return {
-        "latency_s": latency,
-        "per_message_s": per_message,
-        "poll_interval_s": 0.0,
-        "bandwidth_single_bytes_per_s": single,
-        "bandwidth_aggregate_bytes_per_s": aggregate,
-    }
+    large = (1 << 18) if opts.quick else min(1 << 20, opts.collective_max_bytes)
+    points = []
+    for op in ("barrier", "bcast", "gather", "allreduce"):
+        for n in ranks:
+            for nbytes in [0] if op == "barrier" else [1, large]:
+                seconds = measure.collective_time(channel, op, n, nbytes, config, budget)
+                points.append((op, n, nbytes, seconds))
+    params.update(calibrate.fit_rounds(channel, params, points))
+    params["poll_interval_s"] = 0.0
+    return params
 
 
 def run_suite(
@@ -183,7 +178,7 @@ def run_suite(
             for ch in measured:
                 say(f"calibrating {ch}")
                 rows = [r for r in results["pingpong"] if r["channel"] == ch]
-                params[ch] = _calibrate_channel(ch, rows, run_config, opts)
+                params[ch] = _calibrate_channel(ch, rows, run_config, opts, ranks)
             path = calibrate.write_model_file(opts.calibrate, params)
             results["calibration"] = {"file": str(path), "channels": params}
             model_config = dataclasses.replace(

@@ -34,10 +34,14 @@ __all__ = [
 class ChannelModel:
     """Latency, bandwidth and prices of one channel.
 
-    A round in which a rank sends ``m`` messages of ``n`` bytes takes
+    One message of ``n`` bytes needs ``x(n) = min(n, L) / bandwidth_single_bytes_per_s
+    + max(n - L, 0) / bandwidth_large_bytes_per_s`` seconds on the wire, with
+    ``L = large_message_bytes`` (0: no second regime). A round in which a rank
+    sends ``m`` messages of ``n`` bytes takes
     ``latency_s + poll_interval_s / 2 + (m - 1) * per_message_s
-    + m * n / min(m * bandwidth_single_bytes_per_s, bandwidth_aggregate_bytes_per_s)``
-    seconds. Every message costs ``price_per_request_usd`` to write and
+    + m * x(n) * single / min(m * single, bandwidth_aggregate_bytes_per_s)``
+    seconds (a lone message, ``m = 1``, moves at the single-stream rate), and a collective call adds ``call_overhead_s`` once. Every message
+    costs ``price_per_request_usd`` to write and
     ``reads_per_message * price_per_read_usd`` to read, every byte moved
     ``price_per_gb_usd / 1e9``, and when ``include_infrastructure`` is set the
     servers' hourly price is spread over ``requests_per_hour`` requests.
@@ -49,6 +53,9 @@ class ChannelModel:
     bandwidth_aggregate_bytes_per_s: float
     per_message_s: float = 0.0
     poll_interval_s: float = 0.0
+    large_message_bytes: float = 0.0
+    bandwidth_large_bytes_per_s: float = 0.0
+    call_overhead_s: float = 0.0
     price_per_request_usd: float = 0.0
     price_per_read_usd: float = 0.0
     reads_per_message: float = 1.0
@@ -57,15 +64,26 @@ class ChannelModel:
     requests_per_hour: float = 0.0
     include_infrastructure: bool = True
 
+    def wire_time_s(self, nbytes: int) -> float:
+        """Seconds one message of ``nbytes`` spends on a single stream (no latency)."""
+        n = max(int(nbytes), 0)
+        limit = self.large_message_bytes
+        if limit <= 0 or n <= limit or self.bandwidth_large_bytes_per_s <= 0:
+            return n / self.bandwidth_single_bytes_per_s
+        return limit / self.bandwidth_single_bytes_per_s + (n - limit) / (
+            self.bandwidth_large_bytes_per_s
+        )
+
     def round_time_s(self, messages: int, nbytes: int) -> float:
         """Seconds for one round in which one rank sends ``messages`` messages of ``nbytes``."""
         m = max(int(messages), 1)
-        bandwidth = min(m * self.bandwidth_single_bytes_per_s, self.bandwidth_aggregate_bytes_per_s)
+        single = self.bandwidth_single_bytes_per_s
+        share = 1.0 if m == 1 else m * single / min(m * single, self.bandwidth_aggregate_bytes_per_s)
         return (
             self.latency_s
             + self.poll_interval_s / 2
             + (m - 1) * self.per_message_s
-            + m * max(int(nbytes), 0) / bandwidth
+            + self.wire_time_s(nbytes) * share
         )
 
     def infrastructure_usd_per_request(self) -> float:

@@ -153,6 +153,8 @@ def predict(
     time_s = 0.0
     messages = moved = 0
     if size > 1:
+        if op != "send":
+            time_s += channel.call_overhead_s
         for step in algorithm.steps(size, nbytes):
             if step.rounds > 0 and step.messages > 0:
                 time_s += step.rounds * channel.round_time_s(step.messages, step.nbytes)
