@@ -152,11 +152,7 @@ class ChannelModelConfig:
             value = getattr(self, f.name)
             if f.name != "include_infrastructure" and value is not None and value < 0:
                 raise ConfigError(f"model.<channel>.{f.name} must be >= 0, got {value!r}")
-        for name in (
-            "bandwidth_single_bytes_per_s",
-            "bandwidth_aggregate_bytes_per_s",
-            "bandwidth_large_bytes_per_s",
-        ):
+        for name in ("bandwidth_single_bytes_per_s", "bandwidth_aggregate_bytes_per_s"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"model.<channel>.{name} must be > 0, got {value!r}")
