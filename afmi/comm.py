@@ -82,9 +82,7 @@ class Communicator:
         view._pin = channel
         return view
 
-    def explain(
-        self, op: str, nbytes: int = 0, hint: str | float | None = None
-    ) -> Any:
+    def explain(self, op: str, nbytes: int = 0, hint: str | float | None = None) -> Any:
         """The table behind the choice for ``op`` moving ``nbytes`` per rank here.
 
         Returns an :class:`afmi.model.Explanation`; ``print()`` it for a table of

@@ -59,8 +59,9 @@ def summarize(rows: list[dict[str, Any]], config: Config) -> dict[str, Any]:
         if picked == fastest:
             correct += 1
         else:
-            misses.append({"op": op, "ranks": ranks, "nbytes": nbytes, "picked": picked,
-                           "fastest": fastest})
+            misses.append(
+                {"op": op, "ranks": ranks, "nbytes": nbytes, "picked": picked, "fastest": fastest}
+            )
     out: dict[str, Any] = {
         "tolerance": TOLERANCE,
         "points": len(errors),

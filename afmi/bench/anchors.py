@@ -71,7 +71,9 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def socket_pingpong(nbytes_list: Sequence[int], budget: Budget | None = None) -> list[dict[str, Any]]:
+def socket_pingpong(
+    nbytes_list: Sequence[int], budget: Budget | None = None
+) -> list[dict[str, Any]]:
     """Blocking-socket ping-pong between this process and a child echo process."""
     budget = budget or Budget()
     proc = subprocess.Popen(
@@ -95,7 +97,12 @@ def socket_pingpong(nbytes_list: Sequence[int], budget: Budget | None = None) ->
                 head = _LEN.pack(nbytes)
                 hbuf = bytearray(_LEN.size)
 
-                def one() -> None:
+                def one(
+                    head: bytes = head,
+                    out: bytes = out,
+                    hbuf: bytearray = hbuf,
+                    back: bytearray = back,
+                ) -> None:
                     sock.sendall(head)
                     sock.sendall(out)
                     _recv_exact(sock, memoryview(hbuf))

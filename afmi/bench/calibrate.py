@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 
-def fit_latency_bandwidth(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
+def fit_latency_bandwidth(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
     """``(latency_s, bandwidth_bytes_per_s)`` from ``(nbytes, seconds)`` points.
 
     Weighted least squares of ``t = a + b * n`` with weights ``1 / t**2``
@@ -81,7 +81,7 @@ def _score(params: dict[str, float], pts: list[tuple[float, float]]) -> tuple[fl
     return max(errs), sum(e * e for e in errs)
 
 
-def fit_wire(points: Sequence[tuple[int, float]]) -> dict[str, float]:
+def fit_wire(points: Sequence[tuple[float, float]]) -> dict[str, float]:
     """Latency, bandwidth and (when it helps) a second bandwidth for large messages.
 
     Tries one bandwidth for all sizes, then every measured size as the
@@ -139,7 +139,11 @@ def fit_per_message(fanout_s: float, peers: int, latency_s: float) -> float:
 
 
 def fit_aggregate(
-    fanout_s: float, peers: int, wire_s: float, latency_s: float, per_message_s: float,
+    fanout_s: float,
+    peers: int,
+    wire_s: float,
+    latency_s: float,
+    per_message_s: float,
     single: float,
 ) -> float:
     """Aggregate bandwidth from a fan-out of one large message to each of ``peers`` peers.
@@ -176,7 +180,8 @@ def fit_rounds(
     from afmi.model.select import candidates
 
     single = wire["bandwidth_single_bytes_per_s"]
-    base_model = ChannelModel(name=channel, bandwidth_aggregate_bytes_per_s=single, **wire)
+    values: dict[str, Any] = dict(wire)
+    base_model = ChannelModel(name=channel, bandwidth_aggregate_bytes_per_s=single, **values)
     rows, targets = [], []
     for op, ranks, nbytes, seconds in points:
         if seconds <= 0 or ranks < 2:
@@ -228,7 +233,7 @@ def write_model_file(path: str | Path, channels: dict[str, dict[str, float]]) ->
     p = Path(path)
     content = model_file(channels)
     if p.suffix == ".toml":
-        lines = [f'[model]\ncalibrated = {json.dumps(content["model"]["calibrated"])}']
+        lines = [f"[model]\ncalibrated = {json.dumps(content['model']['calibrated'])}"]
         for name, params in content["model"].items():
             if isinstance(params, dict):
                 lines.append(f"\n[model.{name}]")

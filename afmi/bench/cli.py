@@ -23,7 +23,9 @@ def _ints(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
 
 
 def _names(text: str) -> list[str]:
@@ -52,27 +54,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``afmi bench``."""
     parser.add_argument("--quick", action="store_true", help="few sizes and iterations (smoke run)")
     parser.add_argument(
-        "--channels", type=_names, default=None,
+        "--channels",
+        type=_names,
+        default=None,
         help="comma-separated channels (default: every available one of local,direct,redis,s3)",
     )
-    parser.add_argument("--max-size", type=_nbytes, default=1 << 24,
-                        help="largest ping-pong message (default 16MiB)")
-    parser.add_argument("--collective-max-size", type=_nbytes, default=1 << 20,
-                        help="largest collective payload per rank (default 1MiB)")
-    parser.add_argument("--ranks", type=_ints, default=None,
-                        help="rank counts for collectives (default 2,4,8; quick: 2,4)")
-    parser.add_argument("--ops", type=_names, default=["barrier", "bcast", "allreduce", "gather"],
-                        help="collectives to time (default barrier,bcast,allreduce,gather)")
+    parser.add_argument(
+        "--max-size",
+        type=_nbytes,
+        default=1 << 24,
+        help="largest ping-pong message (default 16MiB)",
+    )
+    parser.add_argument(
+        "--collective-max-size",
+        type=_nbytes,
+        default=1 << 20,
+        help="largest collective payload per rank (default 1MiB)",
+    )
+    parser.add_argument(
+        "--ranks",
+        type=_ints,
+        default=None,
+        help="rank counts for collectives (default 2,4,8; quick: 2,4)",
+    )
+    parser.add_argument(
+        "--ops",
+        type=_names,
+        default=["barrier", "bcast", "allreduce", "gather"],
+        help="collectives to time (default barrier,bcast,allreduce,gather)",
+    )
     parser.add_argument("--no-pingpong", action="store_true", help="skip the ping-pong sweep")
     parser.add_argument("--no-collectives", action="store_true", help="skip collectives")
     parser.add_argument("--no-anchors", action="store_true", help="skip socket/mpi4py anchors")
-    parser.add_argument("--no-servers", action="store_true",
-                        help="do not start private Redis/S3 servers for unconfigured channels")
-    parser.add_argument("--calibrate", nargs="?", const="afmi-model.json", default=None,
-                        metavar="FILE", help="fit the model and write it (default afmi-model.json)")
+    parser.add_argument(
+        "--no-servers",
+        action="store_true",
+        help="do not start private Redis/S3 servers for unconfigured channels",
+    )
+    parser.add_argument(
+        "--calibrate",
+        nargs="?",
+        const="afmi-model.json",
+        default=None,
+        metavar="FILE",
+        help="fit the model and write it (default afmi-model.json)",
+    )
     parser.add_argument("--config", default=None, help="config file (.json/.toml)")
-    parser.add_argument("--seconds-per-point", type=float, default=None,
-                        help="time budget per measured point")
+    parser.add_argument(
+        "--seconds-per-point", type=float, default=None, help="time budget per measured point"
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="write results as JSON")
     parser.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots here")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -88,8 +118,11 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "bench_command", None) == "loader":
         module = _loader()
         if module is None or not hasattr(module, "main"):
-            print("afmi bench loader: the loader benchmark (afmi.bench.loader) is not part of "
-                  "this build", file=sys.stderr)
+            print(
+                "afmi bench loader: the loader benchmark (afmi.bench.loader) is not part of "
+                "this build",
+                file=sys.stderr,
+            )
             return 2
         return int(module.main(args))
     from afmi.bench.report import Progress, format_report, write_json, write_plots

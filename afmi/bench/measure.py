@@ -113,7 +113,7 @@ async def _pingpong_main(comm: Communicator, nbytes_list: list[int], budget: Bud
     for nbytes in nbytes_list:
         buf = _payload(nbytes)
 
-        async def one() -> None:
+        async def one(buf: np.ndarray = buf) -> None:
             if comm.rank == 0:
                 await comm.send(buf, 1)
                 await comm.recv(1)
@@ -172,7 +172,11 @@ async def _burst_main(comm: Communicator, count: int, nbytes: int, budget: Budge
 
 
 def burst_time(
-    channel: str, count: int, nbytes: int, config: Config | None = None, budget: Budget | None = None
+    channel: str,
+    count: int,
+    nbytes: int,
+    config: Config | None = None,
+    budget: Budget | None = None,
 ) -> float:
     """Seconds for ``count`` back-to-back messages to one peer plus its one-byte answer."""
     return float(
@@ -228,7 +232,7 @@ async def _collective_main(
     for nbytes in nbytes_list:
         buf = _payload(nbytes)
 
-        async def one() -> None:
+        async def one(buf: np.ndarray = buf) -> None:
             await call(comm, buf)
 
         iters = await _warm_then_count(comm, budget, nbytes, one)
@@ -238,7 +242,11 @@ async def _collective_main(
 
 
 def collective_time(
-    channel: str, op: str, ranks: int, nbytes: int, config: Config | None = None,
+    channel: str,
+    op: str,
+    ranks: int,
+    nbytes: int,
+    config: Config | None = None,
     budget: Budget | None = None,
 ) -> float:
     """Seconds per call of ``op`` on ``ranks`` ranks with ``nbytes`` (one point)."""

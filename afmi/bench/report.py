@@ -59,7 +59,9 @@ def _size(n: int) -> str:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
     return "\n".join([fmt.format(*headers)] + [fmt.format(*r) for r in rows])
 
@@ -83,8 +85,10 @@ def format_report(results: dict[str, Any]) -> str:
             row = [_size(s)]
             for n in names:
                 r = by.get((n, s))
-                row += [_us(r["latency_s"]) if r else "-",
-                        f"{r['bandwidth_bytes_per_s'] / 1e6:.1f}" if r else "-"]
+                row += [
+                    _us(r["latency_s"]) if r else "-",
+                    f"{r['bandwidth_bytes_per_s'] / 1e6:.1f}" if r else "-",
+                ]
                 if f"{n} model" in headers:
                     row.append(_us(r.get("predicted_s")) if r else "-")
             rows.append(row)
@@ -93,14 +97,24 @@ def format_report(results: dict[str, Any]) -> str:
     coll = results.get("collectives", [])
     if coll:
         rows = [
-            [r["op"], str(r["ranks"]), _size(r["nbytes"]), r["channel"], r.get("algorithm", "?"),
-             _us(r["latency_s"]), _us(r.get("predicted_s")),
-             f"{r['rel_error']:+.0%}" if r.get("rel_error") is not None else "-"]
+            [
+                r["op"],
+                str(r["ranks"]),
+                _size(r["nbytes"]),
+                r["channel"],
+                r.get("algorithm", "?"),
+                _us(r["latency_s"]),
+                _us(r.get("predicted_s")),
+                f"{r['rel_error']:+.0%}" if r.get("rel_error") is not None else "-",
+            ]
             for r in sorted(coll, key=lambda r: (r["op"], r["ranks"], r["nbytes"], r["channel"]))
         ]
         out.append("\nCollective latency (slowest rank's mean per call)")
-        out.append(_table(["op", "ranks", "size", "channel", "algorithm", "measured",
-                           "model", "error"], rows))
+        out.append(
+            _table(
+                ["op", "ranks", "size", "channel", "algorithm", "measured", "model", "error"], rows
+            )
+        )
     for name, value in results.get("anchors", {}).items():
         if isinstance(value, dict) and "skipped" in value:
             out.append(f"\nanchor {name} skipped: {value['skipped']}")
@@ -172,11 +186,20 @@ def write_plots(results: dict[str, Any], directory: str | Path) -> list[Path]:
             fig, ax = plt.subplots(figsize=(7, 4.5))
             for name, rows in sorted(series.items()):
                 rows = sorted(rows, key=lambda r: r["nbytes"])
-                ax.plot([r["nbytes"] for r in rows], [r[key] * scale for r in rows], "o-",
-                        label=name, markersize=3)
+                ax.plot(
+                    [r["nbytes"] for r in rows],
+                    [r[key] * scale for r in rows],
+                    "o-",
+                    label=name,
+                    markersize=3,
+                )
                 if key == "latency_s" and any("predicted_s" in r for r in rows):
-                    ax.plot([r["nbytes"] for r in rows],
-                            [r["predicted_s"] * scale for r in rows], "--", label=f"{name} model")
+                    ax.plot(
+                        [r["nbytes"] for r in rows],
+                        [r["predicted_s"] * scale for r in rows],
+                        "--",
+                        label=f"{name} model",
+                    )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("message size (bytes)")
@@ -199,8 +222,13 @@ def write_plots(results: dict[str, Any], directory: str | Path) -> list[Path]:
             for (ch, ranks), rows in sorted(lines.items()):
                 rows = sorted(rows, key=lambda r: r["nbytes"])
                 xs = [max(r["nbytes"], 1) for r in rows]
-                ax.plot(xs, [r["latency_s"] * 1e6 for r in rows], "o-", markersize=3,
-                        label=f"{ch} n={ranks}")
+                ax.plot(
+                    xs,
+                    [r["latency_s"] * 1e6 for r in rows],
+                    "o-",
+                    markersize=3,
+                    label=f"{ch} n={ranks}",
+                )
             ax.set_title(op)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")

@@ -215,7 +215,9 @@ def run_suite(
     results["model_source"] = (
         f"calibrated in this run ({results['calibration']['file']})"
         if results["calibration"]
-        else f"model file {config.model.file}" if config.model.file else "built-in defaults"
+        else f"model file {config.model.file}"
+        if config.model.file
+        else "built-in defaults"
     )
     results["accuracy"] = accuracy.summarize(rows, model_config)
     return results

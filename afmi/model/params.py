@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from afmi.config import ChannelModelConfig, Config, ConfigError, FaasConfig
+from afmi.config import ChannelModelConfig, Config, FaasConfig
+from afmi.errors import ConfigError
 
 __all__ = [
     "DEFAULTS",
@@ -36,15 +37,15 @@ class ChannelModel:
 
     One message of ``n`` bytes needs ``x(n) = min(n, L) / bandwidth_single_bytes_per_s
     + max(n - L, 0) / bandwidth_large_bytes_per_s`` seconds on the wire, with
-    ``L = large_message_bytes`` (0: no second regime). A round in which a rank
-    sends ``m`` messages of ``n`` bytes takes
-    ``latency_s + poll_interval_s / 2 + (m - 1) * per_message_s
-    + m * x(n) * single / min(m * single, bandwidth_aggregate_bytes_per_s)``
-    seconds (a lone message, ``m = 1``, moves at the single-stream rate), and a collective call adds ``call_overhead_s`` once. Every message
-    costs ``price_per_request_usd`` to write and
-    ``reads_per_message * price_per_read_usd`` to read, every byte moved
-    ``price_per_gb_usd / 1e9``, and when ``include_infrastructure`` is set the
-    servers' hourly price is spread over ``requests_per_hour`` requests.
+    ``L = large_message_bytes`` (0: one bandwidth for all sizes). A round in
+    which a rank sends ``m`` messages of ``n`` bytes takes ``latency_s +
+    poll_interval_s / 2 + (m - 1) * per_message_s + x(n) * s`` seconds, where
+    ``s = 1`` for a lone message and ``s = m * single / min(m * single,
+    bandwidth_aggregate_bytes_per_s)`` otherwise; a collective call adds
+    ``call_overhead_s`` once. Every message costs ``price_per_request_usd`` to
+    write and ``reads_per_message * price_per_read_usd`` to read, every byte
+    moved ``price_per_gb_usd / 1e9``, and when ``include_infrastructure`` is set
+    the servers' hourly price is spread over ``requests_per_hour`` requests.
     """
 
     name: str
@@ -78,7 +79,9 @@ class ChannelModel:
         """Seconds for one round in which one rank sends ``messages`` messages of ``nbytes``."""
         m = max(int(messages), 1)
         single = self.bandwidth_single_bytes_per_s
-        share = 1.0 if m == 1 else m * single / min(m * single, self.bandwidth_aggregate_bytes_per_s)
+        share = 1.0
+        if m > 1:
+            share = m * single / min(m * single, self.bandwidth_aggregate_bytes_per_s)
         return (
             self.latency_s
             + self.poll_interval_s / 2
@@ -181,14 +184,14 @@ def load_model_file(path: str | Path) -> dict[str, dict[str, Any]]:
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"model file {p} is not valid JSON/TOML: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-        raise ConfigError(f"model file {p} must hold a 'model' table (as afmi bench --calibrate writes)")
+        raise ConfigError(
+            f"model file {p} must hold a 'model' table (as afmi bench --calibrate writes)"
+        )
     table = dict(data["model"])
     if "file" in table:
         raise ConfigError(f"model file {p} must not name another model file (model.file)")
     cfg = Config.from_dict({"model": table})
-    return {
-        name: getattr(cfg.model, name).overrides() for name in DEFAULTS if name in table
-    }
+    return {name: getattr(cfg.model, name).overrides() for name in DEFAULTS if name in table}
 
 
 def _mtime(config: Config) -> float:

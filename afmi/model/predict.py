@@ -23,7 +23,10 @@ __all__ = ["P2P", "Prediction", "StepModel", "predict", "traffic"]
 class StepModel(Protocol):
     """What the model needs of an algorithm: a name and its step structure."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The algorithm's name."""
+        ...
 
     def steps(self, size: int, nbytes: int) -> list[Step]:
         """The critical path as rounds of messages."""

@@ -80,10 +80,14 @@ def sample_args(collective: str, nbytes: int) -> dict[str, Any]:
 
     payload = np.broadcast_to(np.zeros(1, dtype=np.uint8), (max(int(nbytes), 0),))
     if collective in ("allreduce", "reduce", "reduce_scatter", "scan", "exscan"):
-        return {"x": payload, "op": SUM, "root": 0} if collective == "reduce" else {
-            "x": payload,
-            "op": SUM,
-        }
+        return (
+            {"x": payload, "op": SUM, "root": 0}
+            if collective == "reduce"
+            else {
+                "x": payload,
+                "op": SUM,
+            }
+        )
     if collective in ("bcast", "gather"):
         return {"obj": payload, "root": 0}
     if collective == "allgather":
@@ -95,7 +99,9 @@ def sample_args(collective: str, nbytes: int) -> dict[str, Any]:
     return {}
 
 
-def _registry_pick(collective: str, ctx: CollectiveContext, channel: str, args: dict[str, Any]) -> Algorithm:
+def _registry_pick(
+    collective: str, ctx: CollectiveContext, channel: str, args: dict[str, Any]
+) -> Algorithm:
     from afmi.collectives.registry import select
     from afmi.endpoint import _PINNED
 

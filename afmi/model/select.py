@@ -68,8 +68,10 @@ def as_hint(hint: str | float | Hint | None, config: Config | None = None) -> Hi
         if not math.isfinite(hint) or hint < 0:
             raise ArgumentError(f"a weighted hint is dollars per second >= 0, got {hint!r}")
         return Hint("weighted", float(hint))
-    if hint in ("fast", "cheap"):
-        return Hint(hint)
+    if hint == "fast":
+        return Hint("fast")
+    if hint == "cheap":
+        return Hint("cheap")
     if hint == "weighted":
         return Hint("weighted", config.model.usd_per_s)
     raise ArgumentError(
@@ -106,7 +108,8 @@ def candidates(
         if ok:
             usable.append(a)
     specific = [a for a in usable if a.channels is not None]
-    return list(specific or usable)
+    chosen: list[StepModel] = [*(specific or usable)]
+    return chosen
 
 
 def predict_all(

@@ -135,7 +135,9 @@ def test_one_rank_costs_nothing_to_communicate():
 
 
 def test_config_overrides_a_default():
-    cfg = Config.from_dict({"model": {"redis": {"latency_s": 0.001, "include_infrastructure": False}}})
+    cfg = Config.from_dict(
+        {"model": {"redis": {"latency_s": 0.001, "include_infrastructure": False}}}
+    )
     models = channel_models(cfg)
     assert models["redis"].latency_s == 0.001
     assert models["redis"].include_infrastructure is False
@@ -168,7 +170,7 @@ def test_bad_model_config_is_a_clear_error(data, match):
 
 
 def test_missing_or_bad_model_file(tmp_path):
-    with pytest.raises(ConfigError, match="model.file"):
+    with pytest.raises(ConfigError, match=r"model\.file"):
         channel_models(Config.from_dict({"model": {"file": str(tmp_path / "nope.json")}}))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"model": {"local": {"latncy_s": 1}}}))

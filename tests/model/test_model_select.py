@@ -107,8 +107,12 @@ def test_every_process_reaches_the_same_choice(subprocess_env):
     for seed, order in (("1", "s3,redis,direct,local"), ("2", "local,direct,redis,s3")):
         env = dict(subprocess_env, PYTHONHASHSEED=seed)
         res = subprocess.run(
-            [sys.executable, "-c", _CHILD, order], env=env, capture_output=True, text=True,
-            timeout=120, check=True,
+            [sys.executable, "-c", _CHILD, order],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
         )
         outputs.append(json.loads(res.stdout))
     assert outputs[0] == outputs[1]
@@ -118,13 +122,19 @@ def test_every_process_reaches_the_same_choice(subprocess_env):
 
 def test_explain_cli_table_and_json(subprocess_env):
     cmd = [sys.executable, "-m", "afmi", "explain", "allreduce", "1MiB", "--size", "8"]
-    res = subprocess.run(cmd + ["--hint", "cheap"], env=subprocess_env, capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run(
+        [*cmd, "--hint", "cheap"], env=subprocess_env, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     assert "allreduce of 1 MiB on 8 ranks, hint cheap" in res.stdout
     assert "* chosen:" in res.stdout
-    res = subprocess.run(cmd + ["--json", "--channels", "redis,s3"], env=subprocess_env,
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [*cmd, "--json", "--channels", "redis,s3"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     data = json.loads(res.stdout)
     assert {r["channel"] for r in data["rows"]} == {"redis", "s3"}
     assert data["size"] == 8 and data["nbytes"] == 1 << 20
@@ -141,8 +151,13 @@ def test_explain_cli_table_and_json(subprocess_env):
     ],
 )
 def test_explain_cli_bad_input(subprocess_env, args, message):
-    res = subprocess.run([sys.executable, "-m", "afmi", "explain", *args], env=subprocess_env,
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "afmi", "explain", *args],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2
     assert message in res.stderr
     assert "Traceback" not in res.stderr
@@ -155,7 +170,10 @@ def test_explain_cli_reads_a_model_file(subprocess_env, tmp_path):
     env.pop("AFMI_CONFIG", None)
     res = subprocess.run(
         [sys.executable, "-m", "afmi", "explain", "send", "1", "--config", str(path)],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert "* chosen: s3 / p2p" in res.stdout, res.stdout + res.stderr
     assert os.path.exists(path)
