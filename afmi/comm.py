@@ -336,7 +336,8 @@ class Communicator:
 
         channels = [self._pin] if self._pin else self.channels
         chosen = plan(name, ctx, channels, args, self._ep.config)
-        return chosen.algorithm, on_channel(chosen.channel, chosen.algorithm.run(ctx, **args))
+        algorithm = chosen.algorithm
+        return algorithm, on_channel(chosen.channel, lambda: algorithm.run(ctx, **args))
 
     async def _collective(self, name: str, timeout: float | None, **args: Any) -> Any:
         self._ep.check_alive()

@@ -44,16 +44,18 @@ def pinned_channel() -> str | None:
     return _PINNED.get()
 
 
-async def on_channel(channel: str | None, aw: Awaitable[T]) -> T:
-    """Await ``aw`` with every message it sends pinned to ``channel`` (None: no pin).
+async def on_channel(channel: str | None, start: Callable[[], Awaitable[T]]) -> T:
+    """Await ``start()`` with every message it sends pinned to ``channel`` (None: no pin).
 
-    Tasks it starts inherit the pin (asyncio copies the context into new tasks).
+    ``start`` is called only once the pin is set (so nothing is created if this
+    coroutine is closed unstarted). Tasks it starts inherit the pin (asyncio
+    copies the context into new tasks).
     """
     if channel is None:
-        return await aw
+        return await start()
     token = _PINNED.set(channel)
     try:
-        return await aw
+        return await start()
     finally:
         _PINNED.reset(token)
 

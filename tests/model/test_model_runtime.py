@@ -156,3 +156,18 @@ def test_auto_names_for_processes_skip_unconfigured_channels():
     assert names == ["local", "direct"]
     with pytest.raises(ArgumentError, match="channel must be"):
         channel_names([], Config(), in_process=True)
+
+
+async def test_rejected_timeout_on_a_pinned_collective_leaves_nothing_behind():
+    import gc
+
+    async def main(comm):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(ArgumentError, match="timeout"):
+                await comm.with_channel("local").allreduce(1, timeout=-1)
+            gc.collect()
+        assert not [w for w in caught if "never awaited" in str(w.message)]
+        return await comm.allreduce(1)
+
+    assert await afmi.launch_local(main, 2, timeout=30) == [2, 2]
