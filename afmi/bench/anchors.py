@@ -206,6 +206,8 @@ def mpi4py_pingpong(
             "OMPI_ALLOW_RUN_AS_ROOT": "1",
             "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
             "OMPI_MCA_rmaps_base_oversubscribe": "1",
+            # yield the CPU while waiting: the machine may have fewer free cores than ranks
+            "OMPI_MCA_mpi_yield_when_idle": "1",
         }
     )
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
