@@ -110,8 +110,8 @@ def fit_wire(points: Sequence[tuple[float, float]]) -> dict[str, float]:
             w = 1.0 / (t * t)
             num += w * (n - limit) * (t - base)
             den += w * (n - limit) ** 2
-        if num <= 0 or den <= 0:
-            continue
+        if num <= 0 or den <= 0 or bw < (den / num) / 10:
+            continue  # latency noise posing as a slow small-message bandwidth
         cand = {
             "latency_s": lat,
             "bandwidth_single_bytes_per_s": bw,

@@ -226,18 +226,26 @@ COLLECTIVES: dict[str, Callable[[Communicator, Any], Any]] = {
 
 async def _collective_main(
     comm: Communicator, op: str, nbytes_list: list[int], budget: Budget
-) -> list[tuple[int, int, float]]:
+) -> list[tuple[int, int, list[float]]]:
     call = COLLECTIVES[op]
     out = []
     for nbytes in nbytes_list:
         buf = _payload(nbytes)
 
         async def one(buf: np.ndarray = buf) -> None:
+            await comm.barrier()
             await call(comm, buf)
 
         iters = await _warm_then_count(comm, budget, nbytes, one)
-        await comm.barrier()
-        out.append((nbytes, iters, await _timed(iters, one)))
+        times = []
+        for _ in range(iters):
+            # Every call is timed alone: a barrier first, so that no rank runs
+            # ahead into the next call (the model predicts one isolated call).
+            await comm.barrier()
+            t0 = time.perf_counter()
+            await call(comm, buf)
+            times.append(time.perf_counter() - t0)
+        out.append((nbytes, iters, times))
     return out
 
 
@@ -265,7 +273,8 @@ def collective_latency(
 ) -> list[dict[str, Any]]:
     """Seconds per call of collective ``op`` on ``ranks`` ranks, for each payload size.
 
-    Every rank times its own loop; the slowest rank's time is reported.
+    Every call is timed alone (after a barrier) on every rank; the result is
+    the median over calls of the slowest rank's time.
     """
     if op not in COLLECTIVES:
         raise ValueError(f"unknown collective {op!r}; choose from {', '.join(COLLECTIVES)}")
@@ -277,6 +286,10 @@ def collective_latency(
     per_rank = _run(_collective_main, ranks, channel, config, op, sizes_used, budget)
     rows = []
     for i, nbytes in enumerate(sizes_used):
+        # per call: the slowest rank; over calls: the median (robust to interference)
+        slowest = sorted(max(calls) for calls in zip(*(r[i][2] for r in per_rank)))
+        mid = len(slowest) // 2
+        median = slowest[mid] if len(slowest) % 2 else (slowest[mid - 1] + slowest[mid]) / 2
         rows.append(
             {
                 "channel": channel,
@@ -284,7 +297,7 @@ def collective_latency(
                 "ranks": ranks,
                 "nbytes": nbytes,
                 "iterations": per_rank[0][i][1],
-                "latency_s": max(r[i][2] for r in per_rank),
+                "latency_s": median,
             }
         )
     return rows
