@@ -203,8 +203,19 @@ def _mtime(config: Config) -> float:
         return -1.0  # reported by load_model_file
 
 
-@functools.lru_cache(maxsize=64)
 def _resolve(config: Config, mtime: float) -> dict[str, ChannelModel]:
+    try:
+        return _resolve_cached(config, mtime)
+    except TypeError:  # a config holding unhashable values: resolve without the cache
+        return _resolve_uncached(config)
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve_cached(config: Config, mtime: float) -> dict[str, ChannelModel]:
+    return _resolve_uncached(config)
+
+
+def _resolve_uncached(config: Config) -> dict[str, ChannelModel]:
     layers: list[dict[str, dict[str, Any]]] = []
     if config.model.file:
         layers.append(load_model_file(config.model.file))
