@@ -98,12 +98,22 @@ async def _timed(iters: int, one: Callable[[], Any]) -> float:
 
 
 async def _warm_then_count(comm: Communicator, budget: Budget, nbytes: int, one: Any) -> int:
-    """Run the warm-up (``await one()`` per iteration) and agree on the timed count."""
+    """Run the warm-up (``await one()`` per iteration) and agree on the timed count.
+
+    One iteration first tells rank 0 how slow the point is; it then sends every
+    rank the number of further warm-up iterations (at most a quarter of the
+    time budget) and, after them, the number of timed iterations.
+    """
     warm, iters = budget.plan(nbytes)
     t0 = time.perf_counter()
-    for _ in range(max(warm, 1)):
+    await one()
+    first = time.perf_counter() - t0
+    more = min(warm - 1, int(budget.seconds_per_point / 4 / first)) if first > 0 else warm - 1
+    more = int(await comm.bcast(max(more, 0) if comm.rank == 0 else 0, root=0))
+    t0 = time.perf_counter()
+    for _ in range(more):
         await one()
-    per_iter = (time.perf_counter() - t0) / max(warm, 1)
+    per_iter = (time.perf_counter() - t0) / more if more else first
     count = budget.cap(iters, per_iter) if comm.rank == 0 else 0
     return int(await comm.bcast(count, root=0))
 
