@@ -50,6 +50,10 @@ def _loader() -> Any:
         raise
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``afmi bench``."""
     parser.add_argument("--quick", action="store_true", help="few sizes and iterations (smoke run)")
@@ -125,8 +129,13 @@ def main(args: argparse.Namespace) -> int:
             )
             return 2
         return int(module.main(args))
+    import signal
+
     from afmi.bench.report import Progress, format_report, write_json, write_plots
     from afmi.bench.suite import Options, run_suite
+
+    # SIGTERM unwinds like Ctrl-C, so servers the bench started are stopped.
+    signal.signal(signal.SIGTERM, _terminate)
 
     try:
         config = Config.load(args.config)
