@@ -8,6 +8,5 @@
 * :mod:`afmi.bench.suite` - one whole run; :mod:`afmi.bench.cli` - the command.
 
 ``afmi bench loader`` hands over to :mod:`afmi.bench.loader` (when present),
-which defines ``add_arguments(parser)`` and ``main(args) -> int`` like every
-``afmi`` subcommand module.
+which defines ``add_arguments(parser)`` and ``run(args) -> int``.
 """

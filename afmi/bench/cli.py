@@ -121,14 +121,15 @@ def main(args: argparse.Namespace) -> int:
     """Run ``afmi bench``."""
     if getattr(args, "bench_command", None) == "loader":
         module = _loader()
-        if module is None or not hasattr(module, "main"):
+        runner = getattr(module, "run", None) if module is not None else None
+        if runner is None:
             print(
                 "afmi bench loader: the loader benchmark (afmi.bench.loader) is not part of "
                 "this build",
                 file=sys.stderr,
             )
             return 2
-        return int(module.main(args))
+        return int(runner(args))
     import signal
 
     from afmi.bench.report import Progress, format_report, write_json, write_plots
