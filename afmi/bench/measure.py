@@ -236,27 +236,39 @@ COLLECTIVES: dict[str, Callable[[Communicator, Any], Any]] = {
 
 async def _collective_main(
     comm: Communicator, op: str, nbytes_list: list[int], budget: Budget
-) -> list[tuple[int, int, list[float]]]:
+) -> list[tuple[int, int, float]]:
     call = COLLECTIVES[op]
     out = []
     for nbytes in nbytes_list:
         buf = _payload(nbytes)
 
-        async def one(buf: np.ndarray = buf) -> None:
+        async def with_op(buf: np.ndarray = buf) -> None:
             await comm.barrier()
             await call(comm, buf)
 
-        iters = await _warm_then_count(comm, budget, nbytes, one)
-        times = []
-        for _ in range(iters):
-            # Every call is timed alone: a barrier first, so that no rank runs
-            # ahead into the next call (the model predicts one isolated call).
+        async def two_barriers() -> None:
             await comm.barrier()
-            t0 = time.perf_counter()
-            await call(comm, buf)
-            times.append(time.perf_counter() - t0)
-        out.append((nbytes, iters, times))
+            await comm.barrier()
+
+        iters = await _warm_then_count(comm, budget, nbytes, with_op)
+        # A barrier before every call keeps ranks from running ahead into the
+        # next call (the model predicts one isolated call); its own time, from
+        # interleaved batches of two barriers, is taken off again.
+        paired, barriers = [], []
+        per_batch = max(iters // 5, 1)
+        for _ in range(5):
+            paired.append(await _timed(per_batch, with_op))
+            barriers.append(await _timed(per_batch, two_barriers) / 2)
+        with_call, barrier = _median(paired), _median(barriers)
+        seconds = barrier if op == "barrier" else with_call - barrier
+        out.append((nbytes, per_batch * 5, max(seconds, 0.05 * with_call)))
     return out
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
 
 
 def collective_time(
@@ -283,8 +295,10 @@ def collective_latency(
 ) -> list[dict[str, Any]]:
     """Seconds per call of collective ``op`` on ``ranks`` ranks, for each payload size.
 
-    Every call is timed alone (after a barrier) on every rank; the result is
-    the median over calls of the slowest rank's time.
+    Calls run as ``barrier; call`` and are timed in batches interleaved with
+    batches of ``barrier; barrier``; a call's time is the median batch time
+    minus one barrier's (for ``barrier`` itself: half a pair). The slowest
+    rank's figure is reported.
     """
     if op not in COLLECTIVES:
         raise ValueError(f"unknown collective {op!r}; choose from {', '.join(COLLECTIVES)}")
@@ -296,10 +310,6 @@ def collective_latency(
     per_rank = _run(_collective_main, ranks, channel, config, op, sizes_used, budget)
     rows = []
     for i, nbytes in enumerate(sizes_used):
-        # per call: the slowest rank; over calls: the median (robust to interference)
-        slowest = sorted(max(calls) for calls in zip(*(r[i][2] for r in per_rank)))
-        mid = len(slowest) // 2
-        median = slowest[mid] if len(slowest) % 2 else (slowest[mid - 1] + slowest[mid]) / 2
         rows.append(
             {
                 "channel": channel,
@@ -307,7 +317,7 @@ def collective_latency(
                 "ranks": ranks,
                 "nbytes": nbytes,
                 "iterations": per_rank[0][i][1],
-                "latency_s": median,
+                "latency_s": max(r[i][2] for r in per_rank),
             }
         )
     return rows

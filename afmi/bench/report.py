@@ -109,9 +109,7 @@ def format_report(results: dict[str, Any]) -> str:
             ]
             for r in sorted(coll, key=lambda r: (r["op"], r["ranks"], r["nbytes"], r["channel"]))
         ]
-        out.append(
-            "\nCollective latency (each call alone after a barrier: median of the slowest rank)"
-        )
+        out.append("\nCollective latency (barrier + call, minus a barrier; slowest rank)")
         out.append(
             _table(
                 ["op", "ranks", "size", "channel", "algorithm", "measured", "model", "error"], rows
