@@ -5,7 +5,8 @@ Two figures, both printed by ``afmi bench`` and stored in its JSON:
 * time: for every measured point, ``predicted / measured - 1``; the share of
   points within +-30 % and the worst point;
 * choice: for every point measured on two or more channels, whether the
-  ``fast`` hint picks the channel that measured fastest.
+  ``fast`` hint picks the channel that measured fastest (and, to tell misses
+  from near ties, whether the picked channel measured within 10 % of it).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ __all__ = ["TOLERANCE", "annotate", "summarize"]
 
 #: Relative error a prediction may have and still count as accurate.
 TOLERANCE = 0.30
+#: A picked channel measured within this fraction of the fastest counts as "near".
+NEAR = 0.10
 
 
 def _predicted(row: dict[str, Any], config: Config, channels: list[str]) -> Any:
@@ -47,15 +50,19 @@ def summarize(rows: list[dict[str, Any]], config: Config) -> dict[str, Any]:
     for r in rows:
         op = r.get("op", "send")
         groups[(op, int(r.get("ranks", 2)), int(r["nbytes"]))].append(r)
-    judged = correct = 0
+    judged = correct = near = 0
     misses = []
     for (op, ranks, nbytes), members in sorted(groups.items()):
         channels = sorted({m["channel"] for m in members})
         if len(channels) < 2:
             continue
         judged += 1
-        fastest = min(members, key=lambda m: m["latency_s"])["channel"]
+        best = min(members, key=lambda m: m["latency_s"])
+        fastest = best["channel"]
         picked = _predicted(members[0], config, channels).winner.channel
+        picked_s = next(m["latency_s"] for m in members if m["channel"] == picked)
+        if picked_s <= best["latency_s"] * (1 + NEAR):
+            near += 1
         if picked == fastest:
             correct += 1
         else:
@@ -72,6 +79,8 @@ def summarize(rows: list[dict[str, Any]], config: Config) -> dict[str, Any]:
         "choice_points": judged,
         "choice_correct": correct,
         "choice_fraction": correct / judged if judged else None,
+        "choice_near": near,
+        "choice_near_fraction": near / judged if judged else None,
         "choice_misses": misses[:20],
     }
     if not judged:

@@ -131,7 +131,9 @@ def format_report(results: dict[str, Any]) -> str:
         if acc.get("choice_points"):
             out.append(
                 f"  fast choice: {acc['choice_correct']}/{acc['choice_points']} points pick the "
-                f"measured-fastest channel ({acc['choice_fraction']:.0%})"
+                f"measured-fastest channel ({acc['choice_fraction']:.0%}); "
+                f"{acc['choice_near']} ({acc['choice_near_fraction']:.0%}) pick a channel "
+                f"within 10% of it"
             )
         else:
             out.append(f"  fast choice: {acc.get('choice_note')}")
