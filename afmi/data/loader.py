@@ -473,17 +473,25 @@ class EpochIterator:
     def __len__(self) -> int:
         return len(self._batches)
 
-    async def _produce(self) -> None:
-        assert self._queue is not None
-        loader = self._loader
+    @staticmethod
+    async def _produce(
+        loader: Loader,
+        epoch: int,
+        batches: list[Any],
+        stats: EpochStats,
+        queue: asyncio.Queue[asyncio.Task[bytes]],
+        tasks: set[asyncio.Task[Any]],
+    ) -> None:
+        # A static method: the task must not reference the iterator, so that
+        # an iterator abandoned by `break` is collected and cancels this task.
         loop = asyncio.get_running_loop()
-        for j, share in enumerate(self._batches):
-            step = loader.plan.step_of(self.epoch, j)
+        for j, share in enumerate(batches):
+            step = loader.plan.step_of(epoch, j)
             for sample in share.tolist():
-                task = loop.create_task(loader._obtain(sample, step, self.stats))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-                await self._queue.put(task)
+                task = loop.create_task(loader._obtain(sample, step, stats))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                await queue.put(task)
 
     async def __anext__(self) -> Any:
         if self._closed or self._next >= len(self._batches):
@@ -495,7 +503,11 @@ class EpochIterator:
             self._requests0 = peers.requests_sent if peers is not None else 0
             # the window: queue of `prefetch` tasks, plus one being enqueued
             self._queue = asyncio.Queue(maxsize=max(1, self._loader.prefetch - 1))
-            self._producer = asyncio.get_running_loop().create_task(self._produce())
+            self._producer = asyncio.get_running_loop().create_task(
+                self._produce(
+                    self._loader, self.epoch, self._batches, self.stats, self._queue, self._tasks
+                )
+            )
         assert self._queue is not None
         share = self._batches[self._next]
         t0 = time.perf_counter()

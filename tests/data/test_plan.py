@@ -9,12 +9,14 @@ import afmi
 from afmi.data import NEVER, AccessPlan
 
 
-def reference_batches(F, N, B, seed, drop_last, rank, epoch):
+def reference_batches(f, n, b, seed, drop_last, rank, epoch):
     """The HDMLP access-stream formula, written out directly."""
-    perm = np.random.default_rng([seed, epoch]).permutation(F)
-    nlb = -(-B // N)
-    nb = F // B if drop_last else -(-F // B)
-    return [perm[j * B + rank * nlb : min(j * B + (rank + 1) * nlb, (j + 1) * B, F)] for j in range(nb)]
+    perm = np.random.default_rng([seed, epoch]).permutation(f)
+    nlb = -(-b // n)
+    nb = f // b if drop_last else -(-f // b)
+    return [
+        perm[j * b + rank * nlb : min(j * b + (rank + 1) * nlb, (j + 1) * b, f)] for j in range(nb)
+    ]
 
 
 CASES = [
@@ -28,8 +30,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("F,N,B,E,seed,drop_last", CASES)
-def test_plan_matches_formula(F, N, B, E, seed, drop_last):
+@pytest.mark.parametrize("f,n,b,epochs,seed,drop_last", CASES)
+def test_plan_matches_formula(f, n, b, epochs, seed, drop_last):
+    F, N, B, E = f, n, b, epochs
     plan = AccessPlan(F, N, B, E, seed, drop_last=drop_last)
     for e in range(E):
         for r in range(N):
