@@ -187,6 +187,8 @@ class Loader:
         self._inflight: dict[int, asyncio.Future[bytes | None]] = {}
         self._epochs: dict[int, EpochStats] = {}
         self._iterators: weakref.WeakSet[EpochIterator] = weakref.WeakSet()
+        self._stream: _Stream | None = None
+        self._obtaining: set[int] = set()
         self._observed: dict[str, collections.deque[tuple[int, float]]] = {
             k: collections.deque(maxlen=1000) for k in ("peer", "origin")
         }
@@ -240,6 +242,9 @@ class Loader:
         self._closed = True
         for it in list(self._iterators):
             await it.aclose()
+        if self._stream is not None:
+            await self._stream.aclose()
+            self._stream = None
         try:
             if self._peers is not None:
                 await self._peers.drain()
@@ -265,6 +270,22 @@ class Loader:
         it = EpochIterator(self, epoch)
         self._iterators.add(it)
         return it
+
+    async def _take_stream(self, epoch: int) -> _Stream:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            if stream.epoch == epoch and not stream.closed:
+                return stream
+            await stream.aclose()
+        return _Stream(self, epoch)
+
+    def _give_back_stream(self, stream: _Stream) -> None:
+        if stream.epoch >= self.plan.epochs or self._closed:
+            stream.cancel()  # nothing left to prefetch (the producer has ended)
+            return
+        old, self._stream = self._stream, stream
+        if old is not None:
+            old.cancel()
 
     # -- statistics --
     def stats(self) -> dict[str, Any]:
@@ -323,19 +344,31 @@ class Loader:
         return st
 
     async def _lookup(self, sample: int) -> bytes | None:
-        """Serve a peer: the sample from a local tier, or from a fetch in progress."""
+        """Serve a peer: the sample from a local tier, or once this rank has fetched it.
+
+        A sample whose home is this rank but which is not here yet (this rank
+        is fetching it, or will within moments) is waited for up to
+        ``peer_wait`` seconds; then the answer is None ("not there yet").
+        """
         for tier in self.tiers:
             if sample in tier:
                 data = await tier.get(sample)
                 if data is not None:
                     return data
         pending = self._inflight.get(sample)
-        if pending is not None:
-            try:
-                return await asyncio.wait_for(asyncio.shield(pending), self.peer_wait)
-            except TimeoutError:
+        if pending is None:
+            assert self.placement is not None
+            home = self.placement.holder(sample)
+            if home is None or home[0] != self.rank or home[1] >= len(self.tiers):
                 return None
-        return None
+            pending = asyncio.get_running_loop().create_future()
+            self._inflight[sample] = pending
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), self.peer_wait)
+        except TimeoutError:
+            if sample not in self._obtaining and self._inflight.get(sample) is pending:
+                del self._inflight[sample]  # nobody is fetching it: do not keep the future
+            return None
 
     async def _obtain(self, sample: int, step: int, stats: EpochStats) -> bytes:
         assert self.placement is not None
@@ -346,6 +379,13 @@ class Loader:
                     self._used_from_tier(t, sample, step)
                     stats.record(tier.kind, len(cached))
                     return cached
+        if sample in self._obtaining:  # this rank is fetching it already (previous epoch)
+            early = await asyncio.shield(self._inflight[sample])
+            if early is not None:
+                assert self.placement is not None
+                home = self.placement.holder(sample)
+                stats.record(self.tiers[home[1]].kind if home else "memory", len(early))
+                return early
         size = self.source.size(sample)
         home = self.placement.holder(sample)
         candidates = ["origin"]
@@ -360,9 +400,11 @@ class Loader:
         data: bytes | None = None
         mine = home is not None and home[0] == self.rank
         waiter: asyncio.Future[bytes | None] | None = None
-        if mine and sample not in self._inflight:
-            waiter = asyncio.get_running_loop().create_future()
-            self._inflight[sample] = waiter
+        if mine:  # peers may be waiting for this fetch
+            waiter = self._inflight.get(sample)
+            if waiter is None:
+                waiter = self._inflight[sample] = asyncio.get_running_loop().create_future()
+            self._obtaining.add(sample)
         try:
             if kind == "peer":
                 assert self._peers is not None and home is not None
@@ -379,7 +421,9 @@ class Loader:
             await self._keep(sample, step, data, home, stats)
         finally:
             if waiter is not None:
-                self._inflight.pop(sample, None)
+                self._obtaining.discard(sample)
+                if self._inflight.get(sample) is waiter:
+                    del self._inflight[sample]
                 if not waiter.done():
                     waiter.set_result(data)
         return data
@@ -445,6 +489,64 @@ class Loader:
             return
 
 
+class _Stream:
+    """The prefetch stream: fetch tasks in plan order, at most ``prefetch`` ahead.
+
+    It starts at one epoch and runs on into the following ones, so the next
+    epoch's first batches are ready when the consumer gets there. The producer
+    task does not reference the stream or the iterator (they can be collected).
+    """
+
+    def __init__(self, loader: Loader, epoch: int) -> None:
+        #: The epoch the consumer reads next from this stream.
+        self.epoch = epoch
+        self.queue: asyncio.Queue[asyncio.Task[bytes]] = asyncio.Queue(
+            maxsize=max(1, loader.prefetch - 1)  # plus the one being enqueued
+        )
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.producer: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+            self._produce(loader, epoch, self.queue, self.tasks)
+        )
+        self.closed = False
+
+    @staticmethod
+    async def _produce(
+        loader: Loader,
+        start: int,
+        queue: asyncio.Queue[asyncio.Task[bytes]],
+        tasks: set[asyncio.Task[Any]],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        plan = loader.plan
+        for epoch in range(start, plan.epochs):
+            stats = loader._epoch_stats(epoch)
+            for j, share in enumerate(plan.batches(loader.rank, epoch)):
+                step = plan.step_of(epoch, j)
+                for sample in share.tolist():
+                    task = loop.create_task(loader._obtain(sample, step, stats))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    await queue.put(task)
+
+    def cancel(self) -> list[asyncio.Task[Any]]:
+        """Cancel the producer and every fetch (synchronous); return the tasks."""
+        self.closed = True
+        tasks = [*self.tasks, self.producer]
+        for task in tasks:
+            task.cancel()
+        return tasks
+
+    def pending(self) -> int:
+        """Tasks still running."""
+        return sum(1 for t in (*self.tasks, self.producer) if not t.done())
+
+    async def aclose(self) -> None:
+        """Cancel everything and wait for it to end."""
+        tasks = self.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.tasks.clear()
+
+
 class EpochIterator:
     """Batches of one epoch for one rank; see :meth:`Loader.epoch`."""
 
@@ -453,9 +555,7 @@ class EpochIterator:
         self.epoch = epoch
         self._batches = loader.plan.batches(loader.rank, epoch)
         self._next = 0
-        self._queue: asyncio.Queue[asyncio.Task[bytes]] | None = None
-        self._producer: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stream: _Stream | None = None
         self._closed = False
         self._t0 = 0.0
         self._requests0 = 0
@@ -473,92 +573,58 @@ class EpochIterator:
     def __len__(self) -> int:
         return len(self._batches)
 
-    @staticmethod
-    async def _produce(
-        loader: Loader,
-        epoch: int,
-        batches: list[Any],
-        stats: EpochStats,
-        queue: asyncio.Queue[asyncio.Task[bytes]],
-        tasks: set[asyncio.Task[Any]],
-    ) -> None:
-        # A static method: the task must not reference the iterator, so that
-        # an iterator abandoned by `break` is collected and cancels this task.
-        loop = asyncio.get_running_loop()
-        for j, share in enumerate(batches):
-            step = loader.plan.step_of(epoch, j)
-            for sample in share.tolist():
-                task = loop.create_task(loader._obtain(sample, step, stats))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                await queue.put(task)
-
     async def __anext__(self) -> Any:
         if self._closed or self._next >= len(self._batches):
             await self.aclose()
             raise StopAsyncIteration
-        if self._producer is None:
+        loader = self._loader
+        if self._stream is None:
             self._t0 = time.perf_counter()
-            peers = self._loader._peers
+            peers = loader._peers
             self._requests0 = peers.requests_sent if peers is not None else 0
-            # the window: queue of `prefetch` tasks, plus one being enqueued
-            self._queue = asyncio.Queue(maxsize=max(1, self._loader.prefetch - 1))
-            self._producer = asyncio.get_running_loop().create_task(
-                self._produce(
-                    self._loader, self.epoch, self._batches, self.stats, self._queue, self._tasks
-                )
-            )
-        assert self._queue is not None
+            self._stream = await loader._take_stream(self.epoch)
+        stream = self._stream
         share = self._batches[self._next]
         t0 = time.perf_counter()
         out = []
         try:
             for sample in share.tolist():
-                task = await self._queue.get()
+                task = await stream.queue.get()
                 data = await task
-                out.append(self._loader.source.decode(sample, data))
+                out.append(loader.source.decode(sample, data))
         except BaseException:
             await self.aclose()
             raise
         self.stats.stall_seconds += time.perf_counter() - t0
-        peers = self._loader._peers
+        self.stats.batches += 1
+        peers = loader._peers
         if peers is not None:
             self.stats.peer_requests = peers.requests_sent - self._requests0
-        self.stats.batches += 1
         self._next += 1
         if self._next >= len(self._batches):
             self.stats.seconds += time.perf_counter() - self._t0
-        collate = self._loader._collate
+            stream.epoch = self.epoch + 1
+            self._stream = None
+            self._closed = True
+            loader._give_back_stream(stream)
+        collate = loader._collate
         return collate(out) if collate is not None else out
 
-    def _cancel(self) -> list[asyncio.Task[Any]]:
-        tasks = list(self._tasks)
-        if self._producer is not None:
-            tasks.append(self._producer)
-        for task in tasks:
-            task.cancel()
-        return tasks
-
     async def aclose(self) -> None:
-        """Cancel the background fetches and wait for them to end. Idempotent."""
-        if self._closed:
-            return
+        """Stop this epoch: cancel the background fetches and wait for them. Idempotent."""
         self._closed = True
-        tasks = self._cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
-        self._producer = None
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.aclose()
 
     def pending(self) -> int:
         """Background tasks of this iterator still running."""
-        n = sum(1 for t in self._tasks if not t.done())
-        return n + (1 if self._producer is not None and not self._producer.done() else 0)
+        return self._stream.pending() if self._stream is not None else 0
 
     def __del__(self) -> None:
-        if not self._closed:
-            self._closed = True
+        stream = self._stream
+        if stream is not None and not stream.closed:
             try:
-                self._cancel()
+                stream.cancel()
             except RuntimeError:  # the loop is already closed
                 pass
