@@ -43,16 +43,17 @@ class Tier(abc.ABC):
         self.capacity = capacity
         #: Most concurrent reads/writes.
         self.concurrency = concurrency
-        self._sizes: dict[int, int] = {}
+        self._sizes: dict[int, int] = {}  # reserved (being written or stored)
+        self._ready: set[int] = set()  # stored completely
         self._sem = asyncio.Semaphore(concurrency)
         #: Bytes currently stored.
         self.used = 0
 
     def __contains__(self, sample: int) -> bool:
-        return sample in self._sizes
+        return sample in self._ready
 
     def __len__(self) -> int:
-        return len(self._sizes)
+        return len(self._ready)
 
     @property
     def free(self) -> int:
@@ -61,11 +62,11 @@ class Tier(abc.ABC):
 
     def samples(self) -> list[int]:
         """Ids currently stored."""
-        return list(self._sizes)
+        return list(self._ready)
 
     async def get(self, sample: int) -> bytes | None:
-        """The stored bytes of ``sample``, or None if it is not here."""
-        if sample not in self._sizes:
+        """The stored bytes of ``sample``, or None if it is not here (or still being written)."""
+        if sample not in self._ready:
             return None
         async with self._sem:
             try:
@@ -74,7 +75,10 @@ class Tier(abc.ABC):
                 return None
 
     async def put(self, sample: int, data: bytes) -> None:
-        """Store ``data`` for ``sample`` (replacing nothing: a present sample is kept)."""
+        """Store ``data`` for ``sample`` (a sample already stored or being stored is kept).
+
+        The sample is visible to :meth:`get` once completely written.
+        """
         if sample in self._sizes:
             return
         if len(data) > self.free:
@@ -88,8 +92,14 @@ class Tier(abc.ABC):
             async with self._sem:
                 await self._write(sample, data)
         except BaseException:
-            self._forget(sample)
+            if sample in self._sizes:
+                self._forget(sample)
+            self._delete(sample)
             raise
+        if sample in self._sizes:
+            self._ready.add(sample)
+        else:  # removed while being written
+            self._delete(sample)
 
     def remove(self, sample: int) -> None:
         """Drop ``sample`` (no-op if absent)."""
@@ -99,6 +109,7 @@ class Tier(abc.ABC):
 
     def _forget(self, sample: int) -> None:
         self.used -= self._sizes.pop(sample)
+        self._ready.discard(sample)
 
     @abc.abstractmethod
     async def _read(self, sample: int) -> bytes: ...
@@ -167,7 +178,14 @@ class DiskTier(Tier):
         return await asyncio.to_thread(self._file(sample).read_bytes)
 
     async def _write(self, sample: int, data: bytes) -> None:
-        await asyncio.to_thread(self._file(sample).write_bytes, data)
+        final = self._file(sample)
+        part = final.with_suffix(".part")
+
+        def write() -> None:
+            part.write_bytes(data)
+            os.replace(part, final)  # readers never see a partial file
+
+        await asyncio.to_thread(write)
 
     def _delete(self, sample: int) -> None:
         try:

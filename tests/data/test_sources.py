@@ -110,7 +110,10 @@ async def test_memory_tier_budget():
 
 async def test_disk_tier_files_and_cleanup(tmp_path):
     t = DiskTier(tmp_path, 50, concurrency=2)
-    await t.put(7, b"abc")
+    writing = asyncio.create_task(t.put(7, b"abc"))
+    await asyncio.sleep(0)
+    assert 7 not in t and await t.get(7) is None and t.used == 3  # reserved, not readable yet
+    await writing
     assert (t.path / "7.bin").read_bytes() == b"abc"
     assert await t.get(7) == b"abc" and 7 in t
     with pytest.raises(TierFullError):
