@@ -83,6 +83,9 @@ def _run_peers(size, epochs, memory_per_rank, channel="local", config=None, barr
         src = sources[comm.rank]
         plan = AccessPlan(F, comm.size, 12, epochs, seed=9, drop_last=False)
         delivered = []
+        # a user message with the loader's request tag: the loader must not take it
+        if comm.rank == 0:
+            await comm.send("user data", dest=comm.size - 1, tag=1)
         async with Loader(
             src, plan, comm=comm, memory_bytes=memory_per_rank, model=SLOW_ORIGIN, prefetch=16
         ) as loader:
@@ -91,9 +94,12 @@ def _run_peers(size, epochs, memory_per_rank, channel="local", config=None, barr
                     delivered.append(ids(batch))
                 if barrier:
                     await comm.barrier()
-            tasks_inside = len(other_tasks())
+        if comm.rank == comm.size - 1:
+            assert await comm.recv(source=0, tag=1, timeout=5) == "user data"
+        peers = loader._peers
+        assert peers._server is None and not peers._tasks  # the peer service is gone
         expected = [b.tolist() for e in range(epochs) for b in plan.batches(comm.rank, e)]
-        return delivered == expected, loader.stats(), tasks_inside
+        return delivered == expected, loader.stats(), None
 
     results = afmi.run_local(main, size, channel=channel, config=config, timeout=60)
     return results, sources, F
