@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import gc
 import json
 import math
 import os
@@ -263,15 +264,23 @@ async def run_loader_bench(
         capacity = math.ceil(cache_factor * samples / ranks) * sample_bytes
         results: dict[str, Any] = {}
         for variant in variants:
-            per_rank = await _run_variant(
-                variant,
-                ranks=ranks,
-                plan=plan,
-                compute=compute,
-                capacity=capacity,
-                prefetch=prefetch,
-                source=source,
-            )
+            # Like timeit, no cyclic GC while timing (for every loader alike): all ranks
+            # share one process here, and a gen-2 pass over the S3 client's garbage
+            # would stall every rank at a random point.
+            gc.collect()
+            gc.disable()
+            try:
+                per_rank = await _run_variant(
+                    variant,
+                    ranks=ranks,
+                    plan=plan,
+                    compute=compute,
+                    capacity=capacity,
+                    prefetch=prefetch,
+                    source=source,
+                )
+            finally:
+                gc.enable()
             results[variant] = {
                 "epoch_seconds": [max(r.seconds[e] for r in per_rank) for e in range(epochs)],
                 "origin_reads": [sum(r.origin[e] for r in per_rank) for e in range(epochs)],

@@ -221,7 +221,11 @@ class Loader:
         reserved = self.placement.reserved[self.rank]
         self._caches = [NextUseCache(t.capacity - reserved[i]) for i, t in enumerate(self.tiers)]
         if self._comm is not None:
-            self._peers = PeerService(self._comm, self._lookup, self.peer_batch, self.peer_timeout)
+            memory = self.tiers[0]
+            assert isinstance(memory, MemoryTier)
+            self._peers = PeerService(
+                self._comm, self._lookup, self.peer_batch, self.peer_timeout, peek=memory.peek
+            )
             self._peers.start()
         return self
 
@@ -370,6 +374,15 @@ class Loader:
                 del self._inflight[sample]  # nobody is fetching it: do not keep the future
             return None
 
+    def _from_memory(self, sample: int, step: int, stats: EpochStats) -> bytes | None:
+        memory = self.tiers[0]
+        assert isinstance(memory, MemoryTier)
+        data = memory.peek(sample)
+        if data is not None:
+            self._used_from_tier(0, sample, step)
+            stats.record("memory", len(data))
+        return data
+
     async def _obtain(self, sample: int, step: int, stats: EpochStats) -> bytes:
         assert self.placement is not None
         for t, tier in enumerate(self.tiers):
@@ -500,7 +513,7 @@ class _Stream:
     def __init__(self, loader: Loader, epoch: int) -> None:
         #: The epoch the consumer reads next from this stream.
         self.epoch = epoch
-        self.queue: asyncio.Queue[asyncio.Task[bytes]] = asyncio.Queue(
+        self.queue: asyncio.Queue[asyncio.Future[bytes]] = asyncio.Queue(
             maxsize=max(1, loader.prefetch - 1)  # plus the one being enqueued
         )
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -513,7 +526,7 @@ class _Stream:
     async def _produce(
         loader: Loader,
         start: int,
-        queue: asyncio.Queue[asyncio.Task[bytes]],
+        queue: asyncio.Queue[asyncio.Future[bytes]],
         tasks: set[asyncio.Task[Any]],
     ) -> None:
         loop = asyncio.get_running_loop()
@@ -523,10 +536,17 @@ class _Stream:
             for j, share in enumerate(plan.batches(loader.rank, epoch)):
                 step = plan.step_of(epoch, j)
                 for sample in share.tolist():
-                    task = loop.create_task(loader._obtain(sample, step, stats))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                    await queue.put(task)
+                    ready = loader._from_memory(sample, step, stats)
+                    item: asyncio.Future[bytes]
+                    if ready is not None:  # a memory hit needs no task
+                        item = loop.create_future()
+                        item.set_result(ready)
+                    else:
+                        task = loop.create_task(loader._obtain(sample, step, stats))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                        item = task
+                    await queue.put(item)
 
     def cancel(self) -> list[asyncio.Task[Any]]:
         """Cancel the producer and every fetch (synchronous); return the tasks."""

@@ -36,6 +36,7 @@ __all__ = ["PeerService", "REQUEST_TAG"]
 REQUEST_TAG = 1
 
 Lookup = Callable[[int], Awaitable[bytes | None]]
+Peek = Callable[[int], bytes | None]
 
 
 class PeerService:
@@ -44,16 +45,23 @@ class PeerService:
     Args:
         comm: the loader's private communicator (a ``dup()`` of the user's).
         lookup: coroutine returning this rank's bytes of a sample, or None.
+        peek: optional fast path: the bytes if at hand without awaiting, else None.
         batch_limit: most sample ids per request message.
         timeout: seconds to wait for a reply before treating every sample of
             the request as a miss.
     """
 
     def __init__(
-        self, comm: Communicator, lookup: Lookup, batch_limit: int = 64, timeout: float = 30.0
+        self,
+        comm: Communicator,
+        lookup: Lookup,
+        batch_limit: int = 64,
+        timeout: float = 30.0,
+        peek: Peek | None = None,
     ) -> None:
         self.comm = comm
         self._lookup = lookup
+        self._peek = peek
         self.batch_limit = batch_limit
         self.timeout = timeout
         self._server: asyncio.Task[None] | None = None
@@ -91,7 +99,18 @@ class PeerService:
 
     async def _answer(self, requester: int, msg: Any) -> None:
         reply_tag, ids = int(msg[0]), [int(s) for s in msg[1]]
-        found = await asyncio.gather(*(self._lookup(s) for s in ids))
+        found: list[bytes | None] = [None] * len(ids)
+        slow = []
+        for i, s in enumerate(ids):  # samples in memory are answered without tasks
+            data = self._peek(s) if self._peek is not None else None
+            if data is None:
+                slow.append(i)
+            else:
+                found[i] = data
+        if slow:
+            late = await asyncio.gather(*(self._lookup(ids[i]) for i in slow))
+            for i, data in zip(slow, late):
+                found[i] = data
         reply: list[Any] = []
         for data in found:
             if data is None:

@@ -139,7 +139,11 @@ class MemoryTier(Tier):
         return f"MemoryTier(capacity={self.capacity}, used={self.used})"
 
     async def get(self, sample: int) -> bytes | None:
-        return self._data.get(sample)  # memory reads never wait
+        return self._data.get(sample) if sample in self._ready else None  # never waits
+
+    def peek(self, sample: int) -> bytes | None:
+        """The stored bytes of ``sample`` or None, without awaiting."""
+        return self._data.get(sample) if sample in self._ready else None
 
     async def _read(self, sample: int) -> bytes:
         return self._data[sample]
