@@ -4,7 +4,8 @@ Writes 64 sample files into a temporary directory, then trains 3 epochs with a
 memory tier for a quarter of the data and a disk tier for the rest: epoch 1
 reads the directory (the origin), epochs 2 and 3 read only the tiers. Also shows
 that a missing file is reported with the sample id and its path.
-Run: ``python examples/loader_directory.py``.
+
+# run: python examples/loader_directory.py
 """
 
 import asyncio

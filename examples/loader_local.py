@@ -2,7 +2,9 @@
 
 The origin is an in-memory array made to look slow (as an object store is),
 so from the second epoch on the ranks read from their own memory tier and
-from the peer that holds a sample instead. Run: ``python examples/loader_local.py``.
+from the peer that holds a sample instead.
+
+# run: python examples/loader_local.py
 """
 
 import numpy as np
