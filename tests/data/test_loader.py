@@ -74,7 +74,9 @@ async def test_collated_arrays_for_one_rank_of_many():
         assert b[:, 0].astype(int).tolist() == share.tolist()
 
 
-def _run_peers(size, epochs, memory_per_rank, channel="local", config=None, barrier=True):
+def _run_peers(
+    size, epochs, memory_per_rank, channel="local", config=None, barrier=True, model=SLOW_ORIGIN
+):
     F = 120
     data = dataset(F)
     sources = [CountingSource(data) for _ in range(size)]
@@ -87,7 +89,7 @@ def _run_peers(size, epochs, memory_per_rank, channel="local", config=None, barr
         if comm.rank == 0:
             await comm.send("user data", dest=comm.size - 1, tag=1)
         async with Loader(
-            src, plan, comm=comm, memory_bytes=memory_per_rank, model=SLOW_ORIGIN, prefetch=16
+            src, plan, comm=comm, memory_bytes=memory_per_rank, model=model, prefetch=16
         ) as loader:
             for e in range(epochs):
                 async for batch in loader.epoch(e):
@@ -129,6 +131,17 @@ def test_peers_without_barriers_still_deliver_everything():
     origin = sum(sum(s.reads.values()) for s in sources)
     misses = sum(st["total"]["peer_misses"] for _, st, _ in results)
     assert origin == F + misses  # a miss ("not there yet") costs exactly one origin read
+
+
+def test_model_keeps_reads_off_a_slower_dearer_peer():
+    # peers over the s3 channel cost two object-store round trips: the origin wins
+    model = SLOW_ORIGIN.with_cost("peer", latency=0.08, request_price=6e-6)
+    results, sources, F = _run_peers(3, 3, memory_per_rank=32 * 60, model=model)
+    assert all(ok for ok, _, _ in results)
+    assert all(st["total"]["samples"]["peer"] == 0 for _, st, _ in results)
+    assert all(st["total"]["peer_requests"] == 0 for _, st, _ in results)
+    home_hits = sum(st["total"]["samples"]["memory"] for _, st, _ in results)
+    assert sum(sum(s.reads.values()) for s in sources) == 3 * F - home_hits
 
 
 def test_tiny_capacities_read_the_origin_every_time():
