@@ -75,11 +75,19 @@ async def test_collated_arrays_for_one_rank_of_many():
 
 
 def _run_peers(
-    size, epochs, memory_per_rank, channel="local", config=None, barrier=True, model=SLOW_ORIGIN
+    size,
+    epochs,
+    memory_per_rank,
+    channel="local",
+    config=None,
+    barrier=True,
+    model=SLOW_ORIGIN,
+    delays=None,
+    peer_wait=1.0,
 ):
     F = 120
     data = dataset(F)
-    sources = [CountingSource(data) for _ in range(size)]
+    sources = [CountingSource(data, delay=(delays or [0.0] * size)[r]) for r in range(size)]
 
     async def main(comm):
         src = sources[comm.rank]
@@ -89,7 +97,13 @@ def _run_peers(
         if comm.rank == 0:
             await comm.send("user data", dest=comm.size - 1, tag=1)
         async with Loader(
-            src, plan, comm=comm, memory_bytes=memory_per_rank, model=model, prefetch=16
+            src,
+            plan,
+            comm=comm,
+            memory_bytes=memory_per_rank,
+            model=model,
+            prefetch=16,
+            peer_wait=peer_wait,
         ) as loader:
             for e in range(epochs):
                 async for batch in loader.epoch(e):
@@ -131,6 +145,63 @@ def test_peers_without_barriers_still_deliver_everything():
     origin = sum(sum(s.reads.values()) for s in sources)
     misses = sum(st["total"]["peer_misses"] for _, st, _ in results)
     assert origin == F + misses  # a miss ("not there yet") costs exactly one origin read
+
+
+def test_not_there_yet_falls_back_to_the_origin():
+    # rank 0 reads its origin slowly; rank 1 runs ahead into epoch 2 and asks rank 0
+    # for samples it has not fetched yet: after peer_wait the answer is "not there"
+    results, sources, F = _run_peers(
+        2, 2, memory_per_rank=32 * 70, barrier=False, delays=[0.05, 0.0], peer_wait=0.01
+    )
+    assert all(ok for ok, _, _ in results)
+    misses = results[1][1]["total"]["peer_misses"]
+    assert misses > 0
+    assert results[0][1]["served"]["misses"] >= misses
+    origin = sum(sum(s.reads.values()) for s in sources)
+    assert origin == F + sum(st["total"]["peer_misses"] for _, st, _ in results)
+
+
+def test_one_rank_leaving_an_epoch_early_keeps_serving_the_others():
+    F = 96
+    data = dataset(F)
+
+    async def main(comm):
+        plan = AccessPlan(F, comm.size, 12, 2, seed=3)
+        async with Loader(
+            ArraySource(data), plan, comm=comm, memory_bytes=32 * 40, model=SLOW_ORIGIN
+        ) as loader:
+            async for _ in loader.epoch(0):
+                pass
+            await comm.barrier()
+            got = []
+            async for batch in loader.epoch(1):
+                got.append(ids(batch))
+                if comm.rank == 0:
+                    break  # rank 0 stops early; the others still read its samples
+            st = loader.stats()
+        full = [b.tolist() for b in plan.batches(comm.rank, 1)]
+        return got == (full[:1] if comm.rank == 0 else full), st
+
+    results = afmi.run_local(main, 3, timeout=60)
+    assert all(ok for ok, _ in results)
+    assert results[0][1]["served"]["samples"] > 0
+
+
+def test_a_failing_rank_fails_the_job_with_the_read_error(tmp_path):
+    for i in range(24):
+        (tmp_path / f"{i:02d}").write_bytes(b"q" * 8)
+    source = DirectorySource(tmp_path)
+    os.unlink(tmp_path / "07")
+
+    async def main(comm):
+        plan = AccessPlan(24, comm.size, 4, 1, seed=0)
+        async with Loader(source, plan, comm=comm, memory_bytes=64) as loader:
+            async for _ in loader.epoch(0):
+                pass
+
+    with pytest.raises(afmi.RankFailedError) as info:
+        afmi.run_local(main, 2, timeout=30)
+    assert isinstance(info.value.error, SampleReadError) and info.value.error.sample == 7
 
 
 def test_model_keeps_reads_off_a_slower_dearer_peer():
