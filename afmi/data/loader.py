@@ -443,8 +443,8 @@ class Loader:
 
     async def _read_origin(self, sample: int, stats: EpochStats) -> bytes:
         async with self._origin_sem:
-            before = self.source.requests
             t0 = time.perf_counter()
+            stats.origin_requests += self.source.requests_for(sample)
             try:
                 data = await self.source.read(sample)
             except SampleReadError:
@@ -453,8 +453,6 @@ class Loader:
                 raise SampleReadError(
                     sample, self.source.describe(sample), f"{type(exc).__name__}: {exc}"
                 ) from exc
-            finally:
-                stats.origin_requests += max(1, self.source.requests - before)
             self._observed["origin"].append((len(data), time.perf_counter() - t0))
         expected = self.source.size(sample)
         if len(data) != expected:

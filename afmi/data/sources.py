@@ -114,6 +114,10 @@ class Source(abc.ABC):
         """Size of ``sample`` in bytes."""
         return self.manifest.sizes[sample]
 
+    def requests_for(self, sample: int) -> int:
+        """How many requests :meth:`read` sends to the store for ``sample``."""
+        return 1
+
     @abc.abstractmethod
     def describe(self, sample: int) -> str:
         """Where ``sample`` lives, for error messages (``s3://bucket/key``, a path, ...)."""
@@ -342,6 +346,10 @@ class S3Source(Source):
 
     def describe(self, sample: int) -> str:
         return f"s3://{self.bucket}/{self.manifest.keys[sample]}"
+
+    def requests_for(self, sample: int) -> int:
+        size, part = self.manifest.sizes[sample], self.part_bytes
+        return 1 if part is None or size <= part else -(-size // part)
 
     async def _get(self, sample: int, byte_range: str | None) -> bytes:
         client = await self._get_client()

@@ -417,4 +417,5 @@ async def test_origin_on_a_real_s3_server(s3):
     assert all(ok for ok, _ in results)
     origin = sum(st["total"]["samples"]["origin"] for _, st in results)
     assert origin == F  # S3 is read once per sample; epoch 2 comes from memory and the peer
+    assert sum(st["total"]["origin_requests"] for _, st in results) == F
     assert sum(st["total"]["samples"]["peer"] for _, st in results) > 0

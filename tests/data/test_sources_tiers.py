@@ -78,6 +78,7 @@ async def test_s3_source_lists_reads_and_ranges(s3):
         datas = await asyncio.gather(*(src.read(i) for i in range(8)))
         assert datas == [blobs[f"{i:03d}"] for i in range(8)]
         assert src.requests == sum(-(-(1000 + i) // 300) for i in range(8))  # ranged GETs
+        assert src.requests == sum(src.requests_for(i) for i in range(8))
         assert await src.read_range(5, 10, 20) == blobs["005"][10:20]
         bad = S3Source(
             s3.bucket,
