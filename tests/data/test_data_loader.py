@@ -17,6 +17,7 @@ from afmi.data import (
     SampleReadError,
     SourceCost,
     SourceModel,
+    default_collate,
 )
 
 SLOW_ORIGIN = SourceModel({"origin": SourceCost(latency=0.01, bandwidth=1e8)})
@@ -60,6 +61,9 @@ async def test_single_rank_delivers_in_plan_order():
     st = loader.stats()
     assert st["epochs"][0]["samples"]["origin"] == 50
     assert st["epochs"][1]["samples"]["memory"] == 50  # everything fit at home
+    assert st["epochs"][1]["bytes"]["memory"] == 50 * 32 and st["total"]["bytes"]["origin"] == 1600
+    assert st["epochs"][0]["batches"] == plan.batches_per_epoch
+    assert st["placement"]["home_samples"] == [50] and st["placement"]["coverage"] == 1.0
     assert sum(src.reads.values()) == 50 and set(src.reads.values()) == {1}
 
 
@@ -72,6 +76,23 @@ async def test_collated_arrays_for_one_rank_of_many():
     for b, share in zip(batches, plan.batches(2, 0)):
         assert isinstance(b, np.ndarray) and b.shape == (len(share), 3) and b.dtype == np.float32
         assert b[:, 0].astype(int).tolist() == share.tolist()
+
+
+def test_default_collate():
+    a = np.ones((2, 3))
+    assert default_collate([a, a]).shape == (2, 2, 3)
+    assert default_collate([1, 2, 3]).tolist() == [1, 2, 3]
+    xs, ys = default_collate([(a, 1), (a, 2)])
+    assert xs.shape == (2, 2, 3) and ys.tolist() == [1, 2]
+    assert default_collate([b"a", b"b"]) == [b"a", b"b"]
+    assert default_collate([]) == []
+
+
+async def test_empty_shares_come_out_as_empty_batches():
+    plan = AccessPlan(50, 4, 5, 1, seed=3)  # nlb = 2: rank 3 gets nothing
+    async with Loader(ArraySource(dataset(50)), plan, rank=3, collate=True) as loader:
+        batches = [b async for b in loader.epoch(0)]
+    assert len(batches) == plan.batches_per_epoch and all(b == [] for b in batches)
 
 
 def _run_peers(
