@@ -92,9 +92,12 @@ class PeerService:
     async def _serve(self) -> None:
         while True:
             status = Status()
-            msg = await self.comm.recv(
-                source=ANY_SOURCE, tag=REQUEST_TAG, status=status, timeout=math.inf
-            )
+            try:
+                msg = await self.comm.recv(
+                    source=ANY_SOURCE, tag=REQUEST_TAG, status=status, timeout=math.inf
+                )
+            except AfmiError:  # the communicator broke: the job reports it elsewhere
+                return
             self._spawn(self._answer(status.source, msg))
 
     async def _answer(self, requester: int, msg: Any) -> None:
@@ -120,7 +123,10 @@ class PeerService:
                 self.served_samples += 1
                 self.served_bytes += len(data)
                 reply.append(np.frombuffer(data, dtype=np.uint8))
-        await self.comm.send(reply, dest=requester, tag=reply_tag, timeout=self.timeout)
+        try:
+            await self.comm.send(reply, dest=requester, tag=reply_tag, timeout=self.timeout)
+        except (AfmiError, OSError):
+            pass  # the requester is gone; it has fallen back to the origin
 
     # -- client --
     def fetch(self, holder: int, sample: int) -> asyncio.Future[bytes | None]:
