@@ -179,3 +179,16 @@ def test_explain_cli_reads_a_model_file(subprocess_env, tmp_path):
     )
     assert "* chosen: s3 / p2p" in res.stdout, res.stdout + res.stderr
     assert os.path.exists(path)
+
+
+def test_every_registered_collective_can_be_explained():
+    from afmi.collectives.registry import algorithms
+    from afmi.model.cli import explain_offline
+
+    ops = sorted({a.collective for a in algorithms()}) + ["send"]
+    assert {"allreduce", "bcast", "barrier", "gather"} <= set(ops)
+    for op in ops:
+        for size in (1, 2, 5, 16):
+            exp = explain_offline(op, 4096, size, ALL, Config(), "cheap")
+            assert exp.winner in exp.rows
+            assert all(r.time_s >= 0 and r.usd >= 0 for r in exp.rows)
