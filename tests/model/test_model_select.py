@@ -185,7 +185,7 @@ def test_every_registered_collective_can_be_explained():
     from afmi.collectives.registry import algorithms
     from afmi.model.cli import explain_offline
 
-    ops = sorted({a.collective for a in algorithms()}) + ["send"]
+    ops = [*sorted({a.collective for a in algorithms()}), "send"]
     assert {"allreduce", "bcast", "barrier", "gather"} <= set(ops)
     for op in ops:
         for size in (1, 2, 5, 16):
