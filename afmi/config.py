@@ -65,7 +65,23 @@ class RedisConfig:
     chunk_bytes: int = 1024 * 1024
     #: Prefix of every key (the job name follows it).
     prefix: str = "afmi"
+    #: Payloads up to this size travel inside the mailbox entry; larger ones as chunks.
+    inline_bytes: int = 64 * 1024
+    #: Connections per rank that read chunks concurrently.
+    fetch_connections: int = 2
+    #: Seconds to reach and authenticate with the server before giving up.
+    connect_timeout: float = 10.0
     enabled: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("key_ttl", "chunk_bytes", "fetch_connections", "connect_timeout"):
+            _check_positive(getattr(self, key), f"channels.redis.{key}")
+        if self.inline_bytes < 0:
+            raise ConfigError(f"channels.redis.inline_bytes must be >= 0, got {self.inline_bytes}")
+        if not self.prefix or ":" in self.prefix:
+            raise ConfigError(
+                f"channels.redis.prefix must be a non-empty string without ':', got {self.prefix!r}"
+            )
 
 
 @dataclass(frozen=True)
