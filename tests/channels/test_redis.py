@@ -218,7 +218,7 @@ def test_url_forms():
 
 
 def test_config_validation():
-    with pytest.raises(afmi.ConfigError, match="channels.redis.chunk_bytes"):
+    with pytest.raises(afmi.ConfigError, match=r"channels\.redis\.chunk_bytes"):
         Config.from_dict({"channels": {"redis": {"chunk_bytes": 0}}})
-    with pytest.raises(afmi.ConfigError, match="channels.redis.prefix"):
+    with pytest.raises(afmi.ConfigError, match=r"channels\.redis\.prefix"):
         Config.from_dict({"channels": {"redis": {"prefix": "a:b"}}})

@@ -71,7 +71,7 @@ class RedisEndpoint:
                 f"channels.redis.url must start with redis:// or rediss://, got {url!r}"
             )
         try:
-            kw = parse_url(url)
+            kw = parse_url(url)  # type: ignore[no-untyped-call]
         except ValueError as exc:
             raise ConfigError(
                 f"channels.redis.url {url!r} is not a valid Redis URL: {exc}"
@@ -436,7 +436,10 @@ def _explain(exc: BaseException, endpoint: RedisEndpoint, timeout: float) -> str
     text = str(exc) or type(exc).__name__
     low = text.lower()
     if isinstance(exc, TimeoutError) and not isinstance(exc, redis.exceptions.RedisError):
-        return f"Redis at {endpoint} did not answer within {timeout} s (channels.redis.connect_timeout)"
+        return (
+            f"Redis at {endpoint} did not answer within {timeout} s "
+            "(channels.redis.connect_timeout)"
+        )
     if isinstance(exc, redis.exceptions.AuthenticationError) or any(
         w in low for w in ("wrongpass", "noauth", "invalid password", "auth")
     ):
