@@ -98,7 +98,46 @@ class S3Config:
     poll_max: float = 0.5
     #: Payloads above this size are uploaded with multipart upload.
     multipart_threshold: int = 8 * 1024 * 1024
+    #: Size of each part of a multipart upload (S3 needs >= 5 MiB).
+    multipart_part_bytes: int = 8 * 1024 * 1024
+    #: Messages whose encoding fits in this many key characters ride in the object key
+    #: itself (an empty object: no GET needed). 0 disables.
+    key_payload_bytes: int = 600
+    #: Seconds to reach the endpoint and check the bucket before giving up.
+    connect_timeout: float = 10.0
+    #: HTTP connections per rank.
+    max_connections: int = 16
+    #: Credentials (default: the usual AWS environment variables, profile or role).
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
     enabled: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("poll_min", "poll_max", "connect_timeout", "max_connections"):
+            _check_positive(getattr(self, key), f"channels.s3.{key}")
+        if self.poll_min > self.poll_max:
+            raise ConfigError(
+                f"channels.s3.poll_min ({self.poll_min}) must be <= poll_max ({self.poll_max})"
+            )
+        if self.multipart_part_bytes < 5 * 1024 * 1024:
+            raise ConfigError(
+                "channels.s3.multipart_part_bytes must be >= 5 MiB (5242880), S3's smallest "
+                f"part; got {self.multipart_part_bytes}"
+            )
+        if self.multipart_threshold < self.multipart_part_bytes:
+            raise ConfigError(
+                "channels.s3.multipart_threshold must be >= channels.s3.multipart_part_bytes"
+            )
+        if not 0 <= self.key_payload_bytes <= 800:
+            raise ConfigError(
+                f"channels.s3.key_payload_bytes must be in 0..800, got {self.key_payload_bytes}"
+            )
+        if not self.prefix or self.prefix.startswith("/") or self.prefix.endswith("/"):
+            raise ConfigError(
+                f"channels.s3.prefix must be non-empty without a leading or trailing '/', "
+                f"got {self.prefix!r}"
+            )
 
 
 @dataclass(frozen=True)
