@@ -19,3 +19,5 @@ for _cls in (
     linear.LinearExscan,
 ):
     register(_cls())
+
+from afmi.collectives import storage as _storage  # noqa: E402,F401  (storage algorithms)
