@@ -107,7 +107,8 @@ async def test_every_key_has_a_ttl_and_chunks_are_consumed(redis_url):
         client = aioredis.Redis.from_url(redis_url)
         try:
             keys = await job_keys(redis_url, job)
-            assert len(keys) == 1 + 5  # mailbox + ceil(480000 / 100000) chunks
+            # mailbox + ceil(480000 / 100000) chunks + the list of chunk notices
+            assert len(keys) == 1 + 5 + 1
             for key in keys:
                 ttl = await client.pttl(key)
                 assert 0 < ttl <= 30_000

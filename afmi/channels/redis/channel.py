@@ -139,6 +139,13 @@ def _chunk_spans(sizes: Sequence[int], chunk: int) -> list[tuple[int, int, int]]
     return spans
 
 
+def _ref_keys(ref: list[Any], nchunks: int) -> list[str]:
+    """Every key a large message's descriptor refers to."""
+    stem, _, rc_key, notices = ref
+    extra = [rc_key] if rc_key is not None else [notices]
+    return [*(f"{stem}:{i}" for i in range(nchunks)), *extra]
+
+
 class RedisChannel(Channel):
     """One rank's end of the Redis channel; see the module docstring."""
 
@@ -171,6 +178,8 @@ class RedisChannel(Channel):
         self._receiver: asyncio.Task[None] | None = None
         self._fetches: set[asyncio.Task[None]] = set()
         self._fetching: dict[int, list[str]] = {}
+        #: Idle connections for blocking on chunk notices of streamed messages.
+        self._notifiers: list[RespConnection] = []
         self._order: dict[int, collections.deque[list[Any]]] = {}
         self._closed = False
         self._failed = False
@@ -250,22 +259,41 @@ class RedisChannel(Channel):
         stem = f"{self._base}:c:{self.rank}:{n}"
         views = [_flat(b) for b in msgs[0].buffers]
         spans = _chunk_spans([v.nbytes for v in views], self._cfg.chunk_bytes)
-        shared = len(dests) > 1
-        rc_key = f"{self._base}:rc:{self.rank}:{n}" if shared else None
+        ttl = self._ttl_ms
         conn = self._bulk[next(self._bulk_turn)]
-        futs = [
-            conn.submit("SET", f"{stem}:{i}", views[j][a:b], "PX", self._ttl_ms)
-            for i, (j, a, b) in enumerate(spans)
-        ]
-        if rc_key is not None:
-            futs.append(conn.submit("SET", rc_key, len(dests), "PX", self._ttl_ms))
-        for dest, msg in zip(dests, msgs):
-            entry = msgpack.packb([*self._meta(msg), [stem, self._cfg.chunk_bytes, rc_key], None])
-            futs.append(conn.submit("RPUSH", self.mailbox(dest), entry))
-            futs.append(conn.submit("PEXPIRE", self.mailbox(dest), self._ttl_ms))
+        futs: list[asyncio.Future[Any]] = []
+        if len(dests) == 1:
+            # Streamed: the descriptor goes first; after each chunk, its number is pushed
+            # onto a notice list the receiver is blocked on, so writing and reading overlap.
+            notices = f"{stem}:n"
+            ref: list[Any] = [stem, self._cfg.chunk_bytes, None, notices]
+            futs += self._push_entries(conn, dests, msgs, ref)
+            for i, (j, a, b) in enumerate(spans):
+                futs.append(conn.submit("SET", f"{stem}:{i}", views[j][a:b], "PX", ttl))
+                futs.append(conn.submit("RPUSH", notices, i))
+                futs.append(conn.submit("PEXPIRE", notices, ttl))
+        else:
+            # Stored once, read by every destination; the reader that brings the
+            # count to zero deletes the chunks. Descriptors follow the chunks.
+            rc_key = f"{self._base}:rc:{self.rank}:{n}"
+            for i, (j, a, b) in enumerate(spans):
+                futs.append(conn.submit("SET", f"{stem}:{i}", views[j][a:b], "PX", ttl))
+            futs.append(conn.submit("SET", rc_key, len(dests), "PX", ttl))
+            ref = [stem, self._cfg.chunk_bytes, rc_key, None]
+            futs += self._push_entries(conn, dests, msgs, ref)
         self._stats["chunks_written"] += len(spans)
         await self._run(conn.drain())
         await self._run(asyncio.gather(*futs))
+
+    def _push_entries(
+        self, conn: RespConnection, dests: Sequence[int], msgs: Sequence[Message], ref: list[Any]
+    ) -> list[asyncio.Future[Any]]:
+        futs = []
+        for dest, msg in zip(dests, msgs):
+            entry = msgpack.packb([*self._meta(msg), ref, None])
+            futs.append(conn.submit("RPUSH", self.mailbox(dest), entry))
+            futs.append(conn.submit("PEXPIRE", self.mailbox(dest), self._ttl_ms))
+        return futs
 
     async def _run(self, aw: Any) -> Any:
         try:
@@ -317,40 +345,69 @@ class RedisChannel(Channel):
         task.add_done_callback(self._fetches.discard)
 
     async def _fetch(self, slot: list[Any], msg: Message, sizes: list[int], ref: list[Any]) -> None:
-        stem, chunk, rc_key = ref
+        stem, chunk, rc_key, notices = ref
         buffers = [bytearray(n) for n in sizes]
         views = [memoryview(b) for b in buffers]
         spans = _chunk_spans(sizes, chunk)
-        keys = [f"{stem}:{i}" for i in range(len(spans))]
+        keys = _ref_keys(ref, len(spans))
         token = id(slot)
-        self._fetching[token] = [*keys, rc_key] if rc_key else keys
-        verb = "GET" if rc_key else "GETDEL"
+        self._fetching[token] = keys
+        notifier: RespConnection | None = None
         try:
-            futs = [
-                self._bulk[i % len(self._bulk)].submit_get_into(key, views[j][a:b], verb)
-                for i, (key, (j, a, b)) in enumerate(zip(keys, spans))
-            ]
-            found = await asyncio.gather(*futs)
-            if rc_key is not None:
-                left = await self._cmd.command("DECR", rc_key)
-                if left <= 0:
-                    await self._cmd.command("DEL", rc_key, *keys)
+            targets = [views[j][a:b] for j, a, b in spans]
+            if notices is not None:
+                notifier = await self._notifier()
+                found = await self._fetch_streamed(notifier, stem, notices, targets)
+                self._notifiers.append(notifier)
+                notifier = None
+            else:
+                found = await asyncio.gather(
+                    *(
+                        self._bulk[i % len(self._bulk)].submit_get_into(f"{stem}:{i}", t, "GET")
+                        for i, t in enumerate(targets)
+                    )
+                )
+                if await self._cmd.command("DECR", rc_key) <= 0:
+                    await self._cmd.command("DEL", *keys)
             if not all(found):
                 raise RespError(
-                    f"chunk {keys[found.index(False)]} is missing: it expired before it was "
-                    f"read (raise channels.redis.key_ttl, now {self._cfg.key_ttl} s)"
+                    f"chunk {found.index(False)} of {stem} is missing: it expired before it "
+                    f"was read (raise channels.redis.key_ttl, now {self._cfg.key_ttl} s)"
                 )
         except (ConnectionError, RespError) as exc:
             if not self._closed:
                 self._report(ChannelError(f"Redis at {self.endpoint} failed: {exc}", msg.source))
             return
         finally:
+            if notifier is not None:
+                notifier.close()  # it may still have blocked commands queued
             if not self._closed:
                 self._fetching.pop(token, None)
-        self._stats["chunks_read"] += len(keys)
+        self._stats["chunks_read"] += len(spans)
         msg.buffers = buffers
         slot[0] = msg
         self._flush(msg.source)
+
+    async def _notifier(self) -> RespConnection:
+        while self._notifiers:
+            conn = self._notifiers.pop()
+            if not conn.closed:
+                return conn
+        return await self.endpoint.raw()
+
+    async def _fetch_streamed(
+        self, notifier: RespConnection, stem: str, notices: str, targets: list[memoryview]
+    ) -> list[bool]:
+        """Read each chunk as soon as its notice arrives (the sender may still be writing)."""
+        wait = f"{self._cfg.key_ttl:.3f}"
+        pending = [notifier.submit("BLPOP", notices, wait) for _ in targets]
+        gets = []
+        for i, notice in enumerate(pending):
+            if await notice is None:
+                return [False] * len(targets)
+            conn = self._bulk[i % len(self._bulk)]
+            gets.append(conn.submit_get_into(f"{stem}:{i}", targets[i], "GETDEL"))
+        return list(await asyncio.gather(*gets))
 
     def _flush(self, source: int) -> None:
         queue = self._order[source]
@@ -396,7 +453,7 @@ class RedisChannel(Channel):
         with suppress(ConnectionError, RespError, redis.exceptions.RedisError, TimeoutError):
             async with asyncio.timeout(self._cfg.connect_timeout):
                 await self._cleanup(mailbox)
-        for conn in [self._cmd, self._blocking, *self._bulk]:
+        for conn in [self._cmd, self._blocking, *self._bulk, *self._notifiers]:
             conn.close()
         await self._control.aclose()
 
@@ -405,22 +462,15 @@ class RedisChannel(Channel):
         if self._cmd.closed:
             return
         doomed = [k for keys in self._fetching.values() for k in keys]
-        shared: list[tuple[str, list[str]]] = []
         for entry in await self._cmd.command("LRANGE", mailbox, 0, -1) or []:
             if entry == _STOP:
                 continue
             _, _, _, _, _, sizes, ref, _ = msgpack.unpackb(entry)
             if ref is None:
                 continue
-            stem, chunk, rc_key = ref
-            keys = [f"{stem}:{i}" for i in range(len(_chunk_spans(sizes, chunk)))]
-            if rc_key:
-                shared.append((rc_key, keys))
-            else:
+            keys = _ref_keys(ref, len(_chunk_spans(sizes, ref[1])))
+            if ref[2] is None or await self._cmd.command("DECR", ref[2]) <= 0:
                 doomed += keys
-        for rc_key, keys in shared:
-            if await self._cmd.command("DECR", rc_key) <= 0:
-                doomed += [rc_key, *keys]
         await self._cmd.command("DEL", mailbox, *doomed)
 
     def stats(self) -> dict[str, Any]:
