@@ -323,7 +323,8 @@ class S3Channel(Channel):
             self._order.setdefault(source, collections.deque()).append(slot)
             if kind == "k":
                 context, src, tag, seq, header, sizes, raw = msgpack.unpackb(_unb64(data))
-                slot[0] = Message(context, src, tag, seq, header, _split(memoryview(raw), sizes))
+                body = memoryview(bytearray(raw))  # writable, like every received buffer
+                slot[0] = Message(context, src, tag, seq, header, _split(body, sizes))
                 inline_done.append(key)
                 self._flush(source)
             else:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import shutil
+import subprocess
 import uuid
 
 import numpy as np
@@ -14,7 +16,7 @@ import afmi
 from afmi.channels.redis import RedisChannel, RedisEndpoint
 from afmi.config import Config
 from afmi.testing import conformance
-from afmi.testing.servers import free_port
+from afmi.testing.servers import free_port, wait_for_port
 
 PREFIX = "afmi-test"
 
@@ -223,3 +225,52 @@ def test_config_validation():
         Config.from_dict({"channels": {"redis": {"chunk_bytes": 0}}})
     with pytest.raises(afmi.ConfigError, match=r"channels\.redis\.prefix"):
         Config.from_dict({"channels": {"redis": {"prefix": "a:b"}}})
+
+
+async def _writable(comm):
+    if comm.rank == 0:
+        await comm.send(np.arange(10), 1)
+        await comm.send(np.arange(100_000), 1)
+        return None
+    small, large = await comm.recv(0), await comm.recv(0)
+    small += 1
+    large += 1
+    return int(small[0]), int(large[-1])
+
+
+async def test_received_arrays_are_writable(redis_url):
+    cfg = config(redis_url, chunk_bytes=64 * 1024)
+    out = await afmi.launch_local(_writable, 2, channel="redis", config=cfg, job=new_job())
+    assert out[1] == (1, 100_000)
+
+
+async def _wait_forever(comm):
+    await comm.barrier()
+    if comm.rank == 0:
+        await comm.recv(1, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server on PATH")
+async def test_server_dying_fails_pending_receives_naming_it(tmp_path):
+    port = free_port()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(
+        ["redis-server", *args, "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 20, proc)
+        cfg = config(f"redis://127.0.0.1:{port}/0", connect_timeout=2)
+        job = asyncio.ensure_future(
+            afmi.launch_local(_wait_forever, 2, channel="redis", config=cfg, timeout=30)
+        )
+        await asyncio.sleep(0.5)
+        proc.kill()
+        with pytest.raises(afmi.RankFailedError) as info:
+            await job
+        assert isinstance(info.value.error, afmi.ChannelError)
+        assert f"127.0.0.1:{port}" in str(info.value.error)
+    finally:
+        proc.kill()
+        proc.wait()

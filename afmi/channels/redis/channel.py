@@ -330,7 +330,7 @@ class RedisChannel(Channel):
         slot: list[Any] = [None]
         self._order.setdefault(source, collections.deque()).append(slot)
         if ref is None:
-            mv = memoryview(data)
+            mv = memoryview(bytearray(data))  # writable, like every received buffer
             buffers, pos = [], 0
             for n in sizes:
                 buffers.append(mv[pos : pos + n])
@@ -438,10 +438,9 @@ class RedisChannel(Channel):
         mailbox = self.mailbox(self.rank)
         if self._receiver is not None:
             if not self._receiver.done() and not self._cmd.closed:
-                with suppress(ConnectionError, RespError):
-                    await self._cmd.command("LPUSH", mailbox, _STOP)
-                with suppress(TimeoutError):
+                with suppress(ConnectionError, RespError, TimeoutError):
                     async with asyncio.timeout(self._cfg.connect_timeout):
+                        await self._cmd.command("LPUSH", mailbox, _STOP)
                         await asyncio.shield(self._receiver)
             self._receiver.cancel()
             with suppress(asyncio.CancelledError):
