@@ -6,9 +6,13 @@ Keys (all under ``{prefix}:{job}``, all with a TTL of ``key_ttl``):
   message travels whole inside its entry; a large one leaves only a
   descriptor there.
 * ``…:c:{src}:{n}:{i}`` — chunk ``i`` of the ``n``-th large message of rank
-  ``src`` (``chunk_bytes`` each), written with one pipelined burst right
-  before its descriptor on the same connection (so a receiver never sees a
-  descriptor whose chunks are not stored yet).
+  ``src`` (``chunk_bytes`` each).
+* ``…:c:{src}:{n}:n`` — the chunk *notices* of a streamed message: the
+  sender pipelines, on one connection, the descriptor first and then, for
+  each chunk, ``SET`` chunk and ``RPUSH`` its number here. The receiver blocks
+  on this list and reads every chunk as soon as it is stored, so writing and
+  reading overlap. Messages of one or two chunks skip the notices: their
+  chunks are written first and the descriptor after them.
 * ``…:rc:{src}:{n}`` — for a payload published to several ranks at once
   (:meth:`RedisChannel.publish`), how many readers are still to come; the
   reader that decrements it to zero deletes the chunks.
@@ -34,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+import numpy as np
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.connection import SSLConnection, parse_url
@@ -142,7 +147,7 @@ def _chunk_spans(sizes: Sequence[int], chunk: int) -> list[tuple[int, int, int]]
 def _ref_keys(ref: list[Any], nchunks: int) -> list[str]:
     """Every key a large message's descriptor refers to."""
     stem, _, rc_key, notices = ref
-    extra = [rc_key] if rc_key is not None else [notices]
+    extra = [k for k in (rc_key, notices) if k is not None]
     return [*(f"{stem}:{i}" for i in range(nchunks)), *extra]
 
 
@@ -262,7 +267,7 @@ class RedisChannel(Channel):
         ttl = self._ttl_ms
         conn = self._bulk[next(self._bulk_turn)]
         futs: list[asyncio.Future[Any]] = []
-        if len(dests) == 1:
+        if len(dests) == 1 and len(spans) > 2:
             # Streamed: the descriptor goes first; after each chunk, its number is pushed
             # onto a notice list the receiver is blocked on, so writing and reading overlap.
             notices = f"{stem}:n"
@@ -273,12 +278,14 @@ class RedisChannel(Channel):
                 futs.append(conn.submit("RPUSH", notices, i))
                 futs.append(conn.submit("PEXPIRE", notices, ttl))
         else:
-            # Stored once, read by every destination; the reader that brings the
-            # count to zero deletes the chunks. Descriptors follow the chunks.
-            rc_key = f"{self._base}:rc:{self.rank}:{n}"
+            # Stored, then the descriptors (a message of one or two chunks, or one
+            # published to several ranks: the reader that brings the count to zero
+            # deletes the chunks).
+            rc_key = f"{self._base}:rc:{self.rank}:{n}" if len(dests) > 1 else None
             for i, (j, a, b) in enumerate(spans):
                 futs.append(conn.submit("SET", f"{stem}:{i}", views[j][a:b], "PX", ttl))
-            futs.append(conn.submit("SET", rc_key, len(dests), "PX", ttl))
+            if rc_key is not None:
+                futs.append(conn.submit("SET", rc_key, len(dests), "PX", ttl))
             ref = [stem, self._cfg.chunk_bytes, rc_key, None]
             futs += self._push_entries(conn, dests, msgs, ref)
         self._stats["chunks_written"] += len(spans)
@@ -346,8 +353,9 @@ class RedisChannel(Channel):
 
     async def _fetch(self, slot: list[Any], msg: Message, sizes: list[int], ref: list[Any]) -> None:
         stem, chunk, rc_key, notices = ref
-        buffers = [bytearray(n) for n in sizes]
-        views = [memoryview(b) for b in buffers]
+        # np.empty: no zero-fill of pages that the socket is about to overwrite.
+        buffers = [np.empty(n, dtype=np.uint8) for n in sizes]
+        views = [memoryview(b.data) for b in buffers]
         spans = _chunk_spans(sizes, chunk)
         keys = _ref_keys(ref, len(spans))
         token = id(slot)
@@ -361,13 +369,14 @@ class RedisChannel(Channel):
                 self._notifiers.append(notifier)
                 notifier = None
             else:
+                verb = "GET" if rc_key is not None else "GETDEL"
                 found = await asyncio.gather(
                     *(
-                        self._bulk[i % len(self._bulk)].submit_get_into(f"{stem}:{i}", t, "GET")
+                        self._bulk[i % len(self._bulk)].submit_get_into(f"{stem}:{i}", t, verb)
                         for i, t in enumerate(targets)
                     )
                 )
-                if await self._cmd.command("DECR", rc_key) <= 0:
+                if rc_key is not None and await self._cmd.command("DECR", rc_key) <= 0:
                     await self._cmd.command("DEL", *keys)
             if not all(found):
                 raise RespError(
@@ -468,7 +477,7 @@ class RedisChannel(Channel):
             if ref is None:
                 continue
             keys = _ref_keys(ref, len(_chunk_spans(sizes, ref[1])))
-            if ref[2] is None or await self._cmd.command("DECR", ref[2]) <= 0:
+            if ref[2] is None or await self._cmd.command("DECR", ref[2]) <= 0:  # shared
                 doomed += keys
         await self._cmd.command("DEL", mailbox, *doomed)
 
