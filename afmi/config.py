@@ -71,11 +71,18 @@ class RedisConfig:
     fetch_connections: int = 2
     #: Seconds to reach and authenticate with the server before giving up.
     connect_timeout: float = 10.0
+    #: Stream messages of at least this many chunks (the receiver reads each chunk
+    #: while later ones are still being written); 0: never.
+    stream_min_chunks: int = 0
     enabled: bool = True
 
     def __post_init__(self) -> None:
         for key in ("key_ttl", "chunk_bytes", "fetch_connections", "connect_timeout"):
             _check_positive(getattr(self, key), f"channels.redis.{key}")
+        if self.stream_min_chunks < 0:
+            raise ConfigError(
+                f"channels.redis.stream_min_chunks must be >= 0, got {self.stream_min_chunks}"
+            )
         if self.inline_bytes < 0:
             raise ConfigError(f"channels.redis.inline_bytes must be >= 0, got {self.inline_bytes}")
         if not self.prefix or ":" in self.prefix:

@@ -41,6 +41,18 @@ async def job_keys(url: str, job: str) -> list[bytes]:
 async def test_redis_conformance(case, redis_url):
     job = new_job()
     cfg = config(redis_url, chunk_bytes=256 * 1024)
+    run = functools.partial(afmi.launch_local, channel="redis", config=cfg, timeout=60, job=job)
+    await case(run)
+    assert await job_keys(redis_url, job) == []
+
+
+STREAMED_CASES = [c for c in conformance.CASES if "large" in c.__name__ or "isend" in c.__name__]
+
+
+@pytest.mark.parametrize("case", STREAMED_CASES, ids=conformance.case_id)
+async def test_redis_conformance_streamed(case, redis_url):
+    job = new_job()
+    cfg = config(redis_url, chunk_bytes=16 * 1024, inline_bytes=1024, stream_min_chunks=2)
     await case(
         functools.partial(afmi.launch_local, channel="redis", config=cfg, timeout=60, job=job)
     )
@@ -56,9 +68,10 @@ async def _send_unreceived(comm, nbytes):
     return comm.rank
 
 
-async def test_unreceived_messages_leave_no_keys(redis_url):
+@pytest.mark.parametrize("stream", [0, 2])
+async def test_unreceived_messages_leave_no_keys(redis_url, stream):
     job = new_job()
-    cfg = config(redis_url, chunk_bytes=64 * 1024, inline_bytes=1024)
+    cfg = config(redis_url, chunk_bytes=64 * 1024, inline_bytes=1024, stream_min_chunks=stream)
     out = await afmi.launch_local(
         _send_unreceived, 2, 300_000, channel="redis", config=cfg, job=job, timeout=30
     )
@@ -73,17 +86,19 @@ async def _hang(comm):
     await asyncio.sleep(30)
 
 
-async def test_timeout_leaves_no_keys(redis_url):
+@pytest.mark.parametrize("stream", [0, 2])
+async def test_timeout_leaves_no_keys(redis_url, stream):
     job = new_job()
-    cfg = config(redis_url, chunk_bytes=64 * 1024, inline_bytes=1024)
+    cfg = config(redis_url, chunk_bytes=64 * 1024, inline_bytes=1024, stream_min_chunks=stream)
     with pytest.raises(afmi.OperationTimeoutError):
         await afmi.launch_local(_hang, 2, channel="redis", config=cfg, job=job, timeout=0.5)
     assert await job_keys(redis_url, job) == []
 
 
-async def test_cancellation_leaves_no_keys(redis_url):
+@pytest.mark.parametrize("stream", [0, 2])
+async def test_cancellation_leaves_no_keys(redis_url, stream):
     job = new_job()
-    cfg = config(redis_url, chunk_bytes=64 * 1024, inline_bytes=1024)
+    cfg = config(redis_url, chunk_bytes=64 * 1024, inline_bytes=1024, stream_min_chunks=stream)
     task = asyncio.ensure_future(
         afmi.launch_local(_hang, 3, channel="redis", config=cfg, job=job, timeout=30)
     )
@@ -96,7 +111,7 @@ async def test_cancellation_leaves_no_keys(redis_url):
 
 async def test_every_key_has_a_ttl_and_chunks_are_consumed(redis_url):
     job = new_job()
-    cfg = config(redis_url, chunk_bytes=100_000, inline_bytes=1000, key_ttl=30)
+    cfg = config(redis_url, chunk_bytes=100_000, inline_bytes=1000, key_ttl=30, stream_min_chunks=3)
     async with afmi.channels.get_driver("redis").group(2, job, cfg) as (a, b):
         got: list[afmi.wire.message.Message] = []
         b.start(got.append, lambda e: None)
