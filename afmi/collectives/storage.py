@@ -10,7 +10,7 @@ payload can be read by any number of ranks. So:
   reduces it, and publishes the reduced slice once; everybody reads all
   reduced slices. Every rank moves about ``2·nbytes`` instead of the root
   moving ``2·(size-1)·nbytes``. It applies to numpy arrays with a built-in
-  (elementwise) op and at least ``size`` elements and ``MIN_SCATTER_BYTES``.
+  (elementwise) op, at least ``size`` elements and ``MIN_SCATTER_BYTES``.
 * :class:`StorageAllreduce` covers the rest: gather at rank 0, reduce in
   rank order, publish the result once (LambdaML's AllReduce).
 
@@ -46,8 +46,10 @@ __all__ = [
 
 #: Channels these algorithms are meant for.
 STORAGE_CHANNELS = frozenset({"redis", "s3"})
-#: Smallest array for which ScatterReduce beats reduce-then-publish.
-MIN_SCATTER_BYTES = 64 * 1024
+#: Smallest array for which ScatterReduce is chosen over reduce-then-publish. Below
+#: it, request latency dominates and ScatterReduce's ``size·(size-1)`` slice
+#: messages cost more than the root's extra bandwidth (see docs/storage.md).
+MIN_SCATTER_BYTES = 1024 * 1024
 
 
 async def publish(ctx: CollectiveContext, obj: Any, dests: list[int], sub: int = 0) -> None:

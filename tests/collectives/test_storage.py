@@ -40,27 +40,25 @@ async def _chosen(comm, x):
 
 
 async def test_registry_prefers_storage_algorithms_on_storage_channels(redis_url):
-    big = np.ones(100_000)
+    big = np.ones(200_000)
     out = await afmi.launch_local(_chosen, 2, big, channel="redis", config=redis_config(redis_url))
     assert out[0] == ("StorageBcast", "ScatterReduceAllreduce", "StorageAllreduce")
     local = await afmi.launch_local(_chosen, 2, big, channel="local")
     assert "Storage" not in local[0][0] and "Scatter" not in local[0][1]
 
 
-async def _collectives(comm, n):
+async def _collectives(comm, n, allreduce):
     rng = np.random.default_rng(comm.rank)
     x = rng.standard_normal(n)
-    total = await comm.allreduce(x)
-    biggest = await comm.allreduce(x.astype(np.float32), op=afmi.MAX)
+    with registry.forced(allreduce=allreduce):
+        total = await comm.allreduce(x)
+        biggest = await comm.allreduce(-x, op=afmi.MAX)
     small = await comm.allreduce(comm.rank + 1)
     data = await comm.bcast(np.arange(n) if comm.rank == 1 else None, root=1)
     cfg = await comm.bcast({"lr": 0.1} if comm.rank == 0 else None)
     await comm.barrier()
     expect = sum(np.random.default_rng(r).standard_normal(n) for r in range(comm.size))
-    expect_max = np.max(
-        [np.random.default_rng(r).standard_normal(n).astype(np.float32) for r in range(comm.size)],
-        axis=0,
-    )
+    expect_max = np.max([-np.random.default_rng(r).standard_normal(n) for r in range(comm.size)], 0)
     return (
         bool(np.allclose(total, expect)),
         bool(np.array_equal(biggest, expect_max)),
@@ -86,11 +84,13 @@ async def _job_keys(url, job):
         await client.aclose()
 
 
+@pytest.mark.parametrize("allreduce", ["scatter_reduce", "reduce_publish"])
 @pytest.mark.parametrize("size", [3, 5])
-async def test_storage_collectives_over_redis(redis_url, size):
+async def test_storage_collectives_over_redis(redis_url, size, allreduce):
     job = f"t{uuid.uuid4().hex[:12]}"
+    cfg = redis_config(redis_url)
     out = await afmi.launch_local(
-        _collectives, size, 20_011, channel="redis", config=redis_config(redis_url), job=job
+        _collectives, size, 140_009, allreduce, channel="redis", config=cfg, job=job
     )
     expect_small = size * (size + 1) // 2
     assert out == [(True, True, expect_small, True, {"lr": 0.1})] * size
@@ -100,7 +100,9 @@ async def test_storage_collectives_over_redis(redis_url, size):
 async def test_storage_collectives_over_s3(s3):
     job = f"t{uuid.uuid4().hex[:12]}"
     cfg = s3_config(s3)
-    out = await afmi.launch_local(_collectives, 4, 10_007, channel="s3", config=cfg, job=job)
+    out = await afmi.launch_local(
+        _collectives, 4, 140_009, "scatter_reduce", channel="s3", config=cfg, job=job
+    )
     assert out == [(True, True, 10, True, {"lr": 0.1})] * 4
     assert await job_objects(s3, job) == []
 
@@ -119,7 +121,7 @@ async def test_s3_bcast_uploads_the_payload_once(s3):
 
 def test_scatter_reduce_applies_only_to_large_arrays_with_builtin_ops():
     algo = ScatterReduceAllreduce()
-    big = np.ones(100_000)
+    big = np.ones(200_000)
     assert algo.applicable(4, big.nbytes, {"x": big, "op": afmi.SUM})
     assert not algo.applicable(4, 8, {"x": np.ones(1), "op": afmi.SUM})
     assert not algo.applicable(4, 16, {"x": 3.0, "op": afmi.SUM})

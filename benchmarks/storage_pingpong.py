@@ -1,7 +1,7 @@
 """Side-by-side measurements for the redis and s3 channels (docs/performance.md).
 
-    python docs/storage_bench.py redis   # afmi redis channel vs raw redis-py RPUSH/BLPOP
-    python docs/storage_bench.py s3      # afmi s3 channel on a private moto server
+    python benchmarks/storage_pingpong.py redis   # afmi redis channel vs raw redis-py RPUSH/BLPOP
+    python benchmarks/storage_pingpong.py s3      # afmi s3 channel on a private moto server
 
 Run from the repository root (PYTHONPATH=.). Redis: the server on 127.0.0.1:6379
 or AFMI_TEST_REDIS_URL. Ping-pong between two ranks in one process; the figure
