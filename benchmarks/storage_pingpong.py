@@ -66,8 +66,8 @@ async def _afmi_pingpong(comm: afmi.Communicator, nbytes: int, iters: int) -> An
     return statistics.median(times[2:]), ch.stats()
 
 
-SIZES = [(1, 200), (1 << 20, 12), (16 << 20, 6)]
-ROUNDS = 5
+SIZES = [(1, 200), (1 << 20, 12), (16 << 20, 12)]
+ROUNDS = 3
 
 
 async def bench_redis() -> None:

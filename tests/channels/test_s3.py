@@ -239,3 +239,15 @@ async def _writable(comm):
 async def test_received_arrays_are_writable(s3):
     out = await afmi.launch_local(_writable, 2, channel="s3", config=config(s3), job=new_job())
     assert out[1] == (1, 100_000)
+
+
+async def test_connect_reads_config(s3):
+    job = new_job()
+    cfg = config(s3)
+
+    async def rank(r):
+        async with afmi.connect(rank=r, size=2, job=job, channel="s3", config=cfg, env={}) as c:
+            return await c.allreduce(c.rank + 1)
+
+    assert await asyncio.gather(rank(0), rank(1)) == [3, 3]
+    assert await job_objects(s3, job) == []
