@@ -308,7 +308,7 @@ class S3Channel(Channel):
                 self._stats["idle_polls"] += 1
                 await asyncio.sleep(interval)
                 interval = min(interval * 2, self._cfg.poll_max)
-        except (BotoCoreError, ClientError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure ends the channel, reported once
             self._report(self._broken(exc, None))
 
     def _take(self, keys: list[str]) -> None:
@@ -355,7 +355,7 @@ class S3Channel(Channel):
             else:
                 context, src, tag, seq, header, name = msgpack.unpackb(_unb64(data))
                 msg = await self._read_shared(key, name, (context, src, tag, seq, header))
-        except (BotoCoreError, ClientError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - reported through on_failure
             self._report(self._broken(exc, source))
             return
         slot[0] = msg

@@ -289,3 +289,19 @@ async def test_server_dying_fails_pending_receives_naming_it(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_garbage_in_mailbox_fails_the_channel_clearly(redis_url):
+    job = new_job()
+    cfg = config(redis_url)
+    async with afmi.channels.get_driver("redis").group(1, job, cfg) as (a,):
+        errors: asyncio.Queue[afmi.ChannelError] = asyncio.Queue()
+        a.start(lambda m: None, errors.put_nowait)
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            await client.rpush(a.mailbox(0), b"not msgpack \xc1")
+        finally:
+            await client.aclose()
+        err = await asyncio.wait_for(errors.get(), 10)
+        assert "unreadable entry" in str(err) and a.mailbox(0) in str(err)
+    assert await job_keys(redis_url, job) == []

@@ -328,11 +328,14 @@ class RedisChannel(Channel):
                 if entry == _STOP:
                     return
                 self._handle(entry)
-        except (ConnectionError, RespError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure ends the channel, reported once
             if not self._closed:
-                self._report(
-                    ChannelError(f"lost the connection to Redis at {self.endpoint}: {exc}")
+                what = (
+                    "lost the connection to"
+                    if isinstance(exc, (ConnectionError, RespError))
+                    else f"unreadable entry in {mailbox} at"
                 )
+                self._report(ChannelError(f"{what} Redis at {self.endpoint}: {exc!r}"))
 
     def _handle(self, entry: bytes) -> None:
         context, source, tag, seq, header, sizes, ref, data = msgpack.unpackb(entry)
@@ -385,7 +388,7 @@ class RedisChannel(Channel):
                     f"chunk {found.index(False)} of {stem} is missing: it expired before it "
                     f"was read (raise channels.redis.key_ttl, now {self._cfg.key_ttl} s)"
                 )
-        except (ConnectionError, RespError) as exc:
+        except Exception as exc:  # noqa: BLE001 - reported through on_failure
             if not self._closed:
                 self._report(ChannelError(f"Redis at {self.endpoint} failed: {exc}", msg.source))
             return
