@@ -233,7 +233,15 @@ class RedisChannel(Channel):
 
     async def send(self, dest: int, msg: Message) -> None:
         """Store ``msg`` for ``dest``; returns once Redis holds it (see the module docstring)."""
-        await self.publish([dest], [msg])
+        self._check_open()
+        if msg.nbytes - len(msg.header) > self._cfg.inline_bytes:
+            await self.publish([dest], [msg])
+            return
+        mb = self.mailbox(dest)
+        entry = self._inline_entry(msg)
+        await self._run(self._cmd.pipeline((("RPUSH", mb, entry), ("PEXPIRE", mb, self._ttl_ms))))
+        self._stats["messages_sent"] += 1
+        self._stats["bytes_sent"] += msg.nbytes
 
     async def publish(self, dests: Sequence[int], msgs: Sequence[Message]) -> None:
         """Send one payload to several ranks, storing its chunks only once.
@@ -267,42 +275,40 @@ class RedisChannel(Channel):
         spans = _chunk_spans([v.nbytes for v in views], self._cfg.chunk_bytes)
         ttl = self._ttl_ms
         conn = self._bulk[next(self._bulk_turn)]
-        futs: list[asyncio.Future[Any]] = []
+        commands: list[tuple[Any, ...]] = []
         stream = self._cfg.stream_min_chunks
         if len(dests) == 1 and stream and len(spans) >= stream:
             # Streamed: the descriptor goes first; after each chunk, its number is pushed
             # onto a notice list the receiver is blocked on, so writing and reading overlap.
             notices = f"{stem}:n"
             ref: list[Any] = [stem, self._cfg.chunk_bytes, None, notices]
-            futs += self._push_entries(conn, dests, msgs, ref)
+            commands += self._entries(dests, msgs, ref)
             for i, (j, a, b) in enumerate(spans):
-                futs.append(conn.submit("SET", f"{stem}:{i}", views[j][a:b], "PX", ttl))
-                futs.append(conn.submit("RPUSH", notices, i))
-                futs.append(conn.submit("PEXPIRE", notices, ttl))
+                commands.append(("SET", f"{stem}:{i}", views[j][a:b], "PX", ttl))
+                commands.append(("RPUSH", notices, i))
+                commands.append(("PEXPIRE", notices, ttl))
         else:
-            # Stored, then the descriptors (a message of one or two chunks, or one
-            # published to several ranks: the reader that brings the count to zero
-            # deletes the chunks).
+            # Stored, then the descriptors (the default; for a payload published to
+            # several ranks, the reader that brings the count to zero deletes the chunks).
             rc_key = f"{self._base}:rc:{self.rank}:{n}" if len(dests) > 1 else None
             for i, (j, a, b) in enumerate(spans):
-                futs.append(conn.submit("SET", f"{stem}:{i}", views[j][a:b], "PX", ttl))
+                commands.append(("SET", f"{stem}:{i}", views[j][a:b], "PX", ttl))
             if rc_key is not None:
-                futs.append(conn.submit("SET", rc_key, len(dests), "PX", ttl))
+                commands.append(("SET", rc_key, len(dests), "PX", ttl))
             ref = [stem, self._cfg.chunk_bytes, rc_key, None]
-            futs += self._push_entries(conn, dests, msgs, ref)
+            commands += self._entries(dests, msgs, ref)
         self._stats["chunks_written"] += len(spans)
-        await self._run(conn.drain())
-        await self._run(asyncio.gather(*futs))
+        await self._run(conn.pipeline(commands))
 
-    def _push_entries(
-        self, conn: RespConnection, dests: Sequence[int], msgs: Sequence[Message], ref: list[Any]
-    ) -> list[asyncio.Future[Any]]:
-        futs = []
+    def _entries(
+        self, dests: Sequence[int], msgs: Sequence[Message], ref: list[Any]
+    ) -> list[tuple[Any, ...]]:
+        commands: list[tuple[Any, ...]] = []
         for dest, msg in zip(dests, msgs):
             entry = msgpack.packb([*self._meta(msg), ref, None])
-            futs.append(conn.submit("RPUSH", self.mailbox(dest), entry))
-            futs.append(conn.submit("PEXPIRE", self.mailbox(dest), self._ttl_ms))
-        return futs
+            commands.append(("RPUSH", self.mailbox(dest), entry))
+            commands.append(("PEXPIRE", self.mailbox(dest), self._ttl_ms))
+        return commands
 
     async def _run(self, aw: Any) -> Any:
         try:
@@ -375,12 +381,7 @@ class RedisChannel(Channel):
                 notifier = None
             else:
                 verb = "GET" if rc_key is not None else "GETDEL"
-                found = await asyncio.gather(
-                    *(
-                        self._bulk[i % len(self._bulk)].submit_get_into(f"{stem}:{i}", t, verb)
-                        for i, t in enumerate(targets)
-                    )
-                )
+                found = await self._get_all(stem, targets, verb)
                 if rc_key is not None and await self._cmd.command("DECR", rc_key) <= 0:
                     await self._cmd.command("DEL", *keys)
             if not all(found):
@@ -401,6 +402,21 @@ class RedisChannel(Channel):
         msg.buffers = buffers
         slot[0] = msg
         self._flush(msg.source)
+
+    async def _get_all(self, stem: str, targets: list[memoryview], verb: str) -> list[bool]:
+        """``verb`` every chunk of ``stem`` into its target, spread over the bulk connections."""
+        conns = self._bulk
+        futs: list[asyncio.Future[Any]] = [None] * len(targets)  # type: ignore[list-item]
+        for c, conn in enumerate(conns):
+            mine = range(c, len(targets), len(conns))
+            if not mine:
+                continue
+            got = conn.submit_many(
+                [(verb, f"{stem}:{i}") for i in mine], [targets[i] for i in mine]
+            )
+            for i, fut in zip(mine, got):
+                futs[i] = fut
+        return list(await asyncio.gather(*futs))
 
     async def _notifier(self) -> RespConnection:
         while self._notifiers:

@@ -114,13 +114,29 @@ class RespConnection(asyncio.BufferedProtocol):
 
     # -- commands --
     def _send(self, args: Sequence[Any], target: memoryview | None = None) -> asyncio.Future[Any]:
+        return self.submit_many([args], [target])[0]
+
+    def submit_many(
+        self, commands: Sequence[Sequence[Any]], targets: Sequence[memoryview | None] | None = None
+    ) -> list[asyncio.Future[Any]]:
+        """Write several commands with one system call; return their reply futures.
+
+        ``targets[i]``, when given, receives the bulk reply of command ``i``
+        (as in :meth:`submit_get_into`).
+        """
         if self._closed is not None:
             raise ConnectionError(f"connection to Redis closed: {self._closed}")
         assert self._transport is not None
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._sinks.append(_Sink(fut, target))
-        self._transport.writelines(encode_command(args))
-        return fut
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[Any]] = []
+        buffers: list[Any] = []
+        for i, args in enumerate(commands):
+            fut: asyncio.Future[Any] = loop.create_future()
+            self._sinks.append(_Sink(fut, targets[i] if targets else None))
+            futs.append(fut)
+            buffers += encode_command(args)
+        self._transport.writelines(buffers)
+        return futs
 
     async def _wait_writable(self) -> None:
         if not self._can_write.is_set():
@@ -135,10 +151,15 @@ class RespConnection(asyncio.BufferedProtocol):
         return await fut
 
     async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """Run several commands in one write; return their replies in order."""
-        futs = [self._send(c) for c in commands]
+        """Run several commands in one write; return their replies in order.
+
+        Replies arrive in command order, so awaiting the last one is enough;
+        the first error reply among them is raised.
+        """
+        futs = self.submit_many(commands)
         await self._wait_writable()
-        return list(await asyncio.gather(*futs))
+        await asyncio.wait([futs[-1]])
+        return [f.result() for f in futs]
 
     def submit(self, *args: bytes | str | int | memoryview) -> asyncio.Future[Any]:
         """Write one command now and return the future of its reply (for pipelining)."""
