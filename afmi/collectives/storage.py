@@ -9,8 +9,10 @@ payload can be read by any number of ranks. So:
   cut into ``size`` slices, rank ``j`` receives slice ``j`` from everybody,
   reduces it, and publishes the reduced slice once; everybody reads all
   reduced slices. Every rank moves about ``2·nbytes`` instead of the root
-  moving ``2·(size-1)·nbytes``. It applies to numpy arrays with a built-in
-  (elementwise) op, at least ``size`` elements and ``MIN_SCATTER_BYTES``.
+  moving ``2·(size-1)·nbytes``. It runs numpy arrays with a built-in
+  (elementwise) op; on storage channels it is chosen from
+  ``MIN_SCATTER_BYTES`` on (a wrapper around the allreduce chooser that
+  leaves other channels to the rule installed before it).
 * :class:`StorageAllreduce` covers the rest: gather at rank 0, reduce in
   rank order, publish the result once (LambdaML's AllReduce).
 
@@ -31,7 +33,7 @@ import numpy as np
 
 from afmi.collectives.base import Algorithm, CollectiveContext, Step
 from afmi.collectives.linear import fold, gather_to
-from afmi.collectives.registry import register
+from afmi.collectives.registry import Chooser, register, set_chooser
 from afmi.ops import Op
 from afmi.wire.serialize import encode
 
@@ -95,10 +97,8 @@ class ScatterReduceAllreduce(_Storage):
     def applicable(self, size: int, nbytes: int, args: dict[str, Any]) -> bool:
         x, op = args.get("x"), args.get("op")
         return (
-            size > 1
-            and isinstance(x, np.ndarray)
-            and x.size >= size
-            and x.nbytes >= MIN_SCATTER_BYTES
+            isinstance(x, np.ndarray)
+            and x.ndim > 0
             and isinstance(op, Op)
             and op.builtin
             and op.name not in ("MAXLOC", "MINLOC")
@@ -140,6 +140,32 @@ class ScatterReduceAllreduce(_Storage):
         return np.concatenate(pieces).reshape(x.shape)
 
 
+def _choose_allreduce(previous: Chooser | None) -> Chooser:
+    """On storage channels pick ScatterReduce from :data:`MIN_SCATTER_BYTES` on.
+
+    Every other channel keeps the rule that was installed before (``previous``).
+    """
+
+    def choose(
+        candidates: list[Algorithm],
+        size: int,
+        nbytes: int,
+        args: dict[str, Any],
+        ctx: CollectiveContext,
+    ) -> Algorithm:
+        if ctx.channel in STORAGE_CHANNELS:
+            by_name = {a.name: a for a in candidates}
+            big = size > 1 and nbytes >= MIN_SCATTER_BYTES
+            for name in ("scatter_reduce", "reduce_publish") if big else ("reduce_publish",):
+                if name in by_name:
+                    return by_name[name]
+        if previous is not None:
+            return previous(candidates, size, nbytes, args, ctx)
+        return candidates[0]
+
+    return choose
+
+
 class StorageAllreduce(_Storage):
     """Reduce at rank 0 in rank order, then one upload of the result read by all."""
 
@@ -159,5 +185,6 @@ class StorageAllreduce(_Storage):
         return await ctx.recv(0, 1)
 
 
-for _cls in (StorageBcast, ScatterReduceAllreduce, StorageAllreduce):
+for _cls in (StorageBcast, StorageAllreduce, ScatterReduceAllreduce):
     register(_cls())
+set_chooser("allreduce", _choose_allreduce(set_chooser("allreduce", None)))

@@ -35,14 +35,16 @@ async def _chosen(comm, x):
     return (
         type(registry.select("bcast", ctx, {"obj": x, "root": 0})).__name__,
         type(registry.select("allreduce", ctx, {"x": x, "op": afmi.SUM})).__name__,
+        type(registry.select("allreduce", ctx, {"x": x[:1000], "op": afmi.SUM})).__name__,
         type(registry.select("allreduce", ctx, {"x": 3, "op": afmi.SUM})).__name__,
     )
 
 
 async def test_registry_prefers_storage_algorithms_on_storage_channels(redis_url):
-    big = np.ones(200_000)
+    big = np.ones(200_000)  # 1.6 MB: ScatterReduce; its first 1000 elements: reduce-publish
     out = await afmi.launch_local(_chosen, 2, big, channel="redis", config=redis_config(redis_url))
-    assert out[0] == ("StorageBcast", "ScatterReduceAllreduce", "StorageAllreduce")
+    expect = ("StorageBcast", "ScatterReduceAllreduce", "StorageAllreduce", "StorageAllreduce")
+    assert out[0] == expect
     local = await afmi.launch_local(_chosen, 2, big, channel="local")
     assert "Storage" not in local[0][0] and "Scatter" not in local[0][1]
 
@@ -119,14 +121,28 @@ async def test_s3_bcast_uploads_the_payload_once(s3):
     assert sum(r["get"] for r in out) == 3
 
 
-def test_scatter_reduce_applies_only_to_large_arrays_with_builtin_ops():
+def test_scatter_reduce_applies_to_arrays_with_builtin_elementwise_ops():
     algo = ScatterReduceAllreduce()
     big = np.ones(200_000)
     assert algo.applicable(4, big.nbytes, {"x": big, "op": afmi.SUM})
-    assert not algo.applicable(4, 8, {"x": np.ones(1), "op": afmi.SUM})
+    assert algo.applicable(4, 8, {"x": np.ones(1), "op": afmi.SUM})
     assert not algo.applicable(4, 16, {"x": 3.0, "op": afmi.SUM})
     assert not algo.applicable(4, big.nbytes, {"x": big, "op": afmi.Op(np.add)})
-    assert not algo.applicable(1, big.nbytes, {"x": big, "op": afmi.SUM})
+    pair = (np.ones(3), np.zeros(3))
+    assert not algo.applicable(4, 48, {"x": pair, "op": afmi.MAXLOC})
+
+
+async def _tiny_scatter(comm):
+    with registry.forced(allreduce="scatter_reduce"):
+        a = await comm.allreduce(np.arange(3, dtype=np.int32) + comm.rank)  # fewer than ranks
+        b = await comm.allreduce(np.asfortranarray(np.ones((2, 3))), op=afmi.MAX)
+        c = await comm.allreduce(np.zeros(0))
+    return a.tolist(), b.shape, b.flags.c_contiguous or b.flags.f_contiguous, c.shape
+
+
+async def test_scatter_reduce_handles_tiny_and_fortran_arrays(redis_url):
+    out = await afmi.launch_local(_tiny_scatter, 5, channel="redis", config=redis_config(redis_url))
+    assert out[0] == ([10, 15, 20], (2, 3), True, (0,))
 
 
 def test_storage_algorithms_are_registered_for_storage_channels():
