@@ -251,3 +251,37 @@ async def test_connect_reads_config(s3):
 
     assert await asyncio.gather(rank(0), rank(1)) == [3, 3]
     assert await job_objects(s3, job) == []
+
+
+async def _wait_forever(comm):
+    await comm.barrier()
+    if comm.rank == 0:
+        await comm.recv(1, timeout=60)
+
+
+async def test_server_dying_fails_pending_receives_naming_it(s3):  # s3: credentials in env
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 60, proc)
+        endpoint = f"http://127.0.0.1:{port}"
+        async with get_session().create_client("s3", endpoint_url=endpoint) as client:
+            await client.create_bucket(Bucket="dying")
+        table = {"bucket": "dying", "endpoint_url": endpoint, "connect_timeout": 2}
+        cfg = Config.from_dict({"channels": {"s3": {**table, "poll_max": 0.05}}})
+        job = asyncio.ensure_future(
+            afmi.launch_local(_wait_forever, 2, channel="s3", config=cfg, timeout=40)
+        )
+        await asyncio.sleep(1.0)
+        proc.kill()
+        with pytest.raises(afmi.RankFailedError) as info:
+            await job
+        assert isinstance(info.value.error, afmi.ChannelError)
+        assert f"127.0.0.1:{port}" in str(info.value.error)
+    finally:
+        proc.kill()
+        proc.wait()
