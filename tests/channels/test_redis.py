@@ -305,3 +305,35 @@ async def test_garbage_in_mailbox_fails_the_channel_clearly(redis_url):
         err = await asyncio.wait_for(errors.get(), 10)
         assert "unreadable entry" in str(err) and a.mailbox(0) in str(err)
     assert await job_keys(redis_url, job) == []
+
+
+SCRIPT = """
+import asyncio, afmi, numpy as np
+
+async def main():
+    async with afmi.connect() as comm:
+        x = np.full(300_000, comm.rank + 1.0)
+        total = await comm.allreduce(x)
+        print(comm.rank, int(total[0]), int(total[-1]), flush=True)
+
+afmi.launch.new_event_loop().run_until_complete(main())
+"""
+
+
+async def test_ranks_in_separate_processes(redis_url, subprocess_env, python, tmp_path):
+    job = new_job()
+    cfg = tmp_path / "afmi.json"
+    cfg.write_text(f'{{"channels": {{"redis": {{"url": "{redis_url}", "prefix": "{PREFIX}"}}}}}}')
+    procs = []
+    for rank in range(3):
+        env = dict(subprocess_env, AFMI_RANK=str(rank), AFMI_SIZE="3", AFMI_JOB=job)
+        env.update(AFMI_CHANNEL="redis", AFMI_CONFIG=str(cfg))
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                python, "-c", SCRIPT, env=env, stdout=asyncio.subprocess.PIPE
+            )
+        )
+    outs = [await asyncio.wait_for(p.communicate(), 60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert sorted(o[0].decode().strip() for o in outs) == ["0 6 6", "1 6 6", "2 6 6"]
+    assert await job_keys(redis_url, job) == []
