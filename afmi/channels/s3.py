@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import dataclasses
 import itertools
 import struct
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -118,9 +119,7 @@ class S3Channel(Channel):
 
     # -- opening --
     @classmethod
-    async def open(
-        cls, rank: int, size: int, job: str, cfg: S3Config, env: Mapping[str, str] | None = None
-    ) -> S3Channel:
+    async def open(cls, rank: int, size: int, job: str, cfg: S3Config) -> S3Channel:
         """Create the client and check the bucket is there and usable.
 
         Raises:
@@ -524,4 +523,11 @@ class S3Driver:
     async def connect(
         self, rank: int, size: int, job: str, config: Config, env: Mapping[str, str]
     ) -> Channel:
-        return await S3Channel.open(rank, size, job, config.channels.s3, env)
+        """Open one rank's channel; ``AFMI_S3_BUCKET`` and ``AFMI_S3_ENDPOINT_URL`` override
+        ``channels.s3.bucket`` and ``channels.s3.endpoint_url``."""
+        cfg = config.channels.s3
+        names = {"AFMI_S3_BUCKET": "bucket", "AFMI_S3_ENDPOINT_URL": "endpoint_url"}
+        overrides = {field: env[var] for var, field in names.items() if env.get(var)}
+        if overrides:
+            cfg = dataclasses.replace(cfg, **overrides)
+        return await S3Channel.open(rank, size, job, cfg)

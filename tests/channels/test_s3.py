@@ -241,12 +241,13 @@ async def test_received_arrays_are_writable(s3):
     assert out[1] == (1, 100_000)
 
 
-async def test_connect_reads_config(s3):
+async def test_connect_reads_config_and_env(s3):
     job = new_job()
-    cfg = config(s3)
+    cfg = config(s3, bucket="not-this-one", endpoint_url="http://127.0.0.1:1")
+    env = {"AFMI_S3_BUCKET": s3.bucket, "AFMI_S3_ENDPOINT_URL": s3.endpoint_url}
 
     async def rank(r):
-        async with afmi.connect(rank=r, size=2, job=job, channel="s3", config=cfg, env={}) as c:
+        async with afmi.connect(rank=r, size=2, job=job, channel="s3", config=cfg, env=env) as c:
             return await c.allreduce(c.rank + 1)
 
     assert await asyncio.gather(rank(0), rank(1)) == [3, 3]
