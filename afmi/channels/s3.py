@@ -523,11 +523,13 @@ class S3Driver:
     async def connect(
         self, rank: int, size: int, job: str, config: Config, env: Mapping[str, str]
     ) -> Channel:
-        """Open one rank's channel; ``AFMI_S3_BUCKET`` and ``AFMI_S3_ENDPOINT_URL`` override
-        ``channels.s3.bucket`` and ``channels.s3.endpoint_url``."""
+        """Open one rank's channel.
+
+        ``AFMI_S3_BUCKET`` and ``AFMI_S3_ENDPOINT_URL`` in ``env`` override
+        ``channels.s3.bucket`` and ``channels.s3.endpoint_url``.
+        """
         cfg = config.channels.s3
-        names = {"AFMI_S3_BUCKET": "bucket", "AFMI_S3_ENDPOINT_URL": "endpoint_url"}
-        overrides = {field: env[var] for var, field in names.items() if env.get(var)}
-        if overrides:
-            cfg = dataclasses.replace(cfg, **overrides)
+        bucket = env.get("AFMI_S3_BUCKET") or cfg.bucket
+        endpoint_url = env.get("AFMI_S3_ENDPOINT_URL") or cfg.endpoint_url
+        cfg = dataclasses.replace(cfg, bucket=bucket, endpoint_url=endpoint_url)
         return await S3Channel.open(rank, size, job, cfg)
