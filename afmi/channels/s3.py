@@ -506,6 +506,7 @@ class S3Driver:
 
     @asynccontextmanager
     async def group(self, size: int, job: str, config: Config) -> AsyncIterator[list[Channel]]:
+        """Open the channels of ranks ``0..size-1`` of ``job`` at once; close them all on exit."""
         cfg = config.channels.s3
         opened = await asyncio.gather(
             *(S3Channel.open(r, size, job, cfg) for r in range(size)), return_exceptions=True

@@ -538,6 +538,7 @@ class RedisDriver:
 
     @asynccontextmanager
     async def group(self, size: int, job: str, config: Config) -> AsyncIterator[list[Channel]]:
+        """Open the channels of ranks ``0..size-1`` of ``job`` at once; close them all on exit."""
         cfg = config.channels.redis
         opened = await asyncio.gather(
             *(RedisChannel.open(r, size, job, cfg) for r in range(size)), return_exceptions=True
@@ -555,6 +556,7 @@ class RedisDriver:
     async def connect(
         self, rank: int, size: int, job: str, config: Config, env: Mapping[str, str]
     ) -> Channel:
+        """Open one rank's channel (``AFMI_REDIS_URL`` in ``env`` overrides the URL)."""
         cfg = config.channels.redis
         url = env.get("AFMI_REDIS_URL")
         if url:
