@@ -42,6 +42,8 @@ import msgpack
 import numpy as np
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.connection import SSLConnection, parse_url
 
 from afmi.channels.base import Channel
@@ -115,6 +117,9 @@ class RedisEndpoint:
             else "required",
             socket_connect_timeout=timeout,
             socket_timeout=timeout,
+            # Fail at once on a refused password (redis-py retries connection errors,
+            # and an authentication error is one of them).
+            retry=Retry(NoBackoff(), 0),
         )
 
     async def raw(self) -> RespConnection:
