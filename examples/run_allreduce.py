@@ -16,7 +16,9 @@ async def main() -> None:
         total = await comm.allreduce(x)
         expected = comm.size * (comm.size - 1) / 2
         assert total[0] == expected, total[0]
-        print(f"rank {comm.rank}/{comm.size}: allreduce -> {total[0]:.0f} (expected {expected:.0f})")
+        print(
+            f"rank {comm.rank}/{comm.size}: allreduce -> {total[0]:.0f} (expected {expected:.0f})"
+        )
 
 
 if __name__ == "__main__":

@@ -29,12 +29,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from afmi.rendezvous.protocol import (
-    RendezvousError,
-    field as get_field,
-    pack,
-    read_message,
-)
+from afmi.rendezvous.protocol import RendezvousError, pack, read_message
+from afmi.rendezvous.protocol import field as get_field
 
 __all__ = ["RendezvousServer"]
 
@@ -215,9 +211,7 @@ class RendezvousServer:
         job = self._jobs.get(name)
         if job is None:
             job = _Job(name, token, size, mode)
-            job.timer = asyncio.get_running_loop().call_later(
-                self.job_timeout, self._expire, job
-            )
+            job.timer = asyncio.get_running_loop().call_later(self.job_timeout, self._expire, job)
             self._jobs[name] = job
         elif not hmac.compare_digest(job.token.encode(), token.encode()):
             raise RendezvousError(f"wrong token for job {name!r}")
@@ -278,7 +272,9 @@ class RendezvousServer:
                 for b in range(a + 1, job.size):
                     for me, other in ((a, b), (b, a)):
                         host, port = job.members[other].endpoint
-                        job.members[me].writer.write(pack("punch", peer=other, host=host, port=port))
+                        job.members[me].writer.write(
+                            pack("punch", peer=other, host=host, port=port)
+                        )
 
     def _expire(self, job: _Job) -> None:
         if job.complete or self._jobs.get(job.name) is not job:

@@ -41,9 +41,7 @@ class DirectDriver:
             channels: list[DirectChannel] = [None] * size  # type: ignore[list-item]
 
             async def open_one(rank: int) -> None:
-                channels[rank] = await DirectChannel.open(
-                    rank, size, job, token, rdv.address, cfg
-                )
+                channels[rank] = await DirectChannel.open(rank, size, job, token, rdv.address, cfg)
 
             try:
                 try:
