@@ -107,7 +107,11 @@ class Communicator:
         return float(timeout)
 
     async def _bounded(self, coro: Coroutine[Any, Any, T], timeout: float | None, what: str) -> T:
-        seconds = self._timeout(timeout)
+        try:
+            seconds = self._timeout(timeout)
+        except BaseException:
+            coro.close()
+            raise
         if seconds is None:
             return await coro
         scope = asyncio.timeout(seconds)

@@ -25,8 +25,19 @@ __all__ = ["LocalChannel", "LocalDriver", "LocalHub"]
 class LocalHub:
     """Connects the :class:`LocalChannel` objects of one job."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, job: str = "") -> None:
+        self.job = job
+        self.size = size
         self.channels: list[LocalChannel] = [LocalChannel(self, r, size) for r in range(size)]
+        self.claimed: set[int] = set()
+
+    def all_closed(self) -> bool:
+        """True once every rank's channel is closed."""
+        return all(ch._closed for ch in self.channels)
+
+
+#: Hubs of jobs whose ranks join one by one with ``afmi.connect(channel="local")``.
+_JOINABLE: dict[str, LocalHub] = {}
 
 
 class LocalChannel(Channel):
@@ -69,6 +80,9 @@ class LocalChannel(Channel):
     async def aclose(self) -> None:
         self._closed = True
         self._backlog.clear()
+        hub = self._hub
+        if _JOINABLE.get(hub.job) is hub and hub.all_closed():
+            del _JOINABLE[hub.job]
 
     def stats(self) -> dict[str, Any]:
         return {"messages_sent": self.messages_sent, "bytes_sent": self.bytes_sent}
@@ -91,7 +105,21 @@ class LocalDriver:
     async def connect(
         self, rank: int, size: int, job: str, config: Config, env: Mapping[str, str]
     ) -> Channel:
-        raise ArgumentError(
-            "the local channel only links ranks inside one process: use afmi.run_local(...) "
-            "or choose channel='direct', 'redis' or 's3' for afmi.connect()"
-        )
+        """Join rank ``rank`` of ``job`` to the other ranks of that job *in this process*.
+
+        This lets independent tasks of one process (for example concurrent
+        invocations hosted by one function runtime) form a job without any
+        server. Ranks in other processes cannot be reached this way.
+        """
+        hub = _JOINABLE.get(job)
+        if hub is None or hub.all_closed():
+            hub = _JOINABLE[job] = LocalHub(size, job)
+        if hub.size != size:
+            raise ArgumentError(
+                f"job {job!r} already has size {hub.size} in this process, not {size}; the "
+                "local channel only links ranks inside one process"
+            )
+        if rank in hub.claimed:
+            raise ArgumentError(f"rank {rank} of job {job!r} is already connected in this process")
+        hub.claimed.add(rank)
+        return hub.channels[rank]

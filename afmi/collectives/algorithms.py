@@ -1,21 +1,198 @@
-"""Registers every built-in algorithm with the registry (imported lazily by it)."""
+"""Registers every built-in algorithm and the rules that choose among them.
+
+Imported lazily by :mod:`afmi.collectives.registry`. Each rule uses only
+inputs that are identical on every rank (communicator size, the op's
+commutativity, and the payload size for the collectives of
+:data:`~afmi.collectives.registry.SIZE_STEERED` when the payload is a numpy
+array), so every rank picks the same algorithm without talking. The
+thresholds are the module constants below; ``docs/collectives.md`` explains
+them.
+"""
 
 from __future__ import annotations
 
-from afmi.collectives import linear
-from afmi.collectives.registry import register
+from typing import Any
 
-for _cls in (
-    linear.LinearBarrier,
-    linear.LinearBcast,
-    linear.LinearGather,
-    linear.LinearScatter,
-    linear.LinearAllgather,
-    linear.LinearAlltoall,
-    linear.LinearReduce,
-    linear.LinearAllreduce,
-    linear.LinearReduceScatter,
-    linear.LinearScan,
-    linear.LinearExscan,
+import numpy as np
+
+from afmi.collectives import doubling, linear, pairwise, ring, scatter_allgather, tree
+from afmi.collectives.base import Algorithm, CollectiveContext
+from afmi.collectives.registry import register, set_chooser
+
+__all__ = [
+    "ALLTOALL_PAIRWISE_MIN_SIZE",
+    "BCAST_SCATTER_MIN_SIZE",
+    "RING_ALLREDUCE_MIN_BYTES",
+    "TREE_MIN_SIZE",
+]
+
+#: Smallest communicator on which bcast, gather, scatter and reduce use binomial
+#: trees; below it the root talks to every rank directly (as few rounds, fewer hops).
+TREE_MIN_SIZE = 4
+#: Smallest communicator on which bcast runs ``scatter_allgather`` (which itself
+#: stays binomial below ``scatter_allgather.BCAST_SCATTER_MIN_BYTES``): its ~2 n
+#: bytes per rank beat the tree's ``ceil(log2 size)`` n once the tree is deep.
+BCAST_SCATTER_MIN_SIZE = 16
+#: Smallest array (bytes) that allreduce sends around the ring; below it
+#: recursive doubling's ``log2(size)`` rounds beat the ring's ``2 (size - 1)``.
+RING_ALLREDUCE_MIN_BYTES = 1 << 19
+#: Smallest communicator on which alltoall runs pairwise rounds instead of
+#: sending everything at once (bounds the messages in flight per rank).
+ALLTOALL_PAIRWISE_MIN_SIZE = 16
+
+for _algorithm in (
+    linear.LinearBarrier(),
+    linear.LinearBcast(),
+    linear.LinearGather(),
+    linear.LinearScatter(),
+    linear.LinearAllgather(),
+    linear.LinearAlltoall(),
+    linear.LinearReduce(),
+    linear.LinearAllreduce(),
+    linear.LinearReduceScatter(),
+    linear.LinearScan(),
+    linear.LinearExscan(),
+    doubling.DisseminationBarrier(),
+    tree.BinomialBcast(),
+    scatter_allgather.ScatterAllgatherBcast(),
+    tree.BinomialGather(),
+    tree.BinomialScatter(),
+    tree.BinomialReduce(),
+    tree.TreeReduceScatter(),
+    doubling.RecursiveDoublingAllreduce(),
+    ring.RingAllreduce(),
+    doubling.BruckAllgather(),
+    ring.RingAllgather(),
+    ring.RingReduceScatter(),
+    pairwise.PairwiseAlltoall(),
+    doubling.RecursiveDoublingScan(),
+    doubling.RecursiveDoublingExscan(),
 ):
-    register(_cls())
+    register(_algorithm)
+
+
+def _prefer(candidates: list[Algorithm], *names: str) -> Algorithm:
+    """The first of ``names`` among ``candidates``, else the first candidate."""
+    by_name = {a.name: a for a in reversed(candidates)}
+    for name in names:
+        if name in by_name:
+            return by_name[name]
+    return candidates[0]
+
+
+def _rooted(
+    candidates: list[Algorithm],
+    size: int,
+    nbytes: int,
+    args: dict[str, Any],
+    ctx: CollectiveContext,
+) -> Algorithm:
+    """bcast, gather, scatter, reduce: binomial from :data:`TREE_MIN_SIZE` ranks on."""
+    if size >= TREE_MIN_SIZE:
+        return _prefer(candidates, "binomial", "linear")
+    return _prefer(candidates, "linear")
+
+
+def _barrier(
+    candidates: list[Algorithm],
+    size: int,
+    nbytes: int,
+    args: dict[str, Any],
+    ctx: CollectiveContext,
+) -> Algorithm:
+    """Dissemination (``ceil(log2 size)`` rounds, no root) on two ranks or more."""
+    return _prefer(candidates, "dissemination" if size > 1 else "linear")
+
+
+def _allreduce(
+    candidates: list[Algorithm],
+    size: int,
+    nbytes: int,
+    args: dict[str, Any],
+    ctx: CollectiveContext,
+) -> Algorithm:
+    """Ring for arrays of :data:`RING_ALLREDUCE_MIN_BYTES` or more, else recursive doubling.
+
+    The ring is a candidate only for commutative built-in ops on non-empty arrays.
+    """
+    if size == 1:
+        return _prefer(candidates, "linear")
+    big = isinstance(args.get("x"), np.ndarray) and nbytes >= RING_ALLREDUCE_MIN_BYTES
+    if big and size > 2:
+        return _prefer(candidates, "ring", "recursive_doubling")
+    return _prefer(candidates, "recursive_doubling")
+
+
+def _allgather(
+    candidates: list[Algorithm],
+    size: int,
+    nbytes: int,
+    args: dict[str, Any],
+    ctx: CollectiveContext,
+) -> Algorithm:
+    """Bruck (``ceil(log2 size)`` rounds, nothing re-encoded) on two ranks or more."""
+    return _prefer(candidates, "bruck" if size > 1 else "linear")
+
+
+def _alltoall(
+    candidates: list[Algorithm],
+    size: int,
+    nbytes: int,
+    args: dict[str, Any],
+    ctx: CollectiveContext,
+) -> Algorithm:
+    """All at once up to :data:`ALLTOALL_PAIRWISE_MIN_SIZE` ranks, pairwise rounds above."""
+    if size >= ALLTOALL_PAIRWISE_MIN_SIZE:
+        return _prefer(candidates, "pairwise")
+    return _prefer(candidates, "linear")
+
+
+def _reduce_scatter(
+    candidates: list[Algorithm],
+    size: int,
+    nbytes: int,
+    args: dict[str, Any],
+    ctx: CollectiveContext,
+) -> Algorithm:
+    """Ring when it applies (commutative built-in op), else binomial reduce + scatter."""
+    if size == 1:
+        return _prefer(candidates, "linear")
+    if size >= TREE_MIN_SIZE:
+        return _prefer(candidates, "ring", "reduce_scatter_tree")
+    return _prefer(candidates, "ring", "linear")
+
+
+def _prefix(
+    candidates: list[Algorithm],
+    size: int,
+    nbytes: int,
+    args: dict[str, Any],
+    ctx: CollectiveContext,
+) -> Algorithm:
+    """scan, exscan: recursive doubling on two ranks or more."""
+    return _prefer(candidates, "recursive_doubling" if size > 1 else "linear")
+
+
+def _bcast(
+    candidates: list[Algorithm],
+    size: int,
+    nbytes: int,
+    args: dict[str, Any],
+    ctx: CollectiveContext,
+) -> Algorithm:
+    """Like :func:`_rooted`, with ``scatter_allgather`` from :data:`BCAST_SCATTER_MIN_SIZE` on."""
+    if size >= BCAST_SCATTER_MIN_SIZE:
+        return _prefer(candidates, "scatter_allgather", "binomial")
+    return _rooted(candidates, size, nbytes, args, ctx)
+
+
+set_chooser("bcast", _bcast)
+for _collective in ("gather", "scatter", "reduce"):
+    set_chooser(_collective, _rooted)
+set_chooser("barrier", _barrier)
+set_chooser("allreduce", _allreduce)
+set_chooser("allgather", _allgather)
+set_chooser("alltoall", _alltoall)
+set_chooser("reduce_scatter", _reduce_scatter)
+set_chooser("scan", _prefix)
+set_chooser("exscan", _prefix)

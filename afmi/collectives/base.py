@@ -3,7 +3,7 @@
 Every collective call on a communicator gets a sequence number (all ranks
 call collectives in the same order, as MPI requires). Its messages travel on
 the communicator's hidden collective context with tags derived from that
-number, so concurrent nonblocking collectives never mix, and collectives
+number and the collective's kind, so concurrent nonblocking collectives never mix, and collectives
 never match user point-to-point messages.
 """
 
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from afmi.wire.message import Message
+from afmi.wire.serialize import encode
 
 if TYPE_CHECKING:
     from afmi.comm import Communicator
@@ -24,6 +25,30 @@ __all__ = ["Algorithm", "CollectiveContext", "Step", "SUBTAGS"]
 
 #: Number of distinct sub-tags one collective call may use.
 SUBTAGS = 1 << 12
+
+#: Each collective's number in the tag, so that ranks calling different
+#: collectives at the same point never match each other's messages (they time
+#: out with a hint instead of returning garbage).
+KINDS = {
+    name: i
+    for i, name in enumerate(
+        (
+            "barrier",
+            "bcast",
+            "gather",
+            "scatter",
+            "allgather",
+            "alltoall",
+            "reduce",
+            "allreduce",
+            "reduce_scatter",
+            "scan",
+            "exscan",
+        )
+    )
+}
+#: Tag room per collective call: every kind of collective, and others.
+_KIND_SLOTS = 16
 
 
 @dataclass(frozen=True)
@@ -50,7 +75,8 @@ class CollectiveContext:
         self._ep = comm.endpoint
         self._group = comm._group
         self._context = comm._coll
-        self._base = seq * SUBTAGS
+        kind = KINDS.get(name, _KIND_SLOTS - 1)
+        self._base = (seq * _KIND_SLOTS + kind) * SUBTAGS
 
     @property
     def channel(self) -> str:
@@ -67,6 +93,15 @@ class CollectiveContext:
         world = self._group[dest]
         msg = self._ep.prepare(world, self._context, self._tag(sub), obj)
         await self._ep.transmit(world, msg)
+
+    def pack(self, obj: Any) -> Message:
+        """Encode ``obj`` once into a message that :meth:`send_raw` can send to many ranks.
+
+        The buffers are views of ``obj``'s arrays (no copy); send them before
+        anything modifies those arrays.
+        """
+        header, buffers = encode(obj, allow_pickle=self._ep.config.pickle)
+        return Message(self._context, self._ep.rank, 0, -1, header, buffers)
 
     async def send_raw(self, msg: Message, dest: int, sub: int = 0) -> None:
         """Forward an already received message's payload to ``dest`` without decoding it."""

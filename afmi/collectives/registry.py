@@ -9,34 +9,106 @@ must match), so every rank picks the same algorithm without talking.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from afmi.collectives.base import Algorithm, CollectiveContext
 
-__all__ = ["algorithms", "payload_nbytes", "register", "select", "Chooser"]
+__all__ = [
+    "Chooser",
+    "algorithms",
+    "forced",
+    "get",
+    "payload_nbytes",
+    "register",
+    "select",
+    "set_chooser",
+    "unregister",
+]
 
 #: ``chooser(candidates, size, nbytes, args, ctx) -> Algorithm`` picks among applicable algorithms.
 Chooser = Callable[[list[Algorithm], int, int, dict[str, Any], CollectiveContext], Algorithm]
 
 _ALGORITHMS: dict[str, list[Algorithm]] = {}
 _CHOOSERS: dict[str, Chooser] = {}
+_FORCED: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "afmi_forced", default=None
+)
 
 #: Collectives whose payload size is the same on every rank (so it may steer the choice).
-SIZE_STEERED = {"allreduce", "reduce", "reduce_scatter", "scan", "exscan", "allgather"}
+#: allgather is not one: its items may differ in size from rank to rank. Choosers
+#: should still steer by size only for numpy arrays, whose shapes must match;
+#: other payloads (strings joined by a user op...) may differ in size.
+SIZE_STEERED = {"allreduce", "reduce", "reduce_scatter", "scan", "exscan"}
 
 
 def register(algorithm: Algorithm) -> Algorithm:
-    """Add ``algorithm`` to its collective's candidates (the first registered is the default)."""
-    _ALGORITHMS.setdefault(algorithm.collective, []).append(algorithm)
+    """Add ``algorithm`` to its collective's candidates (the first registered is the default).
+
+    Raises ValueError if the collective already has an algorithm of that name.
+    """
+    _load()
+    group = _ALGORITHMS.setdefault(algorithm.collective, [])
+    if any(a.name == algorithm.name and a.channels == algorithm.channels for a in group):
+        raise ValueError(
+            f"{algorithm.collective} already has an algorithm named {algorithm.name!r}"
+        )
+    group.append(algorithm)
     return algorithm
 
 
-def set_chooser(collective: str, chooser: Chooser) -> None:
-    """Replace the rule that picks an algorithm for ``collective``."""
-    _CHOOSERS[collective] = chooser
+def unregister(algorithm: Algorithm) -> None:
+    """Remove a registered algorithm (ValueError if it is not registered)."""
+    group = _ALGORITHMS.get(algorithm.collective, [])
+    if algorithm not in group:
+        raise ValueError(f"{algorithm!r} is not registered")
+    group.remove(algorithm)
+
+
+def get(collective: str, name: str) -> Algorithm:
+    """The registered algorithm ``name`` of ``collective``; LookupError names the choices."""
+    for a in algorithms(collective):
+        if a.name == name:
+            return a
+    known = sorted(a.name for a in algorithms(collective))
+    raise LookupError(f"{collective} has no algorithm {name!r}; registered: {known}")
+
+
+@contextlib.contextmanager
+def forced(**choices: str) -> Iterator[None]:
+    """Make collective calls started inside the block use the named algorithms.
+
+    ``with forced(allreduce="ring", bcast="binomial"): ...``. The setting is
+    a context variable: it holds for the current task and for tasks started
+    from it (``run_local`` ranks started inside the block, or a rank's own
+    code), and every rank must force the same choice. A forced algorithm
+    that cannot run a call's arguments raises LookupError at that call.
+    For tests and benchmarks; applications should rely on the choosers.
+    """
+    for collective, name in choices.items():
+        get(collective, name)
+    token = _FORCED.set({**(_FORCED.get() or {}), **choices})
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
+def set_chooser(collective: str, chooser: Chooser | None) -> Chooser | None:
+    """Replace the rule that picks an algorithm for ``collective``; return the previous one.
+
+    ``None`` removes the rule (the first applicable algorithm is then used).
+    A chooser must give the same answer on every rank for the same call.
+    """
+    _load()
+    previous = _CHOOSERS.pop(collective, None)
+    if chooser is not None:
+        _CHOOSERS[collective] = chooser
+    return previous
 
 
 def algorithms(collective: str | None = None) -> list[Algorithm]:
@@ -69,6 +141,12 @@ def select(collective: str, ctx: CollectiveContext, args: dict[str, Any]) -> Alg
     nbytes = 0
     if collective in SIZE_STEERED:
         nbytes = payload_nbytes(args.get("x", args.get("obj")))
+    name = (_FORCED.get() or {}).get(collective)
+    if name is not None:
+        algorithm = get(collective, name)
+        if not algorithm.applicable(ctx.size, nbytes, args):
+            raise LookupError(f"forced algorithm {algorithm!r} cannot run these arguments")
+        return algorithm
     usable = [
         a
         for a in candidates

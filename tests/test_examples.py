@@ -1,0 +1,54 @@
+"""Every example runs and exits 0. An example says how to run it on a line ``# run: COMMAND``."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+
+
+def command_of(path: Path) -> list[str]:
+    match = re.search(r"^# run: (.+)$", path.read_text(), re.M)
+    if not match:
+        raise AssertionError(f"{path.name} has no '# run: COMMAND' line")
+    argv = shlex.split(match.group(1))
+    if argv[0] == "python":
+        argv[0] = sys.executable
+    elif argv[0] == "afmi":
+        argv[:1] = [sys.executable, "-m", "afmi"]
+    return argv
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_runs(path, subprocess_env):
+    proc = subprocess.run(
+        command_of(path),
+        cwd=ROOT,
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, f"{path.name} failed:\n{proc.stdout}\n{proc.stderr}"
+    assert proc.stdout.strip(), f"{path.name} printed nothing"
+
+
+def test_demo_main_job_matches_sequential(subprocess_env):
+    proc = subprocess.run(
+        [sys.executable, "-m", "afmi", "demo", "-n", "5", "--samples", "20000", "--epochs", "4"],
+        cwd=ROOT,
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "matches sequential k-means: yes" in proc.stdout
+    assert proc.stdout.count("epoch ") == 4 + 1  # progress lines + the summary's "median epoch"

@@ -1,0 +1,113 @@
+import random
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from afmi.wire.frame import ControlFrame, FrameDecoder, ProtocolError, encode_control, encode_frame
+from afmi.wire.message import Message
+
+messages = st.builds(
+    Message,
+    context=st.integers(0, 2**40),
+    source=st.integers(0, 10_000),
+    tag=st.integers(-1, 2**40),
+    seq=st.integers(0, 2**40),
+    header=st.binary(max_size=64),
+    buffers=st.lists(st.binary(max_size=300).map(bytearray), max_size=4),
+)
+
+
+def stream(msgs):
+    return b"".join(bytes(part) for m in msgs for part in encode_frame(m))
+
+
+def same_message(a, b):
+    return (a.context, a.source, a.tag, a.seq, a.header) == (
+        b.context,
+        b.source,
+        b.tag,
+        b.seq,
+        b.header,
+    ) and [bytes(x) for x in a.buffers] == [bytes(x) for x in b.buffers]
+
+
+@given(st.lists(messages, max_size=6), st.randoms())
+@settings(max_examples=200, deadline=None)
+def test_feed_in_random_pieces_gives_back_every_message(msgs, rnd):
+    data = stream(msgs)
+    dec = FrameDecoder()
+    pos = 0
+    while pos < len(data):
+        n = rnd.randint(1, 50)
+        dec.feed(data[pos : pos + n])
+        pos += n
+    got = dec.events()
+    assert len(got) == len(msgs)
+    assert all(same_message(a, b) for a, b in zip(msgs, got))
+    assert dec.at_frame_boundary
+
+
+@given(st.lists(messages, max_size=6), st.randoms())
+@settings(max_examples=200, deadline=None)
+def test_buffered_protocol_interface_gives_back_every_message(msgs, rnd):
+    data = stream(msgs) + encode_control(7, b"ctl")
+    dec = FrameDecoder()
+    pos = 0
+    while pos < len(data):
+        buf = dec.get_buffer(-1)
+        n = min(len(buf), rnd.randint(1, 64), len(data) - pos)
+        buf[:n] = data[pos : pos + n]
+        dec.buffer_updated(n)
+        pos += n
+    got = dec.events()
+    assert got[-1] == ControlFrame(7, b"ctl")
+    assert all(same_message(a, b) for a, b in zip(msgs, got[:-1]))
+
+
+def test_large_buffers_are_received_in_place():
+    payload = bytearray(random.randbytes(1 << 20))
+    data = stream([Message(1, 2, 3, 0, b"\x90", [payload])])
+    dec = FrameDecoder()
+    dec.feed(data[:100])  # prelude + header + a little data through staging
+    target = dec.get_buffer()
+    assert len(target) == len(payload) - (100 - (len(data) - len(payload)))
+    target[:] = data[100:]
+    dec.buffer_updated(len(target))
+    (msg,) = dec.events()
+    assert bytes(msg.buffers[0]) == bytes(payload)
+
+
+def test_empty_buffers_keep_their_positions():
+    msg = Message(0, 0, 0, 0, b"h", [bytearray(), bytearray(b"x"), bytearray()])
+    dec = FrameDecoder()
+    dec.feed(stream([msg]))
+    (got,) = dec.events()
+    assert [bytes(b) for b in got.buffers] == [b"", b"x", b""]
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"XX\x01\x00\x00\x00\x00\x00", "bad frame magic"),
+        (b"af\x09\x00\x00\x00\x00\x00", "unsupported frame version"),
+        (b"af\x01\x00\xff\xff\xff\x7f", "exceeds"),
+        (b"af\x01\x00\x01\x00\x00\x00\xc1", "malformed message header"),
+    ],
+)
+def test_garbage_raises_protocol_error(data, match):
+    with pytest.raises(ProtocolError, match=match):
+        FrameDecoder().feed(data)
+
+
+def test_header_with_negative_buffer_length_is_rejected():
+    header = msgpack.packb([0, 0, 0, 0, b"", [-5]])
+    data = b"af\x01\x00" + len(header).to_bytes(4, "little") + header
+    with pytest.raises(ProtocolError):
+        FrameDecoder().feed(data)
+
+
+def test_control_kind_range():
+    with pytest.raises(ValueError):
+        encode_control(0, b"")
