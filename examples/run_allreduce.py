@@ -1,7 +1,9 @@
 """Allreduce across processes over the direct channel.
 
-Run it with:  python -m afmi run -n 4 examples/run_allreduce.py
+Run it with:  afmi run -n 4 examples/run_allreduce.py
 """
+
+# run: afmi run -n 4 examples/run_allreduce.py
 
 import asyncio
 

@@ -78,7 +78,7 @@ def _socket_rank(rank: int, port: int, sizes: list[int], quick: bool, out: Conne
     result: Result = {}
     for size in sizes:
         buf = np.zeros(size, np.uint8)
-        view = memoryview(buf)
+        view = memoryview(buf.data)
         warm, n = iterations(size, quick)
         for i in range(warm + n):
             if i == warm:
@@ -116,8 +116,8 @@ async def _channel_pingpong(comm: Any, sizes: list[int], quick: bool) -> Result:
 
     async def arrival() -> Message:
         while not inbox:
-            waiter[0] = loop.create_future()
-            await waiter[0]
+            fut = waiter[0] = loop.create_future()
+            await fut
         return inbox.pop(0)
 
     ch._on_message = on_message  # take the channel over from the endpoint for this test
@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{size:>10} {cells}")
     for k in ("channel", "comm"):
         if 8 in sizes:
-            print(f"{k}: latency at 8 B = {rows[k][8] / rows['socket'][8]:.2f}x socket (target <= 1.5)")
+            ratio = rows[k][8] / rows["socket"][8]
+            print(f"{k}: latency at 8 B = {ratio:.2f}x socket (target <= 1.5)")
         if 16 << 20 in sizes:
             bw = rows["socket"][16 << 20] / rows[k][16 << 20]
             print(f"{k}: bandwidth at 16 MiB = {bw:.2f}x socket (target >= 0.9)")
