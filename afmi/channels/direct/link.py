@@ -26,12 +26,22 @@ import hashlib
 import hmac
 import secrets
 import socket
+import struct
 from typing import TYPE_CHECKING, Any, cast
 
 import msgpack
 
 from afmi.errors import ChannelError
-from afmi.wire.frame import ControlFrame, FrameDecoder, ProtocolError, encode_control
+from afmi.wire.frame import (
+    KIND_MESSAGE,
+    MAGIC,
+    PRELUDE_SIZE,
+    VERSION,
+    ControlFrame,
+    FrameDecoder,
+    ProtocolError,
+    encode_control,
+)
 from afmi.wire.message import Message
 
 if TYPE_CHECKING:
@@ -40,6 +50,9 @@ if TYPE_CHECKING:
 __all__ = ["Link", "HELLO", "AUTH", "BYE"]
 
 HELLO, AUTH, BYE = 1, 2, 3
+_unpack_prelude = struct.Struct("<2sBBI").unpack_from
+#: Bytes read at once between frames (whole small frames are parsed straight from here).
+_STAGING = 256 * 1024
 #: Messages without array buffers skip waiting for the socket to drain until this much is queued.
 _SMALL_BACKLOG = 1024 * 1024
 
@@ -75,6 +88,9 @@ class Link(asyncio.BufferedProtocol):
         self._authenticated = False
         self._flush_waiters: list[asyncio.Future[None]] = []
         self._lost: ChannelError | None = None
+        self._aborted = False
+        self._staging_view = memoryview(bytearray(_STAGING))
+        self._staged = False
 
     # -- connection --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -109,16 +125,72 @@ class Link(asyncio.BufferedProtocol):
 
     # -- receiving --
     def get_buffer(self, sizehint: int) -> memoryview:
+        # Between frames, read into our staging area and parse whole frames in one go
+        # (the common case for small messages); inside a frame, let the decoder hand out
+        # the message's own buffer so large array data lands in place.
+        if self._decoder.at_frame_boundary:
+            self._staged = True
+            return self._staging_view
+        self._staged = False
         return self._decoder.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        decoder = self._decoder
+        if self._staged:
+            self._parse_staged(nbytes)
+            return
         try:
-            decoder.buffer_updated(nbytes)
+            self._decoder.buffer_updated(nbytes)
         except ProtocolError as exc:
             self._abort(f"garbage from the peer: {exc}")
             return
-        for event in decoder.events():
+        self._dispatch(self._decoder.events())
+
+    def _parse_staged(self, end: int) -> None:
+        """Parse the complete frames at the start of the staging area; feed the rest on."""
+        data = self._staging_view
+        pos = 0
+        while end - pos >= PRELUDE_SIZE and not self._aborted:
+            magic, version, kind, hlen = _unpack_prelude(data, pos)
+            body = pos + PRELUDE_SIZE + hlen
+            if magic != MAGIC or version != VERSION or body > end:
+                break  # not ours to judge, or incomplete: the decoder takes it from here
+            if kind != KIND_MESSAGE:
+                self._control(ControlFrame(kind, bytes(data[pos + PRELUDE_SIZE : body])))
+                pos = body
+                continue
+            try:
+                context, source, tag, seq, skeleton, lens = msgpack.unpackb(
+                    data[pos + PRELUDE_SIZE : body], raw=False, use_list=True
+                )
+                total = sum(lens)
+                if not all(type(n) is int and n >= 0 for n in lens):
+                    raise ValueError("bad buffer lengths")
+            except Exception as exc:  # noqa: BLE001 - any malformed header is garbage
+                self._abort(f"malformed message header: {exc}")
+                return
+            if body + total > end:
+                break
+            buffers: list[Any] = []
+            for n in lens:
+                buffers.append(bytearray(data[body : body + n]))
+                body += n
+            pos = body
+            if not self._authenticated:
+                self._abort("peer sent a message before the handshake")
+                return
+            self.owner._deliver(Message(context, source, tag, seq, skeleton, buffers))
+        if pos < end and not self._aborted:
+            try:
+                self._decoder.feed(data[pos:end])
+            except ProtocolError as exc:
+                self._abort(f"garbage from the peer: {exc}")
+                return
+            self._dispatch(self._decoder.events())
+
+    def _dispatch(self, events: list[Message | ControlFrame]) -> None:
+        for event in events:
+            if self._aborted:
+                return
             if type(event) is Message:
                 if not self._authenticated:
                     self._abort("peer sent a message before the handshake")
@@ -168,6 +240,7 @@ class Link(asyncio.BufferedProtocol):
             self.ready.set_result(self)
 
     def _abort(self, why: str) -> None:
+        self._aborted = True
         err = ChannelError(
             f"rank {self.owner.rank}: link to rank {self.peer}: {why}", peer=self.peer
         )
