@@ -339,7 +339,9 @@ class RendezvousServer:
             for w in (partner.writer, writer):
                 w.write(pack("relayed", job=name))
             await asyncio.gather(
-                self._pump(reader, partner.writer), self._pump(partner.reader, writer)
+                self._pump(reader, partner.writer),
+                self._pump(partner.reader, writer),
+                return_exceptions=True,
             )
         finally:
             partner.writer.close()
@@ -347,15 +349,18 @@ class RendezvousServer:
                 partner.done.set_result(None)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # End of input from one side is passed on as a half-close, so a goodbye reaches
+        # the other side intact and that side can still answer; an error drops both.
         try:
             while data := await reader.read(_RELAY_CHUNK):
                 writer.write(data)
                 self.counters["relayed_bytes"] += len(data)
                 await writer.drain()
+            if writer.can_write_eof() and not writer.is_closing():
+                writer.write_eof()
         except OSError:
-            pass
-        finally:
             writer.close()
+            raise
 
 
 class _RelayEnd:
