@@ -52,7 +52,7 @@ __all__ = ["Link", "HELLO", "AUTH", "BYE"]
 HELLO, AUTH, BYE = 1, 2, 3
 _unpack_prelude = struct.Struct("<2sBBI").unpack_from
 #: Bytes read at once between frames (whole small frames are parsed straight from here).
-_STAGING = 256 * 1024
+_STAGING = 64 * 1024
 #: Messages without array buffers skip waiting for the socket to drain until this much is queued.
 _SMALL_BACKLOG = 1024 * 1024
 
