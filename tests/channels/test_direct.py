@@ -172,3 +172,18 @@ def test_run_local_direct_uses_real_sockets():
         return await comm.allreduce(comm.rank)
 
     assert afmi.run_local(main, 3, channel="direct", timeout=60) == [3, 3, 3]
+
+
+async def test_connect_reads_environment_and_leaves_nothing_behind():
+    before_fds, before_tasks = _open_fds(), len(asyncio.all_tasks())
+    async with RendezvousServer() as rdv:
+        env = {"AFMI_RENDEZVOUS": rdv.address, "AFMI_TOKEN": "t", "AFMI_JOB": "envjob"}
+
+        async def rank(r):
+            async with afmi.connect(rank=r, size=2, channel="direct", env=env) as comm:
+                return await comm.allreduce(comm.rank + 1)
+
+        assert await asyncio.gather(rank(0), rank(1)) == [3, 3]
+    await asyncio.sleep(0.05)
+    assert _open_fds() == before_fds
+    assert len(asyncio.all_tasks()) == before_tasks

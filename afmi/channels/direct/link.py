@@ -30,6 +30,7 @@ import struct
 from typing import TYPE_CHECKING, Any, cast
 
 import msgpack
+import numpy as np
 
 from afmi.errors import ChannelError
 from afmi.wire.frame import (
@@ -91,6 +92,9 @@ class Link(asyncio.BufferedProtocol):
         self._aborted = False
         self._staging_view = memoryview(bytearray(_STAGING))
         self._staged = False
+        self._fill: list[memoryview] | None = None
+        self._fill_msg: Message | None = None
+        self._fill_index = self._fill_offset = 0
 
     # -- connection --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -125,9 +129,12 @@ class Link(asyncio.BufferedProtocol):
 
     # -- receiving --
     def get_buffer(self, sizehint: int) -> memoryview:
-        # Between frames, read into our staging area and parse whole frames in one go
-        # (the common case for small messages); inside a frame, let the decoder hand out
-        # the message's own buffer so large array data lands in place.
+        # Inside a large message: the rest of its current buffer, so the kernel copies
+        # the array data straight into the memory the received array will use. Between
+        # frames: the staging area, where whole small frames are parsed in one go. In the
+        # rare case of a read that ended inside a prelude or header: the frame decoder.
+        if self._fill is not None:
+            return self._fill[self._fill_index][self._fill_offset :]
         if self._decoder.at_frame_boundary:
             self._staged = True
             return self._staging_view
@@ -135,6 +142,9 @@ class Link(asyncio.BufferedProtocol):
         return self._decoder.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._fill is not None:
+            self._advance_fill(nbytes)
+            return
         if self._staged:
             self._parse_staged(nbytes)
             return
@@ -146,7 +156,7 @@ class Link(asyncio.BufferedProtocol):
         self._dispatch(self._decoder.events())
 
     def _parse_staged(self, end: int) -> None:
-        """Parse the complete frames at the start of the staging area; feed the rest on."""
+        """Parse the frames in the staging area; start filling a message that continues."""
         data = self._staging_view
         pos = 0
         while end - pos >= PRELUDE_SIZE and not self._aborted:
@@ -162,23 +172,23 @@ class Link(asyncio.BufferedProtocol):
                 context, source, tag, seq, skeleton, lens = msgpack.unpackb(
                     data[pos + PRELUDE_SIZE : body], raw=False, use_list=True
                 )
-                total = sum(lens)
                 if not all(type(n) is int and n >= 0 for n in lens):
                     raise ValueError("bad buffer lengths")
             except Exception as exc:  # noqa: BLE001 - any malformed header is garbage
                 self._abort(f"malformed message header: {exc}")
                 return
-            if body + total > end:
-                break
-            buffers: list[Any] = []
-            for n in lens:
-                buffers.append(bytearray(data[body : body + n]))
-                body += n
-            pos = body
             if not self._authenticated:
                 self._abort("peer sent a message before the handshake")
                 return
-            self.owner._deliver(Message(context, source, tag, seq, skeleton, buffers))
+            msg = Message(context, source, tag, seq, skeleton, [])
+            if body + sum(lens) > end:
+                self._start_fill(msg, lens, data[body:end])
+                return
+            for n in lens:
+                msg.buffers.append(bytearray(data[body : body + n]))
+                body += n
+            pos = body
+            self.owner._deliver(msg)
         if pos < end and not self._aborted:
             try:
                 self._decoder.feed(data[pos:end])
@@ -186,6 +196,36 @@ class Link(asyncio.BufferedProtocol):
                 self._abort(f"garbage from the peer: {exc}")
                 return
             self._dispatch(self._decoder.events())
+
+    def _start_fill(self, msg: Message, lens: list[int], head: memoryview) -> None:
+        # np.empty, not bytearray: no zero-filling pass over memory the kernel is about
+        # to overwrite (for 16 MiB that pass costs about as much as the transfer).
+        arrays: list[Any] = [np.empty(n, np.uint8) if n else bytearray() for n in lens]
+        msg.buffers = arrays
+        self._fill_msg = msg
+        self._fill = [memoryview(a) for a in arrays if len(a)]
+        self._fill_index = self._fill_offset = 0
+        have = len(head)
+        pos = 0
+        for view in self._fill:
+            take = min(len(view), have - pos)
+            view[:take] = head[pos : pos + take]
+            pos += take
+            if pos == have:
+                break
+        self._advance_fill(have)
+
+    def _advance_fill(self, nbytes: int) -> None:
+        fill = self._fill
+        assert fill is not None
+        self._fill_offset += nbytes
+        while self._fill_index < len(fill) and self._fill_offset >= len(fill[self._fill_index]):
+            self._fill_offset -= len(fill[self._fill_index])
+            self._fill_index += 1
+        if self._fill_index == len(fill):
+            msg, self._fill_msg, self._fill = self._fill_msg, None, None
+            assert msg is not None
+            self.owner._deliver(msg)
 
     def _dispatch(self, events: list[Message | ControlFrame]) -> None:
         for event in events:
