@@ -187,3 +187,17 @@ async def test_connect_reads_environment_and_leaves_nothing_behind():
     await asyncio.sleep(0.05)
     assert _open_fds() == before_fds
     assert len(asyncio.all_tasks()) == before_tasks
+
+
+async def test_links_use_nodelay_and_keepalive():
+    import socket
+
+    async def opts(comm):
+        link = comm.endpoint.channels["direct"]._links[1 - comm.rank]
+        sock = link.transport.get_extra_info("socket")
+        return (
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0,
+        )
+
+    assert await afmi.launch_local(opts, 2, channel="direct") == [(True, True)] * 2

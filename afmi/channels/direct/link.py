@@ -51,6 +51,11 @@ if TYPE_CHECKING:
 __all__ = ["Link", "HELLO", "AUTH", "BYE"]
 
 HELLO, AUTH, BYE = 1, 2, 3
+_KEEPALIVE = [
+    (getattr(socket, name), value)
+    for name, value in (("TCP_KEEPIDLE", 15), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+    if hasattr(socket, name)
+]
 _unpack_prelude = struct.Struct("<2sBBI").unpack_from
 #: Bytes read at once between frames (whole small frames are parsed straight from here).
 _STAGING = 64 * 1024
@@ -104,6 +109,11 @@ class Link(asyncio.BufferedProtocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # A peer whose machine vanishes sends no FIN or RST: keepalive probes
+                # notice it after about 30 s of silence and break the link.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                for option, value in _KEEPALIVE:
+                    sock.setsockopt(socket.IPPROTO_TCP, option, value)
         # Pause as soon as anything is queued: resume_writing then means "all handed
         # to the kernel", which is when a sender may reuse its arrays.
         transport.set_write_buffer_limits(high=0)
