@@ -74,10 +74,11 @@ async def test_group_leaves_no_socket_or_task(mode):
     assert len(asyncio.all_tasks()) == before_tasks
 
 
-async def test_peer_closing_is_not_a_failure_but_a_broken_link_is():
+@pytest.mark.parametrize("mode", ["listen", "relay"])
+async def test_peer_closing_is_not_a_failure_but_a_broken_link_is(mode):
     failures: dict[int, list[afmi.ChannelError]] = {0: [], 1: [], 2: []}
     async with RendezvousServer() as rdv:
-        cfg = Config().channels.direct
+        cfg = Config.from_dict({"channels": {"direct": {"mode": mode}}}).channels.direct
         chans = await asyncio.gather(
             *(DirectChannel.open(r, 3, "j", "tok", rdv.address, cfg) for r in range(3))
         )
