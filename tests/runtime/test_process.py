@@ -195,3 +195,14 @@ async def test_killed_rank_fails_peers_with_channel_error(subprocess_env, tmp_pa
     assert line.startswith("ChannelError peer 1 "), line
     assert "rank 1" in line
     assert procs[0].returncode == 0
+
+
+async def test_run_processes_timeout_stops_every_rank(subprocess_env, tmp_path):
+    script = tmp_path / "hang.py"
+    script.write_text("import time\nprint('up', flush=True)\ntime.sleep(600)\n")
+    out = io.StringIO()
+    codes = await run_processes(
+        [sys.executable, str(script)], 2, env=subprocess_env, timeout=1.0, output=out
+    )
+    assert codes == [-signal.SIGTERM, -signal.SIGTERM]
+    assert "stopped after 1.0 s" in out.getvalue()
