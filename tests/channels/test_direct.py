@@ -108,7 +108,8 @@ def _msg(n: int = 0):
     return Message(0, 0, 0, 0, b"\x90", [bytearray(n)] if n else [])
 
 
-async def test_wrong_token_cannot_join():
+async def test_wrong_token_cannot_join_and_failed_opens_leave_nothing():
+    before_fds, before_tasks = _open_fds(), len(asyncio.all_tasks())
     async with RendezvousServer() as rdv:
         cfg = Config.from_dict({"channels": {"direct": {"connect_timeout": 5.0}}}).channels.direct
         good = asyncio.ensure_future(DirectChannel.open(0, 2, "j", "right", rdv.address, cfg))
@@ -118,6 +119,9 @@ async def test_wrong_token_cannot_join():
         good.cancel()
         with pytest.raises(asyncio.CancelledError):
             await good
+    await asyncio.sleep(0.05)
+    assert _open_fds() == before_fds
+    assert len(asyncio.all_tasks()) == before_tasks
 
 
 async def test_stranger_on_listen_port_is_rejected():
@@ -202,3 +206,25 @@ async def test_links_use_nodelay_and_keepalive():
         )
 
     assert await afmi.launch_local(opts, 2, channel="direct") == [(True, True)] * 2
+
+
+@pytest.mark.parametrize("mode", ["listen", "punch", "relay"])
+async def test_missing_rank_times_out_clearly_and_leaves_nothing(mode):
+    before_fds, before_tasks = _open_fds(), len(asyncio.all_tasks())
+    async with RendezvousServer() as rdv:
+        cfg = Config.from_dict(
+            {"channels": {"direct": {"mode": mode, "connect_timeout": 0.3}}}
+        ).channels.direct
+        with pytest.raises(afmi.ChannelError, match=r"no link to ranks \[1\] within 0\.3 s"):
+            await DirectChannel.open(0, 2, "j", "tok", rdv.address, cfg)
+    await asyncio.sleep(0.05)
+    assert _open_fds() == before_fds
+    assert len(asyncio.all_tasks()) == before_tasks
+
+
+async def test_unreachable_rendezvous_is_a_clear_error():
+    from afmi.testing.servers import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(afmi.ChannelError, match="cannot reach the rendezvous service"):
+        await DirectChannel.open(0, 2, "j", "tok", address, Config().channels.direct)
