@@ -317,9 +317,14 @@ class DirectChannel(Channel):
             )
         if link.bye_received:
             raise ChannelError(f"rank {dest} has closed its channel", peer=dest)
-        await link.send(encode_frame(msg), bool(msg.buffers))
+        buffers = msg.buffers
+        await link.send(encode_frame(msg), bool(buffers))
         self.messages_sent += 1
-        self.bytes_sent += msg.nbytes
+        # Cheaper than Message.nbytes (no memoryview per buffer) on this hot path.
+        nbytes = len(msg.header)
+        for b in buffers:
+            nbytes += b.nbytes if hasattr(b, "nbytes") else len(b)
+        self.bytes_sent += nbytes
 
     async def aclose(self) -> None:
         """Say goodbye on every link, wait briefly for the peers, close everything."""

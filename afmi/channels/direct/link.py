@@ -182,8 +182,11 @@ class Link(asyncio.BufferedProtocol):
                 context, source, tag, seq, skeleton, lens = msgpack.unpackb(
                     data[pos + PRELUDE_SIZE : body], raw=False, use_list=True
                 )
-                if not all(type(n) is int and n >= 0 for n in lens):
-                    raise ValueError("bad buffer lengths")
+                total = 0
+                for n in lens:
+                    if type(n) is not int or n < 0:
+                        raise ValueError(f"bad buffer length {n!r}")
+                    total += n
             except Exception as exc:  # noqa: BLE001 - any malformed header is garbage
                 self._abort(f"malformed message header: {exc}")
                 return
@@ -191,7 +194,7 @@ class Link(asyncio.BufferedProtocol):
                 self._abort("peer sent a message before the handshake")
                 return
             msg = Message(context, source, tag, seq, skeleton, [])
-            if body + sum(lens) > end:
+            if body + total > end:
                 self._start_fill(msg, lens, data[body:end])
                 return
             for n in lens:
