@@ -23,7 +23,6 @@ Whatever the mode, a link runs the same HMAC handshake and framing
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -141,7 +140,6 @@ class DirectChannel(Channel):
     async def _establish(self, address: str) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
-        remaining = self.config.connect_timeout
         sock = None
         host, port = cfg.advertise_host or cfg.listen_host, 0
         if cfg.mode == "listen":
@@ -164,7 +162,7 @@ class DirectChannel(Channel):
             host=host,
             port=port,
             mode=cfg.mode,
-            timeout=remaining,
+            timeout=cfg.connect_timeout,
             sock=sock,
         )
         if cfg.mode == "punch":
@@ -358,9 +356,3 @@ class DirectChannel(Channel):
             "bytes_sent": self.bytes_sent,
             "links": {peer: link.via for peer, link in sorted(self._links.items())},
         }
-
-
-async def close_quietly(ch: DirectChannel) -> None:
-    """Close ``ch``, ignoring errors (used on failure paths)."""
-    with contextlib.suppress(Exception):
-        await ch.aclose()
