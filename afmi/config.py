@@ -39,8 +39,14 @@ T = TypeVar("T")
 class DirectConfig:
     """``channels.direct``: TCP links between ranks, paired by a rendezvous service."""
 
-    #: ``host:port`` of the rendezvous service (``AFMI_RENDEZVOUS`` overrides when unset).
+    #: ``host:port`` of the rendezvous service for ``afmi.connect()`` (``AFMI_RENDEZVOUS``,
+    #: which ``afmi run`` sets, takes precedence).
     rendezvous: str | None = None
+    #: How links form: ``"listen"`` (each rank listens; the lower rank of a pair dials the
+    #: higher), ``"punch"`` (behind NAT: both sides connect at once from their registered
+    #: ports, TCP simultaneous open; relay when that fails) or ``"relay"`` (all traffic
+    #: through the rendezvous service).
+    mode: Literal["listen", "punch", "relay"] = "listen"
     #: Address this rank listens on for peers.
     listen_host: str = "127.0.0.1"
     #: Address peers should use to reach this rank (default: ``listen_host``).
@@ -51,7 +57,13 @@ class DirectConfig:
     punch_timeout: float = 2.0
     #: Allow traffic to be relayed through the rendezvous service when no direct path forms.
     relay: bool = True
+    #: Seconds a closing rank waits for its peers to acknowledge the goodbye.
+    close_timeout: float = 2.0
     enabled: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("connect_timeout", "punch_timeout", "close_timeout"):
+            _check_positive(getattr(self, key), f"channels.direct.{key}")
 
 
 @dataclass(frozen=True)
