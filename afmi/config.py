@@ -41,8 +41,14 @@ T = TypeVar("T")
 class DirectConfig:
     """``channels.direct``: TCP links between ranks, paired by a rendezvous service."""
 
-    #: ``host:port`` of the rendezvous service (``AFMI_RENDEZVOUS`` overrides when unset).
+    #: ``host:port`` of the rendezvous service for ``afmi.connect()`` (``AFMI_RENDEZVOUS``,
+    #: which ``afmi run`` sets, takes precedence).
     rendezvous: str | None = None
+    #: How links form: ``"listen"`` (each rank listens; the lower rank of a pair dials the
+    #: higher), ``"punch"`` (behind NAT: both sides connect at once from their registered
+    #: ports, TCP simultaneous open; relay when that fails) or ``"relay"`` (all traffic
+    #: through the rendezvous service).
+    mode: Literal["listen", "punch", "relay"] = "listen"
     #: Address this rank listens on for peers.
     listen_host: str = "127.0.0.1"
     #: Address peers should use to reach this rank (default: ``listen_host``).
@@ -53,7 +59,13 @@ class DirectConfig:
     punch_timeout: float = 2.0
     #: Allow traffic to be relayed through the rendezvous service when no direct path forms.
     relay: bool = True
+    #: Seconds a closing rank waits for its peers to acknowledge the goodbye.
+    close_timeout: float = 2.0
     enabled: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("connect_timeout", "punch_timeout", "close_timeout"):
+            _check_positive(getattr(self, key), f"channels.direct.{key}")
 
 
 @dataclass(frozen=True)
@@ -67,7 +79,30 @@ class RedisConfig:
     chunk_bytes: int = 1024 * 1024
     #: Prefix of every key (the job name follows it).
     prefix: str = "afmi"
+    #: Payloads up to this size travel inside the mailbox entry; larger ones as chunks.
+    inline_bytes: int = 64 * 1024
+    #: Connections per rank that read chunks concurrently.
+    fetch_connections: int = 2
+    #: Seconds to reach and authenticate with the server before giving up.
+    connect_timeout: float = 10.0
+    #: Stream messages of at least this many chunks (the receiver reads each chunk
+    #: while later ones are still being written); 0: never.
+    stream_min_chunks: int = 0
     enabled: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("key_ttl", "chunk_bytes", "fetch_connections", "connect_timeout"):
+            _check_positive(getattr(self, key), f"channels.redis.{key}")
+        if self.stream_min_chunks < 0:
+            raise ConfigError(
+                f"channels.redis.stream_min_chunks must be >= 0, got {self.stream_min_chunks}"
+            )
+        if self.inline_bytes < 0:
+            raise ConfigError(f"channels.redis.inline_bytes must be >= 0, got {self.inline_bytes}")
+        if not self.prefix or ":" in self.prefix:
+            raise ConfigError(
+                f"channels.redis.prefix must be a non-empty string without ':', got {self.prefix!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -84,7 +119,46 @@ class S3Config:
     poll_max: float = 0.5
     #: Payloads above this size are uploaded with multipart upload.
     multipart_threshold: int = 8 * 1024 * 1024
+    #: Size of each part of a multipart upload (S3 needs >= 5 MiB).
+    multipart_part_bytes: int = 8 * 1024 * 1024
+    #: Messages whose encoding fits in this many key characters ride in the object key
+    #: itself (an empty object: no GET needed). 0 disables.
+    key_payload_bytes: int = 600
+    #: Seconds to reach the endpoint and check the bucket before giving up.
+    connect_timeout: float = 10.0
+    #: HTTP connections per rank.
+    max_connections: int = 16
+    #: Credentials (default: the usual AWS environment variables, profile or role).
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
     enabled: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("poll_min", "poll_max", "connect_timeout", "max_connections"):
+            _check_positive(getattr(self, key), f"channels.s3.{key}")
+        if self.poll_min > self.poll_max:
+            raise ConfigError(
+                f"channels.s3.poll_min ({self.poll_min}) must be <= poll_max ({self.poll_max})"
+            )
+        if self.multipart_part_bytes < 5 * 1024 * 1024:
+            raise ConfigError(
+                "channels.s3.multipart_part_bytes must be >= 5 MiB (5242880), S3's smallest "
+                f"part; got {self.multipart_part_bytes}"
+            )
+        if self.multipart_threshold < self.multipart_part_bytes:
+            raise ConfigError(
+                "channels.s3.multipart_threshold must be >= channels.s3.multipart_part_bytes"
+            )
+        if not 0 <= self.key_payload_bytes <= 800:
+            raise ConfigError(
+                f"channels.s3.key_payload_bytes must be in 0..800, got {self.key_payload_bytes}"
+            )
+        if not self.prefix or self.prefix.startswith("/") or self.prefix.endswith("/"):
+            raise ConfigError(
+                f"channels.s3.prefix must be non-empty without a leading or trailing '/', "
+                f"got {self.prefix!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ all ranks of a job inside one process (``afmi.run_local``), and
 from __future__ import annotations
 
 import abc
+import asyncio
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -73,6 +74,15 @@ class Channel(abc.ABC):
     @abc.abstractmethod
     async def send(self, dest: int, msg: Message) -> None:
         """Send ``msg`` to world rank ``dest`` (never to self)."""
+
+    async def publish(self, dests: Sequence[int], msgs: Sequence[Message]) -> None:
+        """Send ``msgs[i]`` to ``dests[i]``; the messages share one payload.
+
+        Optional: storage channels override it to store the payload once and
+        let every destination read it (one upload read by many). The default
+        sends the messages one by one, concurrently.
+        """
+        await asyncio.gather(*(self.send(d, m) for d, m in zip(dests, msgs)))
 
     @abc.abstractmethod
     async def aclose(self) -> None:

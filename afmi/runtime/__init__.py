@@ -1,0 +1,1 @@
+"""Runtimes that start ranks: local processes (``afmi run``), function runtimes."""
