@@ -11,6 +11,10 @@ class SecondLocalDriver(LocalDriver):
 
     name = "local2"
 
+    async def connect(self, rank, size, job, config, env):
+        # The local channel joins ranks by job name; keep this one's jobs apart.
+        return await super().connect(rank, size, f"{job}#local2", config, env)
+
 
 @pytest.fixture
 def local2():

@@ -179,3 +179,28 @@ async def test_rejected_timeout_on_a_pinned_collective_leaves_nothing_behind():
         return await comm.allreduce(1)
 
     assert await afmi.launch_local(main, 2, timeout=30) == [2, 2]
+
+
+async def test_connect_opens_several_channels(local2, split):
+    import asyncio
+    import uuid
+
+    job = f"multi-{uuid.uuid4().hex[:8]}"
+
+    async def rank(r):
+        async with afmi.connect(
+            rank=r, size=2, job=job, channel=["local", local2], config=split, env={}
+        ) as comm:
+            assert comm.channels == ["local", "local2"]
+            if r == 0:
+                await comm.send(np.zeros(1 << 20, np.uint8), 1)
+                await comm.send(b"x", 1)
+                return _sent(comm)
+            big, small = await comm.recv(0), await comm.recv(0)
+            return big.nbytes, small
+
+    sent, got = await asyncio.wait_for(asyncio.gather(rank(0), rank(1)), 30)
+    assert sent == {"local": 1, "local2": 1} and got == (1 << 20, b"x")
+    with pytest.raises(ArgumentError, match="unknown channel 'nope'"):
+        async with afmi.connect(rank=0, size=1, job=job + "x", channel="local,nope", env={}):
+            pass
