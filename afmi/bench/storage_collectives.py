@@ -1,7 +1,7 @@
 """Storage collectives side by side on the redis (or s3) channel (a measurement, not a test).
 
-    python benchmarks/storage_collectives.py                      # redis, 4 ranks, 16 MiB
-    python benchmarks/storage_collectives.py --channel s3 --sizes 1048576
+    python -m afmi.bench.storage_collectives                      # redis, 4 ranks, 16 MiB
+    python -m afmi.bench.storage_collectives --channel s3 --sizes 1048576
 
 Prints the median wall time of one allreduce and one bcast of a float64 array
 (barrier to barrier) for each algorithm, forced with ``registry.forced``, its

@@ -1,7 +1,7 @@
 """Side-by-side measurements for the redis and s3 channels (docs/performance.md).
 
-    python benchmarks/storage_pingpong.py redis   # afmi redis channel vs raw redis-py RPUSH/BLPOP
-    python benchmarks/storage_pingpong.py s3      # afmi s3 channel on a private moto server
+    python -m afmi.bench.storage_pingpong redis   # afmi redis channel vs raw redis-py RPUSH/BLPOP
+    python -m afmi.bench.storage_pingpong s3      # afmi s3 channel on a private moto server
 
 Run from the repository root (PYTHONPATH=.). Redis: the server on 127.0.0.1:6379
 or AFMI_TEST_REDIS_URL. Ping-pong between two ranks in one process; the figure
@@ -33,8 +33,9 @@ async def _raw_pingpong(url: str, nbytes: int, iters: int) -> float:
 
     async def peer() -> None:
         for _ in range(iters + 2):
-            _, v = await b.blpop([key + ":b"], 0)
-            await b.rpush(key + ":a", v)
+            popped = await b.blpop([key + ":b"], 0)
+            assert popped is not None
+            await b.rpush(key + ":a", popped[1])
 
     task = asyncio.ensure_future(peer())
     times = []
