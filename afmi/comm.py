@@ -13,7 +13,7 @@ import math
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-from afmi.endpoint import Endpoint
+from afmi.endpoint import Endpoint, on_channel
 from afmi.errors import ArgumentError, OperationTimeoutError
 from afmi.ops import SUM, Op, as_op
 from afmi.request import Request, Status
@@ -41,7 +41,10 @@ class Communicator:
         self._world_to_rank = {w: r for r, w in enumerate(group)}
         self._p2p = context
         self._coll = context + 1
-        self._coll_seq = 0
+        #: Next collective sequence number, shared with views from :meth:`with_channel`.
+        self._coll_seq_box = [0]
+        #: Channel pinned for every operation of this communicator (None: the model picks).
+        self._pin: str | None = None
         #: This rank's number in the communicator, 0..size-1.
         self.rank = self._world_to_rank[endpoint.rank]
         #: Number of ranks in the communicator.
@@ -50,7 +53,51 @@ class Communicator:
         self.name = name or f"comm{context}"
 
     def __repr__(self) -> str:
-        return f"<Communicator {self.name} rank {self.rank}/{self.size}>"
+        pin = f" on {self._pin}" if self._pin else ""
+        return f"<Communicator {self.name} rank {self.rank}/{self.size}{pin}>"
+
+    # -- channels --
+    @property
+    def channels(self) -> list[str]:
+        """Names of the channels this rank has open, sorted."""
+        return sorted(self._ep.channels)
+
+    @property
+    def channel(self) -> str | None:
+        """The channel pinned with :meth:`with_channel`, or None when the model picks."""
+        return self._pin
+
+    def with_channel(self, channel: str | None) -> Communicator:
+        """This communicator with every operation pinned to ``channel`` (None: unpinned).
+
+        The result is a view: it shares the message spaces and the collective
+        sequence of ``self``, so calls on both interleave correctly, e.g.
+        ``await comm.with_channel("redis").bcast(x)`` pins a single call.
+        Ranks may pin differently: receivers accept from every channel.
+        """
+        if channel is not None:
+            channel = self._ep.check_channel(channel)
+        view = object.__new__(Communicator)
+        view.__dict__.update(self.__dict__)
+        view._pin = channel
+        return view
+
+    def explain(self, op: str, nbytes: int = 0, hint: str | float | None = None) -> Any:
+        """The table behind the choice for ``op`` moving ``nbytes`` per rank here.
+
+        Returns an :class:`afmi.model.Explanation`; ``print()`` it for a table of
+        channel x algorithm -> predicted seconds and dollars, the choice marked.
+        ``op`` is a collective name or ``"send"``.
+        """
+        from afmi.collectives import CollectiveContext
+        from afmi.model.runtime import plan_explanation
+
+        if type(nbytes) is not int or nbytes < 0:
+            raise ArgumentError(f"nbytes must be an int >= 0, got {nbytes!r}")
+        ctx = CollectiveContext(self, 0, op)
+        return plan_explanation(
+            op, ctx, self.channels, nbytes, self._ep.config, hint, pinned=self._pin
+        )
 
     # -- mpi4py-style accessors --
     def Get_rank(self) -> int:  # noqa: N802
@@ -126,26 +173,45 @@ class Communicator:
             raise
 
     # -- point-to-point --
-    async def send(self, obj: Any, dest: int, tag: int = 0, timeout: float | None = None) -> None:
+    def _send_channel(self, channel: str | None) -> str | None:
+        if channel is not None:
+            return self._ep.check_channel(channel)
+        return self._pin
+
+    async def send(
+        self,
+        obj: Any,
+        dest: int,
+        tag: int = 0,
+        timeout: float | None = None,
+        *,
+        channel: str | None = None,
+    ) -> None:
         """Send ``obj`` to ``dest``; returns once the channel has taken it.
 
         ``send`` is buffered: it never waits for the receiver to post a
         receive, and after it returns the caller may modify its arrays.
+        ``channel`` pins this message to one of :attr:`channels` (default: the
+        communicator's pin, else the model's choice for the message size).
         Cancellation: a cancelled send may or may not have been delivered.
         """
         dest = self._check_rank(dest, "dest")
         self._check_tag(tag)
+        name = self._send_channel(channel)
         world = self._group[dest]
         msg = self._ep.prepare(world, self._p2p, tag, obj)
-        await self._bounded(self._ep.transmit(world, msg), timeout, f"send to rank {dest}")
+        await self._bounded(self._ep.transmit(world, msg, name), timeout, f"send to rank {dest}")
 
-    def isend(self, obj: Any, dest: int, tag: int = 0) -> Request[None]:
+    def isend(
+        self, obj: Any, dest: int, tag: int = 0, *, channel: str | None = None
+    ) -> Request[None]:
         """Start a send; the payload is serialized (and checked) before this returns."""
         dest = self._check_rank(dest, "dest")
         self._check_tag(tag)
+        name = self._send_channel(channel)
         world = self._group[dest]
         msg = self._ep.prepare(world, self._p2p, tag, obj)
-        task = self._ep.spawn(self._ep.transmit(world, msg))
+        task = self._ep.spawn(self._ep.transmit(world, msg, name))
         return Request(task, what=f"isend to rank {dest}")
 
     def _post(self, source: int, tag: int) -> Ticket:
@@ -252,13 +318,26 @@ class Communicator:
 
     # -- collectives --
     def _start_collective(self, name: str, **args: Any) -> tuple[Any, Coroutine[Any, Any, Any]]:
-        from afmi.collectives import CollectiveContext, select
+        from afmi.collectives import CollectiveContext
 
-        seq = self._coll_seq
-        self._coll_seq += 1
+        seq = self._coll_seq_box[0]
+        self._coll_seq_box[0] += 1
         ctx = CollectiveContext(self, seq, name)
-        algorithm = select(name, ctx, args)
-        return algorithm, algorithm.run(ctx, **args)
+        if (
+            self._pin is None
+            and len(self._ep.channels) == 1
+            and not self._ep.config.model.choose_algorithm
+        ):
+            from afmi.collectives import select
+
+            algorithm = select(name, ctx, args)
+            return algorithm, algorithm.run(ctx, **args)
+        from afmi.model.runtime import plan
+
+        channels = [self._pin] if self._pin else self.channels
+        chosen = plan(name, ctx, channels, args, self._ep.config)
+        algorithm = chosen.algorithm
+        return algorithm, on_channel(chosen.channel, lambda: algorithm.run(ctx, **args))
 
     async def _collective(self, name: str, timeout: float | None, **args: Any) -> Any:
         self._ep.check_alive()

@@ -28,6 +28,8 @@ __all__ = [
     "Config",
     "DirectConfig",
     "FaasConfig",
+    "ChannelModelConfig",
+    "ModelConfig",
     "RedisConfig",
     "S3Config",
 ]
@@ -39,8 +41,14 @@ T = TypeVar("T")
 class DirectConfig:
     """``channels.direct``: TCP links between ranks, paired by a rendezvous service."""
 
-    #: ``host:port`` of the rendezvous service (``AFMI_RENDEZVOUS`` overrides when unset).
+    #: ``host:port`` of the rendezvous service for ``afmi.connect()`` (``AFMI_RENDEZVOUS``,
+    #: which ``afmi run`` sets, takes precedence).
     rendezvous: str | None = None
+    #: How links form: ``"listen"`` (each rank listens; the lower rank of a pair dials the
+    #: higher), ``"punch"`` (behind NAT: both sides connect at once from their registered
+    #: ports, TCP simultaneous open; relay when that fails) or ``"relay"`` (all traffic
+    #: through the rendezvous service).
+    mode: Literal["listen", "punch", "relay"] = "listen"
     #: Address this rank listens on for peers.
     listen_host: str = "127.0.0.1"
     #: Address peers should use to reach this rank (default: ``listen_host``).
@@ -51,7 +59,13 @@ class DirectConfig:
     punch_timeout: float = 2.0
     #: Allow traffic to be relayed through the rendezvous service when no direct path forms.
     relay: bool = True
+    #: Seconds a closing rank waits for its peers to acknowledge the goodbye.
+    close_timeout: float = 2.0
     enabled: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("connect_timeout", "punch_timeout", "close_timeout"):
+            _check_positive(getattr(self, key), f"channels.direct.{key}")
 
 
 @dataclass(frozen=True)
@@ -65,7 +79,30 @@ class RedisConfig:
     chunk_bytes: int = 1024 * 1024
     #: Prefix of every key (the job name follows it).
     prefix: str = "afmi"
+    #: Payloads up to this size travel inside the mailbox entry; larger ones as chunks.
+    inline_bytes: int = 64 * 1024
+    #: Connections per rank that read chunks concurrently.
+    fetch_connections: int = 2
+    #: Seconds to reach and authenticate with the server before giving up.
+    connect_timeout: float = 10.0
+    #: Stream messages of at least this many chunks (the receiver reads each chunk
+    #: while later ones are still being written); 0: never.
+    stream_min_chunks: int = 0
     enabled: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("key_ttl", "chunk_bytes", "fetch_connections", "connect_timeout"):
+            _check_positive(getattr(self, key), f"channels.redis.{key}")
+        if self.stream_min_chunks < 0:
+            raise ConfigError(
+                f"channels.redis.stream_min_chunks must be >= 0, got {self.stream_min_chunks}"
+            )
+        if self.inline_bytes < 0:
+            raise ConfigError(f"channels.redis.inline_bytes must be >= 0, got {self.inline_bytes}")
+        if not self.prefix or ":" in self.prefix:
+            raise ConfigError(
+                f"channels.redis.prefix must be a non-empty string without ':', got {self.prefix!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -82,7 +119,46 @@ class S3Config:
     poll_max: float = 0.5
     #: Payloads above this size are uploaded with multipart upload.
     multipart_threshold: int = 8 * 1024 * 1024
+    #: Size of each part of a multipart upload (S3 needs >= 5 MiB).
+    multipart_part_bytes: int = 8 * 1024 * 1024
+    #: Messages whose encoding fits in this many key characters ride in the object key
+    #: itself (an empty object: no GET needed). 0 disables.
+    key_payload_bytes: int = 600
+    #: Seconds to reach the endpoint and check the bucket before giving up.
+    connect_timeout: float = 10.0
+    #: HTTP connections per rank.
+    max_connections: int = 16
+    #: Credentials (default: the usual AWS environment variables, profile or role).
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
     enabled: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("poll_min", "poll_max", "connect_timeout", "max_connections"):
+            _check_positive(getattr(self, key), f"channels.s3.{key}")
+        if self.poll_min > self.poll_max:
+            raise ConfigError(
+                f"channels.s3.poll_min ({self.poll_min}) must be <= poll_max ({self.poll_max})"
+            )
+        if self.multipart_part_bytes < 5 * 1024 * 1024:
+            raise ConfigError(
+                "channels.s3.multipart_part_bytes must be >= 5 MiB (5242880), S3's smallest "
+                f"part; got {self.multipart_part_bytes}"
+            )
+        if self.multipart_threshold < self.multipart_part_bytes:
+            raise ConfigError(
+                "channels.s3.multipart_threshold must be >= channels.s3.multipart_part_bytes"
+            )
+        if not 0 <= self.key_payload_bytes <= 800:
+            raise ConfigError(
+                f"channels.s3.key_payload_bytes must be in 0..800, got {self.key_payload_bytes}"
+            )
+        if not self.prefix or self.prefix.startswith("/") or self.prefix.endswith("/"):
+            raise ConfigError(
+                f"channels.s3.prefix must be non-empty without a leading or trailing '/', "
+                f"got {self.prefix!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -105,6 +181,88 @@ class FaasConfig:
 
 
 @dataclass(frozen=True)
+class ChannelModelConfig:
+    """``model.<channel>``: overrides of one channel's performance and price model.
+
+    Every key left unset (None) keeps the value from ``model.file`` or, failing
+    that, afmi's built-in default for the channel (see :mod:`afmi.model`).
+    Units are in the names: seconds, bytes per second, US dollars.
+    """
+
+    #: One-way time of a one-byte message, seconds.
+    latency_s: float | None = None
+    #: Extra sender time for every further message in the same round, seconds.
+    per_message_s: float | None = None
+    #: Mean wait of a poller before it sees a new message is half of this, seconds.
+    poll_interval_s: float | None = None
+    #: Bandwidth of one stream (one sender to one receiver), bytes per second.
+    bandwidth_single_bytes_per_s: float | None = None
+    #: Bandwidth of many concurrent streams of one rank together, bytes per second.
+    bandwidth_aggregate_bytes_per_s: float | None = None
+    #: Bytes of a message beyond this size move at ``bandwidth_large_bytes_per_s``
+    #: (0: one bandwidth for all sizes), bytes.
+    large_message_bytes: float | None = None
+    #: Bandwidth for the bytes of a message beyond ``large_message_bytes``, bytes per second.
+    bandwidth_large_bytes_per_s: float | None = None
+    #: Fixed software cost of one collective call (setting up its rounds), seconds.
+    call_overhead_s: float | None = None
+    #: Price of each message written (a PUT, a RPUSH), dollars.
+    price_per_request_usd: float | None = None
+    #: Price of each read or poll (a GET, a LIST), dollars.
+    price_per_read_usd: float | None = None
+    #: Expected reads (polls included) before a consumer gets a message.
+    reads_per_message: float | None = None
+    #: Price of moving one gigabyte (10**9 bytes), dollars.
+    price_per_gb_usd: float | None = None
+    #: Price of the servers the channel needs (Redis instance, rendezvous VM), dollars/hour.
+    infrastructure_usd_per_hour: float | None = None
+    #: Requests the infrastructure serves per hour; its price is spread over them.
+    requests_per_hour: float | None = None
+    #: Count the infrastructure price at all (false: someone else pays for it).
+    include_infrastructure: bool | None = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name != "include_infrastructure" and value is not None and value < 0:
+                raise ConfigError(f"model.<channel>.{f.name} must be >= 0, got {value!r}")
+        for name in ("bandwidth_single_bytes_per_s", "bandwidth_aggregate_bytes_per_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"model.<channel>.{name} must be > 0, got {value!r}")
+
+    def overrides(self) -> dict[str, Any]:
+        """The keys that are set, as a dict."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``model``: the performance and cost model that picks channels (see docs/model.md)."""
+
+    #: A model file (``.json``/``.toml``, e.g. from ``afmi bench --calibrate``); its
+    #: ``model`` table is read first, then the keys below override it.
+    file: str | None = None
+    #: Let the model pick the algorithm too, from every registered algorithm's steps.
+    #: False (default): the collectives registry picks the algorithm for each channel
+    #: and the model picks the channel.
+    choose_algorithm: bool = False
+    #: For ``hint="weighted"``: dollars one second of the job's time is worth;
+    #: the choice minimises ``dollars + usd_per_s * seconds``.
+    usd_per_s: float = 0.01
+    #: Where and when the values were calibrated (written by ``afmi bench --calibrate``).
+    calibrated: str | None = None
+    local: ChannelModelConfig = field(default_factory=ChannelModelConfig)
+    direct: ChannelModelConfig = field(default_factory=ChannelModelConfig)
+    redis: ChannelModelConfig = field(default_factory=ChannelModelConfig)
+    s3: ChannelModelConfig = field(default_factory=ChannelModelConfig)
+
+    def __post_init__(self) -> None:
+        if self.usd_per_s < 0:
+            raise ConfigError(f"model.usd_per_s must be >= 0, got {self.usd_per_s!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     """Settings shared by every rank of a job.
 
@@ -114,14 +272,17 @@ class Config:
 
     #: Default timeout of every blocking operation, seconds (None: wait forever).
     timeout: float | None = 300.0
-    #: Channel selection hint: ``"fast"`` minimises time, ``"cheap"`` minimises dollars.
-    hint: Literal["fast", "cheap"] = "fast"
+    #: Channel selection hint: ``"fast"`` minimises time, ``"cheap"`` minimises dollars,
+    #: ``"weighted"`` minimises ``dollars + model.usd_per_s * seconds``.
+    hint: Literal["fast", "cheap", "weighted"] = "fast"
     #: Allow pickled payloads (only between trusted ranks).
     pickle: bool = False
-    #: Default channel for ``afmi.connect`` when neither argument nor ``AFMI_CHANNEL`` names one.
+    #: Default channel for ``afmi.connect`` when neither argument nor ``AFMI_CHANNEL`` names one:
+    #: a driver name, ``"auto"`` (every configured channel) or several names, comma-separated.
     channel: str | None = None
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
     faas: FaasConfig = field(default_factory=FaasConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
         _check_positive(self.timeout, "timeout", allow_none=True)

@@ -10,8 +10,9 @@ and completes the futures of matched receives.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from afmi.channels.base import Channel
@@ -24,7 +25,7 @@ from afmi.wire.serialize import decode, encode
 if TYPE_CHECKING:
     from afmi.comm import Communicator
 
-__all__ = ["Endpoint", "WORLD_CONTEXT"]
+__all__ = ["Endpoint", "WORLD_CONTEXT", "on_channel", "pinned_channel"]
 
 T = TypeVar("T")
 
@@ -33,6 +34,30 @@ WORLD_CONTEXT = 0
 
 #: Chooses the channel for a message: ``(dest, nbytes) -> channel name``.
 ChannelSelector = Callable[[int, int], str]
+
+#: Channel pinned for the running operation (a collective runs under its chosen channel).
+_PINNED: contextvars.ContextVar[str | None] = contextvars.ContextVar("afmi_channel", default=None)
+
+
+def pinned_channel() -> str | None:
+    """The channel pinned for the operation running in this task, if any."""
+    return _PINNED.get()
+
+
+async def on_channel(channel: str | None, start: Callable[[], Awaitable[T]]) -> T:
+    """Await ``start()`` with every message it sends pinned to ``channel`` (None: no pin).
+
+    ``start`` is called only once the pin is set (so nothing is created if this
+    coroutine is closed unstarted). Tasks it starts inherit the pin (asyncio
+    copies the context into new tasks).
+    """
+    if channel is None:
+        return await start()
+    token = _PINNED.set(channel)
+    try:
+        return await start()
+    finally:
+        _PINNED.reset(token)
 
 
 class Endpoint:
@@ -54,7 +79,7 @@ class Endpoint:
         self.job = job
         self.config = config
         self.channels = channels
-        self.default_channel = default_channel or next(iter(channels))
+        self._default_channel = default_channel or next(iter(channels))
         self.engine = MatchingEngine()
         #: Next free context id; communicators agree on new ids with a MAX allreduce.
         self.next_context = WORLD_CONTEXT + 2
@@ -63,8 +88,33 @@ class Endpoint:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.selector: ChannelSelector | None = None
+        if len(channels) > 1:
+            from afmi.model.runtime import MessageSelector
+
+            self.selector = MessageSelector(sorted(channels), config)
         for ch in channels.values():
             ch.start(self._on_message, self._on_failure)
+
+    @property
+    def default_channel(self) -> str:
+        """The channel pinned for the running operation, else this rank's first channel."""
+        return _PINNED.get() or self._default_channel
+
+    @default_channel.setter
+    def default_channel(self, name: str) -> None:
+        self.check_channel(name)
+        self._default_channel = name
+
+    def check_channel(self, name: Any) -> str:
+        """Return ``name`` if this endpoint has that channel, else raise ArgumentError."""
+        if name not in self.channels:
+            from afmi.errors import ArgumentError
+
+            raise ArgumentError(
+                f"channel {name!r} is not open on rank {self.rank}; open channels: "
+                f"{', '.join(sorted(self.channels))} (open more with channel=[...] or 'auto')"
+            )
+        return str(name)
 
     # -- communicators --
     def world(self, name: str = "world") -> Communicator:
@@ -98,10 +148,17 @@ class Endpoint:
             self._on_message(msg.detached())
             await asyncio.sleep(0)
             return
-        name = channel or self.default_channel
-        if channel is None and self.selector is not None:
-            name = self.selector(dest, msg.nbytes)
-        await self.channels[name].send(dest, msg)
+        name = channel or _PINNED.get()
+        if name is None:
+            if self.selector is not None:
+                name = self.selector(dest, msg.nbytes)
+            else:
+                name = self._default_channel
+        ch = self.channels.get(name)
+        if ch is None:
+            self.check_channel(name)
+        assert ch is not None
+        await ch.send(dest, msg)
 
     # -- receiving --
     def post(self, context: int, source: int, tag: int) -> Ticket:

@@ -196,3 +196,5 @@ set_chooser("alltoall", _alltoall)
 set_chooser("reduce_scatter", _reduce_scatter)
 set_chooser("scan", _prefix)
 set_chooser("exscan", _prefix)
+
+from afmi.collectives import storage as _storage  # noqa: E402,F401  (storage algorithms)

@@ -1,6 +1,6 @@
 """bcast algorithms side by side on the local channel (a measurement, not a test).
 
-    python benchmarks/bcast_local.py --sizes 65536 16777216 --ranks 4 8
+    python -m afmi.bench.bcast_local --sizes 65536 16777216 --ranks 4 8
 
 Prints the median wall time of one bcast (barrier to barrier) per algorithm and
 its ratio to the fastest of the row.

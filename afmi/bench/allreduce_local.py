@@ -1,7 +1,7 @@
 """Allreduce algorithms side by side on the local channel (a measurement, not a test).
 
-    python benchmarks/allreduce_local.py            # 16 MiB float64, 4 ranks
-    python benchmarks/allreduce_local.py --sizes 65536 1048576 16777216 --ranks 4 8
+    python -m afmi.bench.allreduce_local            # 16 MiB float64, 4 ranks
+    python -m afmi.bench.allreduce_local --sizes 65536 1048576 16777216 --ranks 4 8
 
 Prints the median wall time of one allreduce (from a barrier to a barrier)
 for each algorithm, and its ratio to the fastest of the row.

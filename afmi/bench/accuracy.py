@@ -1,0 +1,93 @@
+"""How well the model predicts what the bench measured.
+
+Two figures, both printed by ``afmi bench`` and stored in its JSON:
+
+* time: for every measured point, ``predicted / measured - 1``; the share of
+  points within +-30 % and the worst point;
+* choice: for every point measured on two or more channels, whether the
+  ``fast`` hint picks the channel that measured fastest (and, to tell misses
+  from near ties, whether the picked channel measured within 10 % of it).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from afmi.config import Config
+from afmi.model.cli import explain_offline
+
+__all__ = ["TOLERANCE", "annotate", "summarize"]
+
+#: Relative error a prediction may have and still count as accurate.
+TOLERANCE = 0.30
+#: A picked channel measured within this fraction of the fastest counts as "near".
+NEAR = 0.10
+
+
+def _predicted(row: dict[str, Any], config: Config, channels: list[str]) -> Any:
+    op = row.get("op", "send")
+    size = 2 if op == "send" else int(row["ranks"])
+    return explain_offline(op, int(row["nbytes"]), size, channels, config, "fast")
+
+
+def annotate(rows: list[dict[str, Any]], config: Config) -> None:
+    """Add ``predicted_s``, ``algorithm`` and ``rel_error`` to measured rows (in place)."""
+    for row in rows:
+        winner = _predicted(row, config, [row["channel"]]).winner
+        row["predicted_s"] = winner.time_s
+        row["predicted_usd"] = winner.usd
+        row["algorithm"] = winner.algorithm
+        row["rel_error"] = winner.time_s / row["latency_s"] - 1 if row["latency_s"] > 0 else None
+
+
+def summarize(rows: list[dict[str, Any]], config: Config) -> dict[str, Any]:
+    """Accuracy of time predictions and of the ``fast`` choice over annotated ``rows``."""
+    errors = [(abs(r["rel_error"]), r) for r in rows if r.get("rel_error") is not None]
+    within = sum(1 for e, _ in errors if e <= TOLERANCE)
+    worst = max(errors, key=lambda er: er[0], default=None)
+    groups: dict[tuple[str, int, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        op = r.get("op", "send")
+        groups[(op, int(r.get("ranks", 2)), int(r["nbytes"]))].append(r)
+    judged = correct = near = 0
+    misses = []
+    for (op, ranks, nbytes), members in sorted(groups.items()):
+        channels = sorted({m["channel"] for m in members})
+        if len(channels) < 2:
+            continue
+        judged += 1
+        best = min(members, key=lambda m: m["latency_s"])
+        fastest = best["channel"]
+        picked = _predicted(members[0], config, channels).winner.channel
+        picked_s = next(m["latency_s"] for m in members if m["channel"] == picked)
+        if picked_s <= best["latency_s"] * (1 + NEAR):
+            near += 1
+        if picked == fastest:
+            correct += 1
+        else:
+            misses.append(
+                {"op": op, "ranks": ranks, "nbytes": nbytes, "picked": picked, "fastest": fastest}
+            )
+    out: dict[str, Any] = {
+        "tolerance": TOLERANCE,
+        "points": len(errors),
+        "within_tolerance": within,
+        "fraction_within": within / len(errors) if errors else None,
+        "max_abs_rel_error": worst[0] if worst else None,
+        "worst": _brief(worst[1]) if worst else None,
+        "choice_points": judged,
+        "choice_correct": correct,
+        "choice_fraction": correct / judged if judged else None,
+        "choice_near": near,
+        "choice_near_fraction": near / judged if judged else None,
+        "choice_misses": misses[:20],
+    }
+    if not judged:
+        out["choice_note"] = "only one channel measured: the fast choice cannot be judged"
+    return out
+
+
+def _brief(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("channel", "op", "ranks", "nbytes", "latency_s", "predicted_s", "rel_error")
+    return {k: row.get(k, "send" if k == "op" else None) for k in keys}

@@ -1,0 +1,240 @@
+"""Side-by-side anchors: the same ping-pong without afmi.
+
+* ``socket``: two processes, blocking TCP sockets over loopback with
+  ``sendall``/``recv_into`` and an 8-byte length prefix: what plain Python
+  reaches on this machine.
+* ``mpi4py``: two MPI processes (``mpiexec -n 2``) exchanging numpy buffers
+  with ``Send``/``Recv``; Open MPI is restricted to its TCP transport so it
+  compares with afmi's network channels. Skipped, with the reason, when
+  mpi4py or ``mpiexec`` is missing.
+
+``python -m afmi.bench.anchors echo`` is the socket echo side (it prints its port).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from afmi.bench.measure import Budget
+
+__all__ = ["mpi4py_pingpong", "socket_pingpong"]
+
+_LEN = struct.Struct("!Q")
+
+
+def _recv_exact(sock: socket.socket, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise ConnectionError("peer closed the connection")
+        got += n
+
+
+def _echo() -> None:
+    """Print the listening port, serve one client: echo length-prefixed messages until EOF."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        print(server.getsockname()[1], flush=True)
+        conn, _ = server.accept()
+    with conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        head = bytearray(_LEN.size)
+        buf = bytearray(1 << 16)
+        while True:
+            try:
+                _recv_exact(conn, memoryview(head))
+            except ConnectionError:
+                return
+            (n,) = _LEN.unpack(head)
+            if n > len(buf):
+                buf = bytearray(n)
+            _recv_exact(conn, memoryview(buf)[:n])
+            conn.sendall(head)
+            conn.sendall(memoryview(buf)[:n])
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def socket_pingpong(
+    nbytes_list: Sequence[int], budget: Budget | None = None
+) -> list[dict[str, Any]]:
+    """Blocking-socket ping-pong between this process and a child echo process."""
+    budget = budget or Budget()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "afmi.bench.anchors", "echo"],
+        env=_child_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    rows = []
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.strip().isdigit():
+            raise RuntimeError("the socket echo process did not start")
+        port = int(line)
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for nbytes in nbytes_list:
+                out = bytes(nbytes)
+                back = bytearray(nbytes)
+                head = _LEN.pack(nbytes)
+                hbuf = bytearray(_LEN.size)
+
+                def one(
+                    head: bytes = head,
+                    out: bytes = out,
+                    hbuf: bytearray = hbuf,
+                    back: bytearray = back,
+                ) -> None:
+                    sock.sendall(head)
+                    sock.sendall(out)
+                    _recv_exact(sock, memoryview(hbuf))
+                    _recv_exact(sock, memoryview(back))
+
+                warm, iters = budget.plan(nbytes)
+                t0 = time.perf_counter()
+                for _ in range(max(warm, 1)):
+                    one()
+                iters = budget.cap(iters, (time.perf_counter() - t0) / max(warm, 1))
+                t0 = time.perf_counter()
+                for _ in range(iters):
+                    one()
+                half = (time.perf_counter() - t0) / iters / 2
+                rows.append(_row("socket", nbytes, iters, half))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    return rows
+
+
+def _row(channel: str, nbytes: int, iters: int, half: float) -> dict[str, Any]:
+    return {
+        "channel": channel,
+        "nbytes": nbytes,
+        "iterations": iters,
+        "latency_s": half,
+        "bandwidth_bytes_per_s": nbytes / half if half > 0 else 0.0,
+    }
+
+
+_MPI_SCRIPT = """
+import json, sys, time
+import numpy as np
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+rank = comm.Get_rank()
+plan = json.loads(sys.argv[1])
+rows = []
+for nbytes, warm, iters in plan:
+    buf = np.ones(nbytes, dtype=np.uint8)
+    comm.Barrier()
+    for i in range(warm + iters):
+        if i == warm:
+            t0 = MPI.Wtime()
+        if rank == 0:
+            comm.Send(buf, dest=1, tag=1)
+            comm.Recv(buf, source=1, tag=1)
+        else:
+            comm.Recv(buf, source=0, tag=1)
+            comm.Send(buf, dest=0, tag=1)
+    rows.append((nbytes, iters, (MPI.Wtime() - t0) / iters / 2))
+if rank == 0:
+    print("AFMI-MPI " + json.dumps(rows), flush=True)
+"""
+
+
+def _mpiexec() -> str | None:
+    return shutil.which("mpiexec") or shutil.which("mpirun")
+
+
+def mpi4py_unavailable() -> str | None:
+    """Why the mpi4py anchor cannot run here, or None if it can."""
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return "mpi4py is not installed (pip install mpi4py, with an MPI such as libopenmpi-dev)"
+    if _mpiexec() is None:
+        return "no mpiexec/mpirun on PATH (apt-get install openmpi-bin, or pip install mpich)"
+    return None
+
+
+def mpi4py_pingpong(
+    nbytes_list: Sequence[int], budget: Budget | None = None, timeout: float = 300.0
+) -> list[dict[str, Any]]:
+    """mpi4py buffer ping-pong between two MPI processes over TCP (Open MPI ``btl tcp,self``).
+
+    Raises:
+        RuntimeError: mpi4py or MPI is missing, or the MPI run failed (the reason says which).
+    """
+    reason = mpi4py_unavailable()
+    if reason:
+        raise RuntimeError(reason)
+    budget = budget or Budget()
+    plan = []
+    for n in nbytes_list:
+        warm, iters = budget.plan(n)
+        # Large messages: keep the run short on a shared machine (roughly 1 GB/s assumed).
+        iters = budget.cap(iters, n / 1e9 + 2e-5)
+        plan.append((n, warm, iters))
+    env = _child_env()
+    env.update(
+        {
+            "OMPI_MCA_btl": "tcp,self",
+            "OMPI_ALLOW_RUN_AS_ROOT": "1",
+            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+            "OMPI_MCA_rmaps_base_oversubscribe": "1",
+            # yield the CPU while waiting: the machine may have fewer free cores than ranks
+            "OMPI_MCA_mpi_yield_when_idle": "1",
+        }
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(_MPI_SCRIPT)
+        script = f.name
+    try:
+        exe = _mpiexec()
+        assert exe is not None
+        proc = subprocess.run(
+            [exe, "-n", "2", sys.executable, script, json.dumps(plan)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
+    finally:
+        os.unlink(script)
+    for line in proc.stdout.splitlines():
+        if line.startswith("AFMI-MPI "):
+            return [_row("mpi4py", n, it, half) for n, it, half in json.loads(line[9:])]
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    raise RuntimeError(f"mpiexec failed (exit {proc.returncode}): {' | '.join(tail)}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["echo"]:
+        _echo()
+    else:
+        print("usage: python -m afmi.bench.anchors echo", file=sys.stderr)
+        sys.exit(2)

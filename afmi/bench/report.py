@@ -1,0 +1,245 @@
+"""Bench output: progress on stderr, tables on the terminal, JSON, PNG plots."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["Progress", "format_report", "write_json", "write_plots"]
+
+
+class Progress:
+    """One line per step on stderr (rewritten in place on a terminal)."""
+
+    def __init__(self, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self.tty = self.stream.isatty()
+        self._width = 0
+
+    def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
+        line = f"[{time.monotonic() - self.start:6.1f} s] {message}"
+        if self.tty:
+            pad = max(self._width - len(line), 0)
+            self.stream.write("\r" + line + " " * pad)
+            self._width = len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        """End the progress line."""
+        if self.enabled and self.tty and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+
+
+def _us(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds >= 0.1:
+        return f"{seconds * 1e3:.0f} ms"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} us"
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:g} {unit}"
+    return f"{n} B"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return "\n".join([fmt.format(*headers)] + [fmt.format(*r) for r in rows])
+
+
+def format_report(results: dict[str, Any]) -> str:
+    """The terminal summary of a bench run."""
+    out: list[str] = []
+    pp = results.get("pingpong", [])
+    anchors = [r for a in results.get("anchors", {}).values() if isinstance(a, list) for r in a]
+    if pp or anchors:
+        names = sorted({r["channel"] for r in pp}) + sorted({r["channel"] for r in anchors})
+        by = {(r["channel"], r["nbytes"]): r for r in pp + anchors}
+        sizes = sorted({r["nbytes"] for r in pp + anchors})
+        headers = ["size"]
+        for n in names:
+            headers += [f"{n} latency", f"{n} MB/s"]
+            if any(by.get((n, s), {}).get("predicted_s") for s in sizes):
+                headers.append(f"{n} model")
+        rows = []
+        for s in sizes:
+            row = [_size(s)]
+            for n in names:
+                r = by.get((n, s))
+                row += [
+                    _us(r["latency_s"]) if r else "-",
+                    f"{r['bandwidth_bytes_per_s'] / 1e6:.1f}" if r else "-",
+                ]
+                if f"{n} model" in headers:
+                    row.append(_us(r.get("predicted_s")) if r else "-")
+            rows.append(row)
+        out.append("Ping-pong (half round trip; bandwidth = size / time)")
+        out.append(_table(headers, rows))
+    coll = results.get("collectives", [])
+    if coll:
+        rows = [
+            [
+                r["op"],
+                str(r["ranks"]),
+                _size(r["nbytes"]),
+                r["channel"],
+                r.get("algorithm", "?"),
+                _us(r["latency_s"]),
+                _us(r.get("predicted_s")),
+                f"{r['rel_error']:+.0%}" if r.get("rel_error") is not None else "-",
+            ]
+            for r in sorted(coll, key=lambda r: (r["op"], r["ranks"], r["nbytes"], r["channel"]))
+        ]
+        out.append("\nCollective latency (barrier + call, minus a barrier; slowest rank)")
+        out.append(
+            _table(
+                ["op", "ranks", "size", "channel", "algorithm", "measured", "model", "error"], rows
+            )
+        )
+    for name, value in results.get("anchors", {}).items():
+        if isinstance(value, dict) and "skipped" in value:
+            out.append(f"\nanchor {name} skipped: {value['skipped']}")
+    for name, reason in results.get("skipped", {}).items():
+        out.append(f"channel {name} skipped: {reason}")
+    acc = results.get("accuracy")
+    if acc and acc.get("points"):
+        out.append(f"\nModel accuracy ({results.get('model_source', 'configured model')}):")
+        out.append(
+            f"  time: {acc['within_tolerance']}/{acc['points']} points within "
+            f"{acc['tolerance']:.0%} ({acc['fraction_within']:.0%}); worst "
+            f"{acc['max_abs_rel_error']:.0%} at {acc['worst']}"
+        )
+        if acc.get("choice_points"):
+            out.append(
+                f"  fast choice: {acc['choice_correct']}/{acc['choice_points']} points pick the "
+                f"measured-fastest channel ({acc['choice_fraction']:.0%}); "
+                f"{acc['choice_near']} ({acc['choice_near_fraction']:.0%}) pick a channel "
+                f"within 10% of it"
+            )
+        else:
+            out.append(f"  fast choice: {acc.get('choice_note')}")
+    cal = results.get("calibration")
+    if cal:
+        out.append(f"\nCalibrated model written to {cal['file']}")
+        for name, params in cal["channels"].items():
+            out.append(
+                f"  {name}: latency {_us(params['latency_s'])}, per message "
+                f"{_us(params['per_message_s'])}, bandwidth "
+                f"{params['bandwidth_single_bytes_per_s'] / 1e6:.0f} MB/s single, "
+                f"{params['bandwidth_aggregate_bytes_per_s'] / 1e6:.0f} MB/s aggregate"
+            )
+    return "\n".join(out)
+
+
+def write_json(results: dict[str, Any], path: str | Path) -> Path:
+    """Write the results as JSON."""
+    p = Path(path)
+    p.write_text(json.dumps(results, indent=2) + "\n")
+    return p
+
+
+def write_plots(results: dict[str, Any], directory: str | Path) -> list[Path]:
+    """PNG plots: ping-pong latency and bandwidth vs size per channel, collective latency.
+
+    Raises:
+        RuntimeError: matplotlib is not installed (``pip install afmi[bench]``).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise RuntimeError("plots need matplotlib: pip install 'afmi[bench]'") from exc
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    written = []
+    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in results.get("pingpong", []):
+        series[r["channel"]].append(r)
+    for value in results.get("anchors", {}).values():
+        if isinstance(value, list):
+            for r in value:
+                series[f"{r['channel']} (anchor)"].append(r)
+    if series:
+        for key, ylabel, scale, fname in (
+            ("latency_s", "half round trip (us)", 1e6, "pingpong_latency.png"),
+            ("bandwidth_bytes_per_s", "bandwidth (MB/s)", 1e-6, "pingpong_bandwidth.png"),
+        ):
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            for name, rows in sorted(series.items()):
+                rows = sorted(rows, key=lambda r: r["nbytes"])
+                ax.plot(
+                    [r["nbytes"] for r in rows],
+                    [r[key] * scale for r in rows],
+                    "o-",
+                    label=name,
+                    markersize=3,
+                )
+                if key == "latency_s" and any("predicted_s" in r for r in rows):
+                    ax.plot(
+                        [r["nbytes"] for r in rows],
+                        [r["predicted_s"] * scale for r in rows],
+                        "--",
+                        label=f"{name} model",
+                    )
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("message size (bytes)")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(d / fname, dpi=110)
+            plt.close(fig)
+            written.append(d / fname)
+    coll = results.get("collectives", [])
+    ops = sorted({r["op"] for r in coll})
+    if ops:
+        fig, axes = plt.subplots(1, len(ops), figsize=(4 * len(ops), 4), squeeze=False)
+        for ax, op in zip(axes[0], ops):
+            lines: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+            for r in coll:
+                if r["op"] == op:
+                    lines[(r["channel"], r["ranks"])].append(r)
+            for (ch, ranks), rows in sorted(lines.items()):
+                rows = sorted(rows, key=lambda r: r["nbytes"])
+                xs = [max(r["nbytes"], 1) for r in rows]
+                ax.plot(
+                    xs,
+                    [r["latency_s"] * 1e6 for r in rows],
+                    "o-",
+                    markersize=3,
+                    label=f"{ch} n={ranks}",
+                )
+            ax.set_title(op)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("bytes per rank")
+            ax.set_ylabel("latency (us)")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(d / "collectives_latency.png", dpi=110)
+        plt.close(fig)
+        written.append(d / "collectives_latency.png")
+    return written

@@ -1,0 +1,96 @@
+"""Storage collectives side by side on the redis (or s3) channel (a measurement, not a test).
+
+    python -m afmi.bench.storage_collectives                      # redis, 4 ranks, 16 MiB
+    python -m afmi.bench.storage_collectives --channel s3 --sizes 1048576
+
+Prints the median wall time of one allreduce and one bcast of a float64 array
+(barrier to barrier) for each algorithm, forced with ``registry.forced``, its
+ratio to the fastest of the row, and (s3) the requests per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+import afmi
+from afmi.collectives import registry
+from afmi.testing.servers import redis_server, s3_server
+
+ALGORITHMS = {
+    "allreduce": ("scatter_reduce", "reduce_publish", "linear", "ring"),
+    "bcast": ("storage_publish", "linear", "binomial"),
+}
+
+
+async def _job(comm: afmi.Communicator, nbytes: int, repeat: int) -> dict[str, Any]:
+    x = np.full(nbytes // 8, float(comm.rank + 1))
+    want = comm.size * (comm.size + 1) / 2
+    channel = next(iter(comm.endpoint.channels.values()))
+    out: dict[str, Any] = {}
+    for collective, names in ALGORITHMS.items():
+        for name in names:
+            times, requests = [], 0
+            with registry.forced(**{collective: name}):
+                for i in range(repeat + 1):  # the first run warms up
+                    await comm.barrier()
+                    before = sum(channel.stats().get("requests", {}).values())
+                    t0 = time.perf_counter()
+                    if collective == "allreduce":
+                        y = await comm.allreduce(x)
+                        assert y[0] == want and y[-1] == want
+                    else:
+                        y = await comm.bcast(x if comm.rank == 0 else None)
+                        assert y[-1] == 1.0
+                    await comm.barrier()
+                    if i:
+                        times.append(time.perf_counter() - t0)
+                        requests += sum(channel.stats().get("requests", {}).values()) - before
+            out[f"{collective}:{name}"] = (statistics.median(times), requests / repeat)
+    return out
+
+
+@contextlib.contextmanager
+def _config(channel: str) -> Iterator[dict[str, Any]]:
+    if channel == "redis":
+        with redis_server() as url:
+            yield {"channels": {"redis": {"url": url}}}
+    else:
+        with s3_server() as server:
+            os.environ.update(server.env())
+            yield {"channels": {"s3": {**server.config(), "poll_max": 0.05}}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channel", choices=["redis", "s3"], default="redis")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16 << 20], help="bytes")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[4])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    with _config(args.channel) as cfg:
+        for ranks in args.ranks:
+            for nbytes in args.sizes:
+                results = afmi.run_local(
+                    _job, ranks, nbytes, args.repeat, channel=args.channel, config=cfg
+                )
+                for collective, names in ALGORITHMS.items():
+                    t = {n: results[0][f"{collective}:{n}"][0] for n in names}
+                    best = min(t.values())
+                    cells = []
+                    for n in names:
+                        reqs = sum(r[f"{collective}:{n}"][1] for r in results)
+                        extra = f", {reqs:.0f} req" if args.channel == "s3" else ""
+                        cells.append(f"{n} {t[n] * 1e3:.1f} ms ({t[n] / best:.2f}x{extra})")
+                    print(f"{ranks} ranks {nbytes:>9} B {collective:>9}: " + " | ".join(cells))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""The whole ``afmi bench`` run: channels, measurements, calibration, accuracy.
+
+:func:`run_suite` finds the channels it can measure (``local`` always;
+``direct``, ``redis`` and ``s3`` when their drivers are installed, starting a
+private Redis or moto S3 server when none is configured and
+``start_servers`` is set), measures them, optionally calibrates the model,
+and returns one JSON-ready dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import os
+import platform
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from afmi.bench import accuracy, anchors, calibrate, measure
+from afmi.channels import get_driver
+from afmi.config import Config
+from afmi.errors import ArgumentError
+
+__all__ = ["Options", "run_suite", "CHANNELS"]
+
+#: Channels the bench knows how to measure, in report order.
+CHANNELS = ("local", "direct", "redis", "s3")
+
+
+@dataclass
+class Options:
+    """What to measure (the ``afmi bench`` options)."""
+
+    channels: list[str] | None = None  # None: every available channel
+    quick: bool = False
+    max_bytes: int = 1 << 24
+    collective_max_bytes: int = 1 << 20
+    ranks: list[int] = field(default_factory=lambda: [2, 4, 8])
+    ops: list[str] = field(default_factory=lambda: ["barrier", "bcast", "allreduce", "gather"])
+    pingpong: bool = True
+    collectives: bool = True
+    anchors: bool = True
+    calibrate: str | None = None  # model file to write
+    start_servers: bool = True
+    seconds_per_point: float | None = None
+
+    def budget(self) -> measure.Budget:
+        """The per-point budget for these options."""
+        b = measure.Budget.quick() if self.quick else measure.Budget(seconds_per_point=0.5)
+        if self.seconds_per_point is not None:
+            b = dataclasses.replace(b, seconds_per_point=self.seconds_per_point)
+        return b
+
+
+def _with(config: Config, section: str, values: dict[str, Any]) -> Config:
+    data = config.to_dict()
+    data["channels"][section].update(values)
+    return Config.from_dict(data)
+
+
+@contextlib.contextmanager
+def _environment(
+    wanted: list[str] | None, config: Config, start_servers: bool, skipped: dict[str, str]
+) -> Iterator[tuple[list[str], Config]]:
+    """Yield the channels to measure and a config that reaches them."""
+    from afmi.testing import servers
+
+    names = list(CHANNELS) if wanted is None else list(wanted)
+    for name in names:
+        if name not in CHANNELS:
+            raise ArgumentError(f"the bench measures {', '.join(CHANNELS)}; not {name!r}")
+    usable: list[str] = []
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            try:
+                get_driver(name)
+            except ArgumentError as exc:
+                skipped[name] = f"driver not available ({exc})"
+                continue
+            if name == "redis" and start_servers:
+                try:
+                    url = stack.enter_context(servers.redis_server())
+                except Exception as exc:  # noqa: BLE001 - reported as skipped
+                    skipped[name] = f"no Redis server: {exc}"
+                    continue
+                config = _with(config, "redis", {"url": url})
+            if name == "s3" and not config.channels.s3.bucket:
+                if not start_servers:
+                    skipped[name] = "channels.s3.bucket is not configured"
+                    continue
+                try:
+                    server = stack.enter_context(servers.s3_server())
+                except Exception as exc:  # noqa: BLE001 - reported as skipped
+                    skipped[name] = f"no S3 server: {exc}"
+                    continue
+                for key, value in server.env().items():
+                    stack.callback(_restore, key, os.environ.get(key))
+                    os.environ[key] = value
+                config = _with(config, "s3", server.config(prefix="afmi-bench"))
+            usable.append(name)
+        yield usable, config
+
+
+def _restore(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+
+
+def _calibrate_channel(
+    channel: str, rows: list[dict[str, Any]], config: Config, opts: Options, ranks: list[int]
+) -> dict[str, float]:
+    """Fit one channel: the wire from its ping-pong rows, the rounds from a few collectives."""
+    budget = opts.budget()
+    params: dict[str, float] = dict(
+        calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in rows])
+    )
+    large = (1 << 18) if opts.quick else min(1 << 20, opts.collective_max_bytes)
+    points = []
+    for op in ("barrier", "bcast", "gather", "allreduce"):
+        for n in ranks:
+            for nbytes in [0] if op == "barrier" else [1, large]:
+                seconds = measure.collective_time(channel, op, n, nbytes, config, budget)
+                points.append((op, n, nbytes, seconds))
+    params.update(calibrate.fit_rounds(channel, params, points))
+    params["poll_interval_s"] = 0.0
+    return params
+
+
+def run_suite(
+    opts: Options, config: Config | None = None, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Run the bench; see the module docstring. Returns the JSON-ready results."""
+    config = config or Config()
+    say = progress or (lambda _m: None)
+    budget = opts.budget()
+    max_pp = min(opts.max_bytes, 1 << 20) if opts.quick else opts.max_bytes
+    pp_sizes = measure.sizes(max_pp, opts.quick)
+    coll_sizes = [8, 4096, 1 << 18] if opts.quick else measure.sizes(opts.collective_max_bytes)[::2]
+    coll_sizes = [s for s in coll_sizes if s <= opts.collective_max_bytes]
+    ranks = [r for r in opts.ranks if r >= 2]
+    results: dict[str, Any] = {
+        "afmi_bench": 1,
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "quick": opts.quick,
+        "channels": [],
+        "skipped": {},
+        "pingpong": [],
+        "collectives": [],
+        "anchors": {},
+        "calibration": None,
+    }
+    with _environment(opts.channels, config, opts.start_servers, results["skipped"]) as (
+        channels,
+        run_config,
+    ):
+        results["channels"] = channels
+        measured: list[str] = []
+        for ch in channels:
+            try:
+                if opts.pingpong or opts.calibrate:
+                    results["pingpong"] += measure.pingpong(ch, pp_sizes, run_config, budget, say)
+                measured.append(ch)
+            except Exception as exc:  # noqa: BLE001 - one broken channel must not end the run
+                results["skipped"][ch] = f"failed: {type(exc).__name__}: {exc}"
+        results["channels"] = measured
+        model_config = config
+        if opts.calibrate:
+            params = {}
+            for ch in measured:
+                say(f"calibrating {ch}")
+                rows = [r for r in results["pingpong"] if r["channel"] == ch]
+                params[ch] = _calibrate_channel(ch, rows, run_config, opts, ranks)
+            path = calibrate.write_model_file(opts.calibrate, params)
+            results["calibration"] = {"file": str(path), "channels": params}
+            model_config = dataclasses.replace(
+                config, model=dataclasses.replace(config.model, file=str(path))
+            )
+        if opts.collectives:
+            for ch in measured:
+                for op in opts.ops:
+                    for n in ranks:
+                        try:
+                            results["collectives"] += measure.collective_latency(
+                                ch, op, n, coll_sizes, run_config, budget, say
+                            )
+                        except Exception as exc:  # noqa: BLE001 - reported, run continues
+                            results["skipped"][f"{ch} {op} n={n}"] = f"{type(exc).__name__}: {exc}"
+    if opts.anchors:
+        say("anchor: blocking socket ping-pong")
+        try:
+            results["anchors"]["socket"] = anchors.socket_pingpong(pp_sizes, budget)
+        except Exception as exc:  # noqa: BLE001
+            results["anchors"]["socket"] = {"skipped": f"{type(exc).__name__}: {exc}"}
+        reason = anchors.mpi4py_unavailable()
+        if reason:
+            results["anchors"]["mpi4py"] = {"skipped": reason}
+        else:
+            say("anchor: mpi4py ping-pong over TCP")
+            try:
+                results["anchors"]["mpi4py"] = anchors.mpi4py_pingpong(pp_sizes, budget)
+            except Exception as exc:  # noqa: BLE001
+                results["anchors"]["mpi4py"] = {"skipped": str(exc)}
+    rows = results["pingpong"] + results["collectives"]
+    say("comparing with the model")
+    accuracy.annotate(rows, model_config)
+    results["model_source"] = (
+        f"calibrated in this run ({results['calibration']['file']})"
+        if results["calibration"]
+        else f"model file {config.model.file}"
+        if config.model.file
+        else "built-in defaults"
+    )
+    results["accuracy"] = accuracy.summarize(rows, model_config)
+    return results
+
+
+def default_model_path() -> Path:
+    """Where ``--calibrate`` writes when no file is named."""
+    return Path("afmi-model.json")

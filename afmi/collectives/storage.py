@@ -1,0 +1,190 @@
+"""Collective algorithms suited to storage channels (``redis``, ``s3``).
+
+On storage every message is an upload plus a download, and one stored
+payload can be read by any number of ranks. So:
+
+* :class:`StorageBcast` uploads the payload once (:meth:`Channel.publish`)
+  and every other rank reads it.
+* :class:`ScatterReduceAllreduce` is LambdaML's ScatterReduce: the array is
+  cut into ``size`` slices, rank ``j`` receives slice ``j`` from everybody,
+  reduces it, and publishes the reduced slice once; everybody reads all
+  reduced slices. Every rank moves about ``2·nbytes`` instead of the root
+  moving ``2·(size-1)·nbytes``. It runs numpy arrays with a built-in
+  (elementwise) op; on storage channels it is chosen from
+  ``MIN_SCATTER_BYTES`` on (a wrapper around the allreduce chooser that
+  leaves other channels to the rule installed before it).
+* :class:`StorageAllreduce` covers the rest: gather at rank 0, reduce in
+  rank order, publish the result once (LambdaML's AllReduce).
+
+Barriers use the generic algorithm (gather to rank 0 then release), which on
+storage is already two rounds of tiny messages that ride in keys or mailbox
+entries.
+
+Every algorithm here sets ``channels = {"redis", "s3"}``, so the registry
+prefers them on those channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from afmi.collectives.base import Algorithm, CollectiveContext, Step
+from afmi.collectives.linear import fold, gather_to
+from afmi.collectives.registry import Chooser, register, set_chooser
+from afmi.ops import Op
+from afmi.wire.serialize import encode
+
+__all__ = [
+    "MIN_SCATTER_BYTES",
+    "STORAGE_CHANNELS",
+    "ScatterReduceAllreduce",
+    "StorageAllreduce",
+    "StorageBcast",
+    "publish",
+]
+
+#: Channels these algorithms are meant for.
+STORAGE_CHANNELS = frozenset({"redis", "s3"})
+#: Smallest array for which ScatterReduce is chosen over reduce-then-publish. Below
+#: it, request latency dominates and ScatterReduce's ``size·(size-1)`` slice
+#: messages cost more than the root's extra bandwidth (see docs/storage.md).
+MIN_SCATTER_BYTES = 1024 * 1024
+
+
+async def publish(ctx: CollectiveContext, obj: Any, dests: list[int], sub: int = 0) -> None:
+    """Send ``obj`` to communicator ranks ``dests``, serialized and stored only once."""
+    dests = [d for d in dests if d != ctx.rank]
+    if not dests:
+        return
+    ep = ctx._ep
+    ep.check_alive()
+    header, buffers = encode(obj, allow_pickle=ep.config.pickle)
+    tag = ctx._tag(sub)
+    worlds = [ctx._group[d] for d in dests]
+    msgs = [ep.stamp(w, ctx._context, tag, header, buffers) for w in worlds]
+    await ep.channels[ctx.channel].publish(worlds, msgs)
+
+
+class _Storage(Algorithm):
+    channels = STORAGE_CHANNELS
+
+
+class StorageBcast(_Storage):
+    """One upload by the root, read by every other rank."""
+
+    collective = "bcast"
+    name = "storage_publish"
+
+    def steps(self, size: int, nbytes: int) -> list[Step]:
+        return [Step(1, nbytes, 1)] if size > 1 else []
+
+    async def run(self, ctx: CollectiveContext, *, obj: Any, root: int) -> Any:
+        if ctx.rank == root:
+            await publish(ctx, obj, list(range(ctx.size)))
+            return obj
+        return await ctx.recv(root)
+
+
+class ScatterReduceAllreduce(_Storage):
+    """LambdaML's ScatterReduce; see the module docstring."""
+
+    collective = "allreduce"
+    name = "scatter_reduce"
+
+    def applicable(self, size: int, nbytes: int, args: dict[str, Any]) -> bool:
+        x, op = args.get("x"), args.get("op")
+        return (
+            isinstance(x, np.ndarray)
+            and x.ndim > 0
+            and isinstance(op, Op)
+            and op.builtin
+            and op.name not in ("MAXLOC", "MINLOC")
+        )
+
+    def steps(self, size: int, nbytes: int) -> list[Step]:
+        part = -(-nbytes // max(size, 1))
+        return [Step(1, part, size - 1), Step(1, part, size - 1)]
+
+    async def run(self, ctx: CollectiveContext, *, x: Any, op: Op) -> Any:
+        n, me = ctx.size, ctx.rank
+        slices = np.array_split(np.ascontiguousarray(x).reshape(-1), n)
+        others = [r for r in range(n) if r != me]
+        # Round 1: slice j of every rank goes to rank j, which reduces it.
+        incoming = [asyncio.ensure_future(ctx.recv(r, 0)) for r in others]
+        try:
+            await asyncio.gather(*(ctx.send(slices[r], r, 0) for r in others))
+            received = await asyncio.gather(*incoming)
+        finally:
+            for f in incoming:
+                f.cancel()
+        parts: list[Any] = [None] * n
+        parts[me] = slices[me]
+        for r, v in zip(others, received):
+            parts[r] = v
+        mine = fold(op, parts)
+        # Round 2: each reduced slice is uploaded once and read by all.
+        results = [asyncio.ensure_future(ctx.recv(r, 1)) for r in others]
+        try:
+            await publish(ctx, mine, list(range(n)), 1)
+            reduced = await asyncio.gather(*results)
+        finally:
+            for f in results:
+                f.cancel()
+        pieces: list[Any] = [None] * n
+        pieces[me] = mine
+        for r, v in zip(others, reduced):
+            pieces[r] = v
+        return np.concatenate(pieces).reshape(x.shape)
+
+
+def _choose_allreduce(previous: Chooser | None) -> Chooser:
+    """On storage channels pick ScatterReduce from :data:`MIN_SCATTER_BYTES` on.
+
+    Every other channel keeps the rule that was installed before (``previous``).
+    """
+
+    def choose(
+        candidates: list[Algorithm],
+        size: int,
+        nbytes: int,
+        args: dict[str, Any],
+        ctx: CollectiveContext,
+    ) -> Algorithm:
+        if ctx.channel in STORAGE_CHANNELS:
+            by_name = {a.name: a for a in candidates}
+            big = size > 1 and nbytes >= MIN_SCATTER_BYTES
+            for name in ("scatter_reduce", "reduce_publish") if big else ("reduce_publish",):
+                if name in by_name:
+                    return by_name[name]
+        if previous is not None:
+            return previous(candidates, size, nbytes, args, ctx)
+        return candidates[0]
+
+    return choose
+
+
+class StorageAllreduce(_Storage):
+    """Reduce at rank 0 in rank order, then one upload of the result read by all."""
+
+    collective = "allreduce"
+    name = "reduce_publish"
+
+    def steps(self, size: int, nbytes: int) -> list[Step]:
+        return [Step(1, nbytes, max(size - 1, 0)), Step(1, nbytes, 1)]
+
+    async def run(self, ctx: CollectiveContext, *, x: Any, op: Op) -> Any:
+        values = await gather_to(ctx, x, 0, 0)
+        if ctx.rank == 0:
+            assert values is not None
+            result = fold(op, values)
+            await publish(ctx, result, list(range(ctx.size)), 1)
+            return result
+        return await ctx.recv(0, 1)
+
+
+for _cls in (StorageBcast, StorageAllreduce, ScatterReduceAllreduce):
+    register(_cls())
+set_chooser("allreduce", _choose_allreduce(set_chooser("allreduce", None)))

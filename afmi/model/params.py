@@ -1,0 +1,246 @@
+"""Per-channel model parameters: :class:`ChannelModel` and where its values come from.
+
+Values are resolved in this order (later wins): the built-in defaults below
+(AWS figures from FMI, ICS'23), the ``model`` table of ``Config.model.file``,
+then the keys set in ``Config.model.<channel>``. Units are in every name:
+seconds (``_s``), bytes per second, US dollars (``_usd``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from afmi.config import ChannelModelConfig, Config, FaasConfig
+from afmi.errors import ConfigError
+
+__all__ = [
+    "DEFAULTS",
+    "ChannelModel",
+    "FunctionPrice",
+    "channel_models",
+    "function_price",
+    "load_model_file",
+    "model_for",
+]
+
+
+@dataclass(frozen=True)
+class ChannelModel:
+    """Latency, bandwidth and prices of one channel.
+
+    One message of ``n`` bytes needs ``x(n) = min(n, L) / bandwidth_single_bytes_per_s
+    + max(n - L, 0) / bandwidth_large_bytes_per_s`` seconds on the wire, with
+    ``L = large_message_bytes`` (0: one bandwidth for all sizes). A round in
+    which a rank sends ``m`` messages of ``n`` bytes takes ``latency_s +
+    poll_interval_s / 2 + (m - 1) * per_message_s + x(n) * s`` seconds, where
+    ``s = 1`` for a lone message and ``s = m * single / min(m * single,
+    bandwidth_aggregate_bytes_per_s)`` otherwise; a collective call adds
+    ``call_overhead_s`` once. Every message costs ``price_per_request_usd`` to
+    write and ``reads_per_message * price_per_read_usd`` to read, every byte
+    moved ``price_per_gb_usd / 1e9``, and when ``include_infrastructure`` is set
+    the servers' hourly price is spread over ``requests_per_hour`` requests.
+    """
+
+    name: str
+    latency_s: float
+    bandwidth_single_bytes_per_s: float
+    bandwidth_aggregate_bytes_per_s: float
+    per_message_s: float = 0.0
+    poll_interval_s: float = 0.0
+    large_message_bytes: float = 0.0
+    bandwidth_large_bytes_per_s: float = 0.0
+    call_overhead_s: float = 0.0
+    price_per_request_usd: float = 0.0
+    price_per_read_usd: float = 0.0
+    reads_per_message: float = 1.0
+    price_per_gb_usd: float = 0.0
+    infrastructure_usd_per_hour: float = 0.0
+    requests_per_hour: float = 0.0
+    include_infrastructure: bool = True
+
+    def wire_time_s(self, nbytes: int) -> float:
+        """Seconds one message of ``nbytes`` spends on a single stream (no latency)."""
+        n = max(int(nbytes), 0)
+        limit = self.large_message_bytes
+        if limit <= 0 or n <= limit or self.bandwidth_large_bytes_per_s <= 0:
+            return n / self.bandwidth_single_bytes_per_s
+        return limit / self.bandwidth_single_bytes_per_s + (n - limit) / (
+            self.bandwidth_large_bytes_per_s
+        )
+
+    def round_time_s(self, messages: int, nbytes: int) -> float:
+        """Seconds for one round in which one rank sends ``messages`` messages of ``nbytes``."""
+        m = max(int(messages), 1)
+        single = self.bandwidth_single_bytes_per_s
+        share = 1.0
+        if m > 1:
+            share = m * single / min(m * single, self.bandwidth_aggregate_bytes_per_s)
+        return (
+            self.latency_s
+            + self.poll_interval_s / 2
+            + (m - 1) * self.per_message_s
+            + self.wire_time_s(nbytes) * share
+        )
+
+    def infrastructure_usd_per_request(self) -> float:
+        """Share of the hourly server price charged to one request (0 if not included)."""
+        if not self.include_infrastructure or self.infrastructure_usd_per_hour == 0:
+            return 0.0
+        if self.requests_per_hour <= 0:
+            return 0.0
+        return self.infrastructure_usd_per_hour / self.requests_per_hour
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parameters as a dict without ``name`` (the keys of ``model.<channel>``)."""
+        d = dataclasses.asdict(self)
+        d.pop("name")
+        return d
+
+
+#: Built-in defaults. ``direct``, ``redis`` and ``s3`` are the AWS figures of
+#: FMI's model (ms and MB/s converted to s and bytes/s, 1 MB = 10**6 bytes).
+#: ``local`` (in-process queues) is an estimate for one machine; calibrate it.
+DEFAULTS: dict[str, ChannelModel] = {
+    "local": ChannelModel(
+        name="local",
+        latency_s=20e-6,
+        per_message_s=10e-6,
+        bandwidth_single_bytes_per_s=5e9,
+        bandwidth_aggregate_bytes_per_s=5e9,
+    ),
+    "direct": ChannelModel(
+        name="direct",
+        latency_s=0.34e-3,
+        per_message_s=20e-6,
+        bandwidth_single_bytes_per_s=400e6,
+        bandwidth_aggregate_bytes_per_s=400e6,
+        infrastructure_usd_per_hour=0.0134,  # rendezvous VM
+        requests_per_hour=1e6,
+    ),
+    "redis": ChannelModel(
+        name="redis",
+        latency_s=5.2e-3,
+        per_message_s=0.1e-3,
+        bandwidth_single_bytes_per_s=100e6,
+        bandwidth_aggregate_bytes_per_s=400e6,
+        infrastructure_usd_per_hour=0.038,  # cache.t3.small-class instance
+        requests_per_hour=1e6,
+    ),
+    "s3": ChannelModel(
+        name="s3",
+        latency_s=40.4e-3,
+        per_message_s=1e-3,
+        poll_interval_s=5e-3,
+        bandwidth_single_bytes_per_s=50e6,
+        bandwidth_aggregate_bytes_per_s=400e6,
+        price_per_request_usd=5.4e-6,  # PUT
+        price_per_read_usd=4.3e-7,  # GET
+        reads_per_message=2.0,
+    ),
+}
+
+_FIELDS = [f.name for f in dataclasses.fields(ChannelModelConfig)]
+
+
+@dataclass(frozen=True)
+class FunctionPrice:
+    """What function time costs: every participating function pays for the whole operation."""
+
+    gib_second_usd: float
+    memory_gib: float
+
+    def usd(self, seconds: float, functions: int) -> float:
+        """Dollars for ``functions`` functions each running ``seconds``."""
+        return self.gib_second_usd * self.memory_gib * seconds * functions
+
+
+def function_price(faas: FaasConfig) -> FunctionPrice:
+    """The function price of ``Config.faas`` (memory in MiB converted to GiB)."""
+    return FunctionPrice(gib_second_usd=faas.gib_second_price, memory_gib=faas.memory_mb / 1024)
+
+
+def load_model_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read the per-channel tables of a model file (the ``model`` table of a config file).
+
+    The file is validated as a config file, so a typo in a key is an error
+    that names it.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read model file {p} (config key model.file): {exc.strerror}"
+        ) from exc
+    try:
+        data = tomllib.loads(raw.decode()) if p.suffix == ".toml" else json.loads(raw)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"model file {p} is not valid JSON/TOML: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise ConfigError(
+            f"model file {p} must hold a 'model' table (as afmi bench --calibrate writes)"
+        )
+    table = dict(data["model"])
+    if "file" in table:
+        raise ConfigError(f"model file {p} must not name another model file (model.file)")
+    cfg = Config.from_dict({"model": table})
+    return {name: getattr(cfg.model, name).overrides() for name in DEFAULTS if name in table}
+
+
+def _mtime(config: Config) -> float:
+    if not config.model.file:
+        return 0.0
+    try:
+        return Path(config.model.file).stat().st_mtime
+    except OSError:
+        return -1.0  # reported by load_model_file
+
+
+def _resolve(config: Config, mtime: float) -> dict[str, ChannelModel]:
+    try:
+        return _resolve_cached(config, mtime)
+    except TypeError:  # a config holding unhashable values: resolve without the cache
+        return _resolve_uncached(config)
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve_cached(config: Config, mtime: float) -> dict[str, ChannelModel]:
+    return _resolve_uncached(config)
+
+
+def _resolve_uncached(config: Config) -> dict[str, ChannelModel]:
+    layers: list[dict[str, dict[str, Any]]] = []
+    if config.model.file:
+        layers.append(load_model_file(config.model.file))
+    layers.append({name: getattr(config.model, name).overrides() for name in DEFAULTS})
+    out: dict[str, ChannelModel] = {}
+    for name, base in DEFAULTS.items():
+        values: dict[str, Any] = {}
+        for layer in layers:
+            values.update(layer.get(name, {}))
+        model = dataclasses.replace(base, **values)
+        if not (math.isfinite(model.latency_s) and model.bandwidth_single_bytes_per_s > 0):
+            raise ConfigError(f"model.{name}: latency and bandwidth must be finite and > 0")
+        out[name] = model
+    return out
+
+
+def channel_models(config: Config | None = None) -> dict[str, ChannelModel]:
+    """Every known channel's model for ``config`` (defaults, model file, overrides)."""
+    config = config if config is not None else Config()
+    return dict(_resolve(config, _mtime(config)))
+
+
+def model_for(name: str, config: Config | None = None) -> ChannelModel:
+    """The model of channel ``name``; a channel afmi does not know gets ``direct``'s figures."""
+    models = channel_models(config)
+    if name in models:
+        return models[name]
+    return dataclasses.replace(models["direct"], name=name)

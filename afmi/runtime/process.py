@@ -1,0 +1,190 @@
+"""``afmi run -n N script.py [args]``: start N ranks as local processes.
+
+The launcher starts an embedded rendezvous service, then N processes with
+``AFMI_RANK``, ``AFMI_SIZE``, ``AFMI_JOB``, ``AFMI_CHANNEL``,
+``AFMI_RENDEZVOUS`` and ``AFMI_TOKEN`` in their environment, so that
+``async with afmi.connect() as comm:`` in the script joins the job. Output is
+streamed line by line, prefixed with the rank (``[2] ...``). When a rank
+exits with an error the others are stopped (SIGTERM, then SIGKILL after a
+grace period) and the launcher exits with that rank's code; Ctrl-C stops all.
+
+From Python, :func:`run_processes` does the same and returns the exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import IO
+
+from afmi.errors import ArgumentError
+from afmi.launch import new_event_loop
+from afmi.rendezvous.server import RendezvousServer
+
+__all__ = ["HELP", "add_arguments", "main", "run_processes"]
+
+HELP = "run a script on N local processes joined into one afmi job"
+
+#: Seconds between SIGTERM and SIGKILL when stopping ranks.
+GRACE = 3.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``afmi run``."""
+    parser.add_argument("-n", "--np", type=int, required=True, help="number of ranks")
+    parser.add_argument(
+        "--channel", default="direct", help="channel the ranks use (AFMI_CHANNEL; default direct)"
+    )
+    parser.add_argument("--job", default=None, help="job name (default: a fresh unique name)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address of the embedded rendezvous service"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="stop every rank after this many seconds"
+    )
+    parser.add_argument("script", help="Python script (*.py) or executable to run on every rank")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
+
+
+def _command(script: str, args: Sequence[str]) -> list[str]:
+    if script.endswith(".py"):
+        if not os.path.exists(script):
+            raise ArgumentError(f"script {script!r} does not exist")
+        return [sys.executable, script, *args]
+    return [script, *args]
+
+
+async def _pump(stream: asyncio.StreamReader, rank: int, out: IO[str]) -> None:
+    while line := await stream.readline():
+        out.write(f"[{rank}] {line.decode(errors='replace')}")
+        if not line.endswith(b"\n"):
+            out.write("\n")
+        out.flush()
+
+
+async def _stop(procs: list[asyncio.subprocess.Process]) -> None:
+    alive = [p for p in procs if p.returncode is None]
+    for p in alive:
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(signal.SIGTERM)
+    if not alive:
+        return
+    _, late = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in alive], timeout=GRACE)
+    for p in alive:
+        if p.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+    for p in alive:
+        await p.wait()
+    for fut in late:
+        await fut
+
+
+async def run_processes(
+    command: Sequence[str],
+    size: int,
+    *,
+    channel: str = "direct",
+    job: str | None = None,
+    env: Mapping[str, str] | None = None,
+    host: str = "127.0.0.1",
+    timeout: float | None = None,
+    output: IO[str] | None = None,
+) -> list[int]:
+    """Run ``command`` as ranks ``0..size-1``; return their exit codes in rank order.
+
+    If a rank fails (non-zero exit) the others are stopped. ``timeout`` stops
+    all ranks after that many seconds (their codes are then negative signal
+    numbers). Cancelling the call stops every rank before it returns.
+    """
+    if type(size) is not int or size < 1:
+        raise ArgumentError(f"-n must be a positive number of ranks, got {size!r}")
+    out = output if output is not None else sys.stdout
+    job = job or f"run-{uuid.uuid4().hex[:12]}"
+    base = dict(os.environ if env is None else env)
+    procs: list[asyncio.subprocess.Process] = []
+    pumps: list[asyncio.Task[None]] = []
+    async with RendezvousServer(host, 0) as rdv:
+        token = secrets.token_urlsafe(24)
+        try:
+            for rank in range(size):
+                child_env = dict(base)
+                child_env.update(
+                    AFMI_RANK=str(rank),
+                    AFMI_SIZE=str(size),
+                    AFMI_JOB=job,
+                    AFMI_CHANNEL=channel,
+                    AFMI_RENDEZVOUS=rdv.address,
+                    AFMI_TOKEN=token,
+                    PYTHONUNBUFFERED="1",
+                )
+                proc = await asyncio.create_subprocess_exec(
+                    *command,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=child_env,
+                )
+                procs.append(proc)
+                assert proc.stdout is not None
+                pumps.append(asyncio.ensure_future(_pump(proc.stdout, rank, out)))
+            async with asyncio.timeout(timeout):
+                waits = {asyncio.ensure_future(p.wait()): p for p in procs}
+                pending = set(waits)
+                while pending:
+                    done, pending = await asyncio.wait(pending, return_when="FIRST_COMPLETED")
+                    if any(waits[d].returncode for d in done):
+                        break
+                for fut in pending:
+                    fut.cancel()
+        except TimeoutError:
+            out.write(f"afmi run: job {job} stopped after {timeout} s\n")
+        finally:
+            await _stop(procs)
+            for t in pumps:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(t, 5.0)
+    return [p.returncode if p.returncode is not None else -9 for p in procs]
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of ``afmi run``; returns the exit code of the first failing rank."""
+    try:
+        command = _command(args.script, [a for a in args.args if a != "--"] if args.args else [])
+    except ArgumentError as exc:
+        print(f"afmi run: {exc}", file=sys.stderr)
+        return 2
+    runner = asyncio.Runner(loop_factory=new_event_loop)
+    try:
+        codes = runner.run(
+            run_processes(
+                command,
+                args.np,
+                channel=args.channel,
+                job=args.job,
+                host=args.host,
+                timeout=args.timeout,
+            )
+        )
+    except ArgumentError as exc:
+        print(f"afmi run: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("afmi run: interrupted, ranks stopped", file=sys.stderr)
+        return 130
+    finally:
+        runner.close()
+    # Ranks that exited by themselves with an error first, then ranks stopped by a signal.
+    failed = sorted(((r, c) for r, c in enumerate(codes) if c != 0), key=lambda rc: rc[1] < 0)
+    if not failed:
+        return 0
+    rank, code = failed[0]
+    print(f"afmi run: rank {rank} exited with code {code}", file=sys.stderr)
+    return code if 0 < code < 256 else 1

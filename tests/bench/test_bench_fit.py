@@ -1,0 +1,110 @@
+"""Calibration math on synthetic data made by the model itself."""
+
+import json
+
+import pytest
+
+from afmi.bench import calibrate
+from afmi.config import Config
+from afmi.model import ChannelModel, FunctionPrice, channel_models, predict
+from afmi.model.select import candidates
+
+SIZES = [1 << e for e in range(0, 25)]
+
+
+def test_latency_and_bandwidth_are_recovered():
+    pts = [(n, 40e-6 + n / 2e9) for n in SIZES]
+    lat, bw = calibrate.fit_latency_bandwidth(pts)
+    assert lat == pytest.approx(40e-6, rel=1e-6)
+    assert bw == pytest.approx(2e9, rel=1e-6)
+
+
+def test_two_regimes_are_found_when_large_messages_slow_down():
+    def t(n):
+        return 30e-6 + min(n, 1 << 20) / 5e9 + max(n - (1 << 20), 0) / 1e9
+
+    fit = calibrate.fit_wire([(n, t(n)) for n in SIZES])
+    assert fit["large_message_bytes"] == 1 << 20
+    assert fit["bandwidth_large_bytes_per_s"] == pytest.approx(1e9, rel=1e-3)
+    model = ChannelModel(name="x", bandwidth_aggregate_bytes_per_s=1e12, **fit)
+    for n in SIZES:
+        assert model.round_time_s(1, n) == pytest.approx(t(n), rel=1e-3)
+
+
+def test_one_regime_is_kept_when_enough():
+    fit = calibrate.fit_wire([(n, 30e-6 + n / 5e9) for n in SIZES])
+    assert fit["large_message_bytes"] == 0
+
+
+def test_rounds_are_recovered_from_collective_timings():
+    truth = ChannelModel(
+        name="local",
+        latency_s=30e-6,
+        bandwidth_single_bytes_per_s=5e9,
+        bandwidth_aggregate_bytes_per_s=3e9,
+        per_message_s=12e-6,
+        call_overhead_s=8e-6,
+    )
+    free = FunctionPrice(0.0, 0.0)
+    points = []
+    for op in ("barrier", "bcast", "gather", "allreduce"):
+        for ranks in (2, 4, 8):
+            for nbytes in [0] if op == "barrier" else [1, 1 << 20]:
+                alg = candidates(op, "local", ranks, nbytes)[0]
+                points.append(
+                    (op, ranks, nbytes, predict(op, nbytes, ranks, alg, truth, free).time_s)
+                )
+    wire = {
+        "latency_s": 30e-6,
+        "bandwidth_single_bytes_per_s": 5e9,
+        "large_message_bytes": 0.0,
+        "bandwidth_large_bytes_per_s": 5e9,
+    }
+    fit = calibrate.fit_rounds("local", wire, points)
+    assert fit["per_message_s"] == pytest.approx(12e-6, rel=1e-6)
+    assert fit["call_overhead_s"] == pytest.approx(8e-6, rel=1e-6)
+    assert fit["bandwidth_aggregate_bytes_per_s"] == pytest.approx(3e9, rel=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_model_file_round_trips_through_config(tmp_path, suffix):
+    params = {
+        "latency_s": 3.5e-5,
+        "per_message_s": 1.25e-5,
+        "bandwidth_single_bytes_per_s": 4.5e9,
+        "bandwidth_aggregate_bytes_per_s": 6e9,
+        "call_overhead_s": 2e-6,
+    }
+    path = calibrate.write_model_file(tmp_path / f"model{suffix}", {"local": params})
+    direct = Config.from_file(path)
+    assert direct.model.local.latency_s == 3.5e-5
+    assert direct.model.calibrated and "afmi bench --calibrate" in direct.model.calibrated
+    for cfg in (direct, Config.from_dict({"model": {"file": str(path)}})):
+        local = channel_models(cfg)["local"]
+        for key, value in params.items():
+            assert getattr(local, key) == value
+        assert channel_models(cfg)["s3"] == channel_models(Config())["s3"]
+    if suffix == ".json":
+        assert set(json.loads(path.read_text())["model"]) == {"calibrated", "local"}
+
+
+def test_accuracy_summary_judges_time_and_choice():
+    from afmi.bench.accuracy import annotate, summarize
+
+    rows = [
+        {"channel": "local", "nbytes": 1, "latency_s": 20e-6},
+        {"channel": "s3", "nbytes": 1, "latency_s": 50e-3},
+        {"channel": "local", "op": "bcast", "ranks": 4, "nbytes": 8, "latency_s": 1.0},
+        {"channel": "s3", "op": "bcast", "ranks": 4, "nbytes": 8, "latency_s": 0.5},
+    ]
+    cfg = Config()
+    annotate(rows, cfg)
+    assert rows[0]["predicted_s"] == pytest.approx(20e-6, rel=1e-3)  # local default latency
+    assert rows[0]["rel_error"] == pytest.approx(0.0, abs=1e-3)
+    acc = summarize(rows, cfg)
+    assert acc["points"] == 4
+    assert acc["choice_points"] == 2 and acc["choice_correct"] == 1
+    assert acc["choice_misses"] == [
+        {"op": "bcast", "ranks": 4, "nbytes": 8, "picked": "local", "fastest": "s3"}
+    ]
+    assert acc["within_tolerance"] >= 1 and acc["max_abs_rel_error"] > 0.3

@@ -1,0 +1,173 @@
+"""A tiny real `afmi bench --quick` run on the local channel, anchors, plots, the loader hook."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from afmi.bench import anchors, measure
+from afmi.config import Config
+
+TINY = [
+    "--quick",
+    "--channels",
+    "local",
+    "--ranks",
+    "2",
+    "--ops",
+    "barrier,allreduce",
+    "--max-size",
+    "4KiB",
+    "--collective-max-size",
+    "4KiB",
+    "--seconds-per-point",
+    "0.02",
+]
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    import os
+    from pathlib import Path
+
+    tmp = tmp_path_factory.mktemp("bench")
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "afmi",
+            "bench",
+            *TINY,
+            "--json",
+            str(tmp / "out.json"),
+            "--calibrate",
+            str(tmp / "model.json"),
+            "--no-anchors",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        cwd=tmp,
+    )
+    return res, tmp
+
+
+def test_quick_run_writes_json(bench_run):
+    res, tmp = bench_run
+    assert res.returncode == 0, res.stderr
+    data = json.loads((tmp / "out.json").read_text())
+    assert data["channels"] == ["local"]
+    assert data["quick"] is True
+    assert [r["nbytes"] for r in data["pingpong"]] == [1, 16, 256, 4096]
+    for r in data["pingpong"]:
+        assert r["channel"] == "local"
+        assert r["latency_s"] > 0 and r["bandwidth_bytes_per_s"] > 0 and r["iterations"] >= 2
+        assert r["predicted_s"] > 0
+    ops = {(r["op"], r["ranks"]) for r in data["collectives"]}
+    assert ops == {("barrier", 2), ("allreduce", 2)}
+    assert all(r["latency_s"] > 0 and r["algorithm"] for r in data["collectives"])
+    acc = data["accuracy"]
+    assert acc["points"] == len(data["pingpong"]) + len(data["collectives"])
+    assert 0 <= acc["within_tolerance"] <= acc["points"]
+    assert acc["choice_points"] == 0 and "one channel" in acc["choice_note"]
+    assert "calibrated in this run" in data["model_source"]
+
+
+def test_quick_run_prints_tables_and_progress(bench_run):
+    res, _ = bench_run
+    assert "Ping-pong (half round trip" in res.stdout
+    assert "Collective latency" in res.stdout
+    assert "Model accuracy" in res.stdout
+    assert "ping-pong local" in res.stderr  # progress goes to stderr
+    assert "skipped" not in res.stdout  # only local was asked for
+
+
+def test_calibration_file_loads_in_config(bench_run):
+    _, tmp = bench_run
+    from afmi.model import channel_models
+
+    cfg = Config.from_dict({"model": {"file": str(tmp / "model.json")}})
+    local = channel_models(cfg)["local"]
+    assert local.latency_s > 0 and local.bandwidth_single_bytes_per_s > 0
+    assert local != channel_models(Config())["local"]
+
+
+def test_plots_are_png(bench_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    from afmi.bench.report import write_plots
+
+    _, tmp = bench_run
+    data = json.loads((tmp / "out.json").read_text())
+    paths = write_plots(data, tmp_path)
+    assert {p.name for p in paths} == {
+        "pingpong_latency.png",
+        "pingpong_bandwidth.png",
+        "collectives_latency.png",
+    }
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_socket_anchor_measures_and_cleans_up():
+    rows = anchors.socket_pingpong([1, 1024], measure.Budget(5, 5, 1, 1, 0.05, 2))
+    assert [r["nbytes"] for r in rows] == [1, 1024]
+    assert all(r["latency_s"] > 0 and r["channel"] == "socket" for r in rows)
+
+
+def test_mpi4py_anchor_runs_or_says_why_not():
+    reason = anchors.mpi4py_unavailable()
+    if reason is not None:
+        assert "mpi" in reason.lower()
+        with pytest.raises(RuntimeError, match="mpi"):
+            anchors.mpi4py_pingpong([1])
+        return
+    rows = anchors.mpi4py_pingpong([1, 1024], measure.Budget(5, 5, 1, 1, 0.05, 2), timeout=120)
+    assert [r["nbytes"] for r in rows] == [1, 1024]
+    assert all(r["latency_s"] > 0 for r in rows)
+
+
+def test_sizes_and_budget():
+    assert measure.sizes(1 << 24) == [1 << e for e in range(25)]
+    assert measure.sizes(1 << 20, quick=True) == [1, 16, 256, 4096, 65536, 1 << 20]
+    b = measure.Budget()
+    assert b.plan(8192) == (100, 1000) and b.plan(8193) == (10, 100)
+    assert b.cap(1000, 0.01) == 100 and b.cap(1000, 10.0) == b.min_iters
+
+
+def test_bench_rejects_unknown_channels(subprocess_env):
+    res = subprocess.run(
+        [sys.executable, "-m", "afmi", "bench", "--channels", "pigeon"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2 and "not 'pigeon'" in res.stderr
+
+
+def test_bench_loader_hook(subprocess_env):
+    try:
+        import afmi.bench.loader  # noqa: F401
+    except ModuleNotFoundError:
+        res = subprocess.run(
+            [sys.executable, "-m", "afmi", "bench", "loader"],
+            env=subprocess_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 2 and "not part of this build" in res.stderr
+    else:
+        res = subprocess.run(
+            [sys.executable, "-m", "afmi", "bench", "loader", "--help"],
+            env=subprocess_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 0

@@ -1,0 +1,230 @@
+"""The direct channel over real sockets in one event loop."""
+
+import asyncio
+import functools
+import os
+
+import numpy as np
+import pytest
+
+import afmi
+from afmi.channels.direct import DirectChannel, DirectDriver
+from afmi.config import Config
+from afmi.rendezvous import RendezvousServer
+from afmi.testing import conformance
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("case", conformance.CASES, ids=conformance.case_id)
+async def test_direct_conformance(case):
+    await case(functools.partial(afmi.launch_local, channel="direct", timeout=60))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in conformance.CASES if conformance.case_id(c) in {"large_array", "both_send_first"}],
+    ids=conformance.case_id,
+)
+async def test_direct_conformance_relay(case):
+    """Forcing the relay path: the same guarantees through the rendezvous service."""
+    cfg = {"channels": {"direct": {"mode": "relay"}}}
+    await case(functools.partial(afmi.launch_local, channel="direct", config=cfg, timeout=60))
+
+
+async def _links(comm):
+    await comm.barrier()
+    got = await comm.sendrecv(np.arange(1000) + comm.rank, (comm.rank + 1) % comm.size)
+    return comm.endpoint.channels["direct"].stats()["links"], int(got[0])
+
+
+async def test_simultaneous_open_path():
+    """mode=punch: every pair links by TCP simultaneous open (nobody listens)."""
+    cfg = {"channels": {"direct": {"mode": "punch", "punch_timeout": 20.0, "relay": False}}}
+    out = await afmi.launch_local(_links, 3, channel="direct", config=cfg, timeout=60)
+    for rank, (links, first) in enumerate(out):
+        assert links == {p: "punch" for p in range(3) if p != rank}
+        assert first == (rank - 1) % 3
+
+
+async def test_relay_path_reports_relay_links():
+    cfg = {"channels": {"direct": {"mode": "relay"}}}
+    out = await afmi.launch_local(_links, 3, channel="direct", config=cfg, timeout=60)
+    for rank, (links, first) in enumerate(out):
+        assert links == {p: "relay" for p in range(3) if p != rank}
+        assert first == (rank - 1) % 3
+
+
+async def test_listen_mode_links_every_pair_once():
+    out = await afmi.launch_local(_links, 4, channel="direct", timeout=60)
+    for rank, (links, _) in enumerate(out):
+        assert links == {p: "listen" for p in range(4) if p != rank}
+
+
+@pytest.mark.parametrize("mode", ["listen", "relay"])
+async def test_group_leaves_no_socket_or_task(mode):
+    cfg = {"channels": {"direct": {"mode": mode}}}
+    before_fds, before_tasks = _open_fds(), len(asyncio.all_tasks())
+    for _ in range(2):
+        await afmi.launch_local(_links, 3, channel="direct", config=cfg, timeout=60)
+    await asyncio.sleep(0.05)
+    assert _open_fds() == before_fds
+    assert len(asyncio.all_tasks()) == before_tasks
+
+
+@pytest.mark.parametrize("mode", ["listen", "relay"])
+async def test_peer_closing_is_not_a_failure_but_a_broken_link_is(mode):
+    failures: dict[int, list[afmi.ChannelError]] = {0: [], 1: [], 2: []}
+    async with RendezvousServer() as rdv:
+        cfg = Config.from_dict({"channels": {"direct": {"mode": mode}}}).channels.direct
+        chans = await asyncio.gather(
+            *(DirectChannel.open(r, 3, "j", "tok", rdv.address, cfg) for r in range(3))
+        )
+        for ch in chans:
+            ch.start(lambda m: None, failures[ch.rank].append)
+        await chans[1].aclose()  # graceful: a goodbye
+        await asyncio.sleep(0.05)
+        assert failures == {0: [], 1: [], 2: []}
+        with pytest.raises(afmi.ChannelError, match="rank 1 has closed"):
+            await chans[0].send(1, _msg())
+        chans[2]._links[0].abort()  # a broken connection
+        for _ in range(100):
+            if failures[0] and failures[2]:
+                break
+            await asyncio.sleep(0.01)
+        assert [e.peer for e in failures[0]] == [2]
+        assert [e.peer for e in failures[2]] == [0]
+        assert "rank 2" in str(failures[0][0])
+        for ch in chans:
+            await ch.aclose()
+        assert not rdv.jobs()
+
+
+def _msg(n: int = 0):
+    from afmi.wire.message import Message
+
+    return Message(0, 0, 0, 0, b"\x90", [bytearray(n)] if n else [])
+
+
+async def test_wrong_token_cannot_join_and_failed_opens_leave_nothing():
+    before_fds, before_tasks = _open_fds(), len(asyncio.all_tasks())
+    async with RendezvousServer() as rdv:
+        cfg = Config.from_dict({"channels": {"direct": {"connect_timeout": 5.0}}}).channels.direct
+        good = asyncio.ensure_future(DirectChannel.open(0, 2, "j", "right", rdv.address, cfg))
+        await asyncio.sleep(0.05)
+        with pytest.raises(afmi.ChannelError, match="wrong token"):
+            await DirectChannel.open(1, 2, "j", "wrong", rdv.address, cfg)
+        good.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await good
+    await asyncio.sleep(0.05)
+    assert _open_fds() == before_fds
+    assert len(asyncio.all_tasks()) == before_tasks
+
+
+async def test_stranger_on_listen_port_is_rejected():
+    """A connection that fails the handshake never becomes a link."""
+    async with RendezvousServer() as rdv:
+        cfg = Config().channels.direct
+        opening = asyncio.ensure_future(DirectChannel.open(1, 2, "j", "tok", rdv.address, cfg))
+        for _ in range(200):
+            if rdv.jobs():
+                break
+            await asyncio.sleep(0.01)
+        server_port = None
+        for _ in range(200):
+            job = rdv._jobs.get("j")
+            if job and 1 in job.members:
+                server_port = job.members[1].endpoint[1]
+                break
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server_port)
+        writer.write(b"GET / HTTP/1.1\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 10)  # our HELLO, then the link is dropped
+        assert data.startswith(b"af") and len(data) < 200
+        writer.close()
+        # Rank 0 with the right token still links.
+        ch0 = await DirectChannel.open(0, 2, "j", "tok", rdv.address, cfg)
+        ch1 = await opening
+        assert ch0.stats()["links"] == {1: "listen"} and ch1.stats()["links"] == {0: "listen"}
+        await ch0.aclose()
+        await ch1.aclose()
+
+
+def test_driver_connect_needs_rendezvous_and_token():
+    async def go(env):
+        await DirectDriver().connect(0, 2, "j", Config(), env)
+
+    with pytest.raises(afmi.ArgumentError, match="AFMI_RENDEZVOUS"):
+        asyncio.run(go({}))
+    with pytest.raises(afmi.ArgumentError, match="AFMI_TOKEN"):
+        asyncio.run(go({"AFMI_RENDEZVOUS": "127.0.0.1:1"}))
+    with pytest.raises(afmi.ArgumentError, match="host:port"):
+        asyncio.run(go({"AFMI_RENDEZVOUS": "nowhere", "AFMI_TOKEN": "t"}))
+
+
+def test_config_validates_direct_keys():
+    with pytest.raises(afmi.ConfigError, match=r"channels\.direct\.mode"):
+        Config.from_dict({"channels": {"direct": {"mode": "carrier-pigeon"}}})
+    with pytest.raises(afmi.ConfigError, match="punch_timeout"):
+        Config.from_dict({"channels": {"direct": {"punch_timeout": 0}}})
+
+
+def test_run_local_direct_uses_real_sockets():
+    async def main(comm):
+        return await comm.allreduce(comm.rank)
+
+    assert afmi.run_local(main, 3, channel="direct", timeout=60) == [3, 3, 3]
+
+
+async def test_connect_reads_environment_and_leaves_nothing_behind():
+    before_fds, before_tasks = _open_fds(), len(asyncio.all_tasks())
+    async with RendezvousServer() as rdv:
+        env = {"AFMI_RENDEZVOUS": rdv.address, "AFMI_TOKEN": "t", "AFMI_JOB": "envjob"}
+
+        async def rank(r):
+            async with afmi.connect(rank=r, size=2, channel="direct", env=env) as comm:
+                return await comm.allreduce(comm.rank + 1)
+
+        assert await asyncio.gather(rank(0), rank(1)) == [3, 3]
+    await asyncio.sleep(0.05)
+    assert _open_fds() == before_fds
+    assert len(asyncio.all_tasks()) == before_tasks
+
+
+async def test_links_use_nodelay_and_keepalive():
+    import socket
+
+    async def opts(comm):
+        link = comm.endpoint.channels["direct"]._links[1 - comm.rank]
+        sock = link.transport.get_extra_info("socket")
+        return (
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0,
+        )
+
+    assert await afmi.launch_local(opts, 2, channel="direct") == [(True, True)] * 2
+
+
+@pytest.mark.parametrize("mode", ["listen", "punch", "relay"])
+async def test_missing_rank_times_out_clearly_and_leaves_nothing(mode):
+    before_fds, before_tasks = _open_fds(), len(asyncio.all_tasks())
+    async with RendezvousServer() as rdv:
+        cfg = Config.from_dict(
+            {"channels": {"direct": {"mode": mode, "connect_timeout": 0.3}}}
+        ).channels.direct
+        with pytest.raises(afmi.ChannelError, match=r"no link to ranks \[1\] within 0\.3 s"):
+            await DirectChannel.open(0, 2, "j", "tok", rdv.address, cfg)
+    await asyncio.sleep(0.05)
+    assert _open_fds() == before_fds
+    assert len(asyncio.all_tasks()) == before_tasks
+
+
+async def test_unreachable_rendezvous_is_a_clear_error():
+    from afmi.testing.servers import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(afmi.ChannelError, match="cannot reach the rendezvous service"):
+        await DirectChannel.open(0, 2, "j", "tok", address, Config().channels.direct)

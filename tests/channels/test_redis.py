@@ -1,0 +1,339 @@
+"""The Redis channel against a real Redis server: conformance, leaks, errors, chunking."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import shutil
+import subprocess
+import uuid
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+import afmi
+from afmi.channels.redis import RedisChannel, RedisEndpoint
+from afmi.config import Config
+from afmi.testing import conformance
+from afmi.testing.servers import free_port, wait_for_port
+
+PREFIX = "afmi-test"
+
+
+def config(url: str, **redis: object) -> Config:
+    return Config.from_dict({"channels": {"redis": {"url": url, "prefix": PREFIX, **redis}}})
+
+
+def new_job() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+async def job_keys(url: str, job: str) -> list[bytes]:
+    client = aioredis.Redis.from_url(url)
+    try:
+        return [k async for k in client.scan_iter(match=f"{PREFIX}:{job}:*")]
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("case", conformance.CASES, ids=conformance.case_id)
+async def test_redis_conformance(case, redis_url):
+    job = new_job()
+    cfg = config(redis_url, chunk_bytes=256 * 1024)
+    run = functools.partial(afmi.launch_local, channel="redis", config=cfg, timeout=60, job=job)
+    await case(run)
+    assert await job_keys(redis_url, job) == []
+
+
+STREAMED_CASES = [c for c in conformance.CASES if "large" in c.__name__ or "isend" in c.__name__]
+
+
+@pytest.mark.parametrize("case", STREAMED_CASES, ids=conformance.case_id)
+async def test_redis_conformance_streamed(case, redis_url):
+    job = new_job()
+    cfg = config(redis_url, chunk_bytes=16 * 1024, inline_bytes=1024, stream_min_chunks=2)
+    await case(
+        functools.partial(afmi.launch_local, channel="redis", config=cfg, timeout=60, job=job)
+    )
+    assert await job_keys(redis_url, job) == []
+
+
+async def _send_unreceived(comm, nbytes):
+    if comm.rank == 0:
+        await comm.send(np.ones(nbytes // 8), 1)
+        await comm.send("small", 1)
+        await comm.send(np.ones(nbytes // 8), 1)  # never received
+    await comm.barrier()
+    return comm.rank
+
+
+@pytest.mark.parametrize("stream", [0, 2])
+async def test_unreceived_messages_leave_no_keys(redis_url, stream):
+    job = new_job()
+    cfg = config(redis_url, chunk_bytes=64 * 1024, inline_bytes=1024, stream_min_chunks=stream)
+    out = await afmi.launch_local(
+        _send_unreceived, 2, 300_000, channel="redis", config=cfg, job=job, timeout=30
+    )
+    assert out == [0, 1]
+    assert await job_keys(redis_url, job) == []
+
+
+async def _hang(comm):
+    if comm.rank == 0:
+        await comm.send(np.ones(100_000), 1)
+        await comm.recv(1)  # never sent: the job times out
+    await asyncio.sleep(30)
+
+
+@pytest.mark.parametrize("stream", [0, 2])
+async def test_timeout_leaves_no_keys(redis_url, stream):
+    job = new_job()
+    cfg = config(redis_url, chunk_bytes=64 * 1024, inline_bytes=1024, stream_min_chunks=stream)
+    with pytest.raises(afmi.OperationTimeoutError):
+        await afmi.launch_local(_hang, 2, channel="redis", config=cfg, job=job, timeout=0.5)
+    assert await job_keys(redis_url, job) == []
+
+
+@pytest.mark.parametrize("stream", [0, 2])
+async def test_cancellation_leaves_no_keys(redis_url, stream):
+    job = new_job()
+    cfg = config(redis_url, chunk_bytes=64 * 1024, inline_bytes=1024, stream_min_chunks=stream)
+    task = asyncio.ensure_future(
+        afmi.launch_local(_hang, 3, channel="redis", config=cfg, job=job, timeout=30)
+    )
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await job_keys(redis_url, job) == []
+
+
+async def test_every_key_has_a_ttl_and_chunks_are_consumed(redis_url):
+    job = new_job()
+    cfg = config(redis_url, chunk_bytes=100_000, inline_bytes=1000, key_ttl=30, stream_min_chunks=3)
+    async with afmi.channels.get_driver("redis").group(2, job, cfg) as (a, b):
+        got: list[afmi.wire.message.Message] = []
+        b.start(got.append, lambda e: None)
+        a.start(lambda m: None, lambda e: None)
+        # Stop b's receiver first so the message stays in storage for inspection.
+        payload = np.arange(60_000, dtype=np.float64)
+        msg = afmi.wire.message.Message(2, 0, 1, 0, b"h", [payload])
+        await b.aclose()
+        await a.send(1, msg)
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            keys = await job_keys(redis_url, job)
+            # mailbox + ceil(480000 / 100000) chunks + the list of chunk notices
+            assert len(keys) == 1 + 5 + 1
+            for key in keys:
+                ttl = await client.pttl(key)
+                assert 0 < ttl <= 30_000
+        finally:
+            await client.delete(*keys)
+            await client.aclose()
+
+
+async def test_chunked_message_arrives_and_keys_are_deleted(redis_url):
+    job = new_job()
+    cfg = config(redis_url, chunk_bytes=10_000, inline_bytes=100)
+    async with afmi.channels.get_driver("redis").group(2, job, cfg) as (a, b):
+        got: asyncio.Queue[afmi.wire.message.Message] = asyncio.Queue()
+        a.start(lambda m: None, lambda e: None)
+        b.start(got.put_nowait, lambda e: None)
+        bufs = [np.arange(7_001, dtype=np.int32), b"xyz", np.zeros(0)]
+        await a.send(1, afmi.wire.message.Message(2, 0, 5, 0, b"head", bufs))
+        msg = await asyncio.wait_for(got.get(), 10)
+        assert (msg.context, msg.source, msg.tag, msg.header) == (2, 0, 5, b"head")
+        assert [bytes(x) for x in msg.buffers] == [bytes(memoryview(x)) for x in bufs]
+        assert await job_keys(redis_url, job) == []  # chunks deleted as they were read
+        assert a.stats()["chunks_written"] == 4  # 28004 bytes / 10000 + 1 chunk of 3 bytes
+        assert b.stats()["messages_received"] == 1
+
+
+async def test_publish_stores_chunks_once_and_last_reader_deletes(redis_url):
+    job = new_job()
+    cfg = config(redis_url, chunk_bytes=50_000, inline_bytes=100)
+    async with afmi.channels.get_driver("redis").group(4, job, cfg) as chans:
+        queues = [asyncio.Queue() for _ in chans]
+        for ch, q in zip(chans, queues):
+            ch.start(q.put_nowait, lambda e: None)
+        data = np.arange(30_000, dtype=np.float64)
+        msgs = [afmi.wire.message.Message(2, 0, 1, d, b"h", [data]) for d in (1, 2, 3)]
+        await chans[0].publish([1, 2, 3], msgs)
+        assert chans[0].stats()["chunks_written"] == 5  # not 15
+        for d in (1, 2, 3):
+            m = await asyncio.wait_for(queues[d].get(), 10)
+            assert m.seq == d and bytes(m.buffers[0]) == data.tobytes()
+        for _ in range(50):
+            if not await job_keys(redis_url, job):
+                break
+            await asyncio.sleep(0.02)
+        assert await job_keys(redis_url, job) == []
+
+
+async def test_connect_reads_url_from_config_and_env(redis_url, subprocess_env):
+    job = new_job()
+    cfg = config("redis://127.0.0.1:1/0")  # wrong on purpose: AFMI_REDIS_URL overrides it
+
+    async def rank(r):
+        env = {"AFMI_REDIS_URL": redis_url}
+        async with afmi.connect(rank=r, size=2, job=job, channel="redis", config=cfg, env=env) as c:
+            return await c.allreduce(c.rank + 1)
+
+    assert await asyncio.gather(rank(0), rank(1)) == [3, 3]
+    assert await job_keys(redis_url, job) == []
+
+
+async def test_unreachable_server_names_endpoint():
+    port = free_port()
+    cfg = config(f"redis://127.0.0.1:{port}/0", connect_timeout=2)
+    with pytest.raises(afmi.ChannelError, match=f"127.0.0.1:{port}"):
+        await afmi.launch_local(_hang, 2, channel="redis", config=cfg, timeout=10)
+
+
+async def test_silent_server_times_out_naming_endpoint():
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        cfg = config(f"redis://127.0.0.1:{port}/0", connect_timeout=0.5)
+        with pytest.raises(afmi.ChannelError, match=rf"127.0.0.1:{port}/0 did not answer within"):
+            await RedisChannel.open(0, 1, new_job(), cfg.channels.redis)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_wrong_password_is_a_clear_error(redis_url):
+    ep = RedisEndpoint.from_url(redis_url)
+    url = f"redis://nobody:wrong@{ep.host}:{ep.port}/0"
+    cfg = config(url, connect_timeout=5)
+    with pytest.raises(afmi.ChannelError, match="refused the credentials") as info:
+        await RedisChannel.open(0, 1, new_job(), cfg.channels.redis)
+    assert "wrong" not in str(info.value)  # the password is not echoed
+
+
+async def test_bad_db_number_is_a_clear_error(redis_url):
+    ep = RedisEndpoint.from_url(redis_url)
+    cfg = config(f"redis://{ep.host}:{ep.port}/999999", connect_timeout=5)
+    with pytest.raises(afmi.ChannelError, match="999999"):
+        await RedisChannel.open(0, 1, new_job(), cfg.channels.redis)
+
+
+def test_url_forms():
+    ep = RedisEndpoint.from_url("rediss://u:secret@example.org:6380/3?ssl_cert_reqs=none")
+    assert (ep.host, ep.port, ep.db, ep.username, ep.password) == (
+        "example.org",
+        6380,
+        3,
+        "u",
+        "secret",
+    )
+    assert ep.tls is not None and str(ep) == "rediss://example.org:6380/3"
+    assert RedisEndpoint.from_url("redis://h").port == 6379
+    with pytest.raises(afmi.ConfigError, match="must start with redis://"):
+        RedisEndpoint.from_url("http://h:1")
+
+
+def test_config_validation():
+    with pytest.raises(afmi.ConfigError, match=r"channels\.redis\.chunk_bytes"):
+        Config.from_dict({"channels": {"redis": {"chunk_bytes": 0}}})
+    with pytest.raises(afmi.ConfigError, match=r"channels\.redis\.prefix"):
+        Config.from_dict({"channels": {"redis": {"prefix": "a:b"}}})
+
+
+async def _writable(comm):
+    if comm.rank == 0:
+        await comm.send(np.arange(10), 1)
+        await comm.send(np.arange(100_000), 1)
+        return None
+    small, large = await comm.recv(0), await comm.recv(0)
+    small += 1
+    large += 1
+    return int(small[0]), int(large[-1])
+
+
+async def test_received_arrays_are_writable(redis_url):
+    cfg = config(redis_url, chunk_bytes=64 * 1024)
+    out = await afmi.launch_local(_writable, 2, channel="redis", config=cfg, job=new_job())
+    assert out[1] == (1, 100_000)
+
+
+async def _wait_forever(comm):
+    await comm.barrier()
+    if comm.rank == 0:
+        await comm.recv(1, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server on PATH")
+async def test_server_dying_fails_pending_receives_naming_it(tmp_path):
+    port = free_port()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(
+        ["redis-server", *args, "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 20, proc)
+        cfg = config(f"redis://127.0.0.1:{port}/0", connect_timeout=2)
+        job = asyncio.ensure_future(
+            afmi.launch_local(_wait_forever, 2, channel="redis", config=cfg, timeout=30)
+        )
+        await asyncio.sleep(0.5)
+        proc.kill()
+        with pytest.raises(afmi.RankFailedError) as info:
+            await job
+        assert isinstance(info.value.error, afmi.ChannelError)
+        assert f"127.0.0.1:{port}" in str(info.value.error)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_garbage_in_mailbox_fails_the_channel_clearly(redis_url):
+    job = new_job()
+    cfg = config(redis_url)
+    async with afmi.channels.get_driver("redis").group(1, job, cfg) as (a,):
+        errors: asyncio.Queue[afmi.ChannelError] = asyncio.Queue()
+        a.start(lambda m: None, errors.put_nowait)
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            await client.rpush(a.mailbox(0), b"not msgpack \xc1")
+        finally:
+            await client.aclose()
+        err = await asyncio.wait_for(errors.get(), 10)
+        assert "unreadable entry" in str(err) and a.mailbox(0) in str(err)
+    assert await job_keys(redis_url, job) == []
+
+
+SCRIPT = """
+import asyncio, afmi, numpy as np
+
+async def main():
+    async with afmi.connect() as comm:
+        x = np.full(300_000, comm.rank + 1.0)
+        total = await comm.allreduce(x)
+        print(comm.rank, int(total[0]), int(total[-1]), flush=True)
+
+afmi.launch.new_event_loop().run_until_complete(main())
+"""
+
+
+async def test_ranks_in_separate_processes(redis_url, subprocess_env, python, tmp_path):
+    job = new_job()
+    cfg = tmp_path / "afmi.json"
+    cfg.write_text(f'{{"channels": {{"redis": {{"url": "{redis_url}", "prefix": "{PREFIX}"}}}}}}')
+    procs = []
+    for rank in range(3):
+        env = dict(subprocess_env, AFMI_RANK=str(rank), AFMI_SIZE="3", AFMI_JOB=job)
+        env.update(AFMI_CHANNEL="redis", AFMI_CONFIG=str(cfg))
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                python, "-c", SCRIPT, env=env, stdout=asyncio.subprocess.PIPE
+            )
+        )
+    outs = [await asyncio.wait_for(p.communicate(), 60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert sorted(o[0].decode().strip() for o in outs) == ["0 6 6", "1 6 6", "2 6 6"]
+    assert await job_keys(redis_url, job) == []

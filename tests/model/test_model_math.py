@@ -1,0 +1,182 @@
+"""The model's arithmetic: units, every function priced, traffic, config layering."""
+
+import json
+
+import pytest
+
+from afmi.collectives.base import Step
+from afmi.config import Config, ConfigError
+from afmi.model import (
+    DEFAULTS,
+    P2P,
+    ChannelModel,
+    FunctionPrice,
+    channel_models,
+    function_price,
+    predict,
+    traffic,
+)
+
+
+class Rounds:
+    """An algorithm stand-in with a fixed step structure."""
+
+    name = "rounds"
+
+    def __init__(self, steps):
+        self._steps = steps
+
+    def steps(self, size, nbytes):
+        return self._steps
+
+
+def test_defaults_are_fmi_aws_figures_in_seconds_and_bytes():
+    assert DEFAULTS["s3"].latency_s == pytest.approx(40.4e-3)
+    assert DEFAULTS["s3"].bandwidth_single_bytes_per_s == 50e6
+    assert DEFAULTS["s3"].price_per_request_usd == 5.4e-6
+    assert DEFAULTS["s3"].price_per_read_usd == 4.3e-7
+    assert DEFAULTS["redis"].latency_s == pytest.approx(5.2e-3)
+    assert DEFAULTS["redis"].bandwidth_single_bytes_per_s == 100e6
+    assert DEFAULTS["redis"].bandwidth_aggregate_bytes_per_s == 400e6
+    assert DEFAULTS["redis"].infrastructure_usd_per_hour == 0.038
+    assert DEFAULTS["direct"].latency_s == pytest.approx(0.34e-3)
+    assert DEFAULTS["direct"].infrastructure_usd_per_hour == 0.0134
+    assert set(DEFAULTS) == {"local", "direct", "redis", "s3"}
+
+
+def test_round_time_formula():
+    m = ChannelModel(
+        name="x",
+        latency_s=1e-3,
+        per_message_s=1e-4,
+        poll_interval_s=2e-3,
+        bandwidth_single_bytes_per_s=1e6,
+        bandwidth_aggregate_bytes_per_s=2e6,
+    )
+    # one message: latency + half a poll + n / single
+    assert m.round_time_s(1, 1000) == pytest.approx(1e-3 + 1e-3 + 1e-3)
+    # four messages: aggregate (2 MB/s) limits: 4000 bytes / 2e6
+    assert m.round_time_s(4, 1000) == pytest.approx(1e-3 + 1e-3 + 3e-4 + 2e-3)
+
+
+def test_two_regime_wire_time():
+    m = ChannelModel(
+        name="x",
+        latency_s=0.0,
+        bandwidth_single_bytes_per_s=1e9,
+        bandwidth_aggregate_bytes_per_s=1e9,
+        large_message_bytes=1e6,
+        bandwidth_large_bytes_per_s=1e8,
+    )
+    assert m.wire_time_s(500_000) == pytest.approx(5e-4)
+    assert m.wire_time_s(2_000_000) == pytest.approx(1e-3 + 1e-2)
+
+
+def test_time_follows_the_algorithms_steps():
+    m = DEFAULTS["direct"]
+    price = FunctionPrice(0.0, 1.0)
+    alg = Rounds([Step(3, 1000, 1), Step(2, 10, 4)])
+    p = predict("allreduce", 1000, 8, alg, m, price)
+    expected = 3 * m.round_time_s(1, 1000) + 2 * m.round_time_s(4, 10)
+    assert p.time_s == pytest.approx(expected)
+
+
+def test_every_participating_function_is_priced():
+    price = function_price(Config().faas)
+    assert price.memory_gib == 1.0  # 1024 MiB
+    m = DEFAULTS["direct"]
+    alg = Rounds([Step(1, 100, 1)])
+    p8 = predict("bcast", 100, 8, alg, m, price)
+    p16 = predict("bcast", 100, 16, alg, m, price)
+    assert p8.time_s == p16.time_s
+    assert p8.function_usd == pytest.approx(0.0000166667 * 1.0 * p8.time_s * 8)
+    assert p16.function_usd == pytest.approx(2 * p8.function_usd)
+    send = predict("send", 100, 2, P2P, m, price)
+    assert send.function_usd == pytest.approx(0.0000166667 * send.time_s * 2)
+
+
+def test_memory_scales_the_function_price():
+    cfg = Config.from_dict({"faas": {"memory_mb": 2048}})
+    assert function_price(cfg.faas).memory_gib == 2.0
+
+
+def test_storage_requests_and_infrastructure_are_priced():
+    price = FunctionPrice(0.0, 1.0)
+    s3 = predict("send", 10, 2, P2P, DEFAULTS["s3"], price)
+    assert s3.request_usd == pytest.approx(5.4e-6 + 2 * 4.3e-7)
+    assert s3.infrastructure_usd == 0
+    redis = predict("send", 10, 2, P2P, DEFAULTS["redis"], price)
+    assert redis.request_usd == 0
+    assert redis.infrastructure_usd == pytest.approx(2 * 0.038 / 1e6)
+    off = ChannelModel(**{**DEFAULTS["redis"].__dict__, "include_infrastructure": False})
+    assert predict("send", 10, 2, P2P, off, price).infrastructure_usd == 0
+    gb = ChannelModel(**{**DEFAULTS["direct"].__dict__, "price_per_gb_usd": 0.02})
+    assert predict("send", 10**9, 2, P2P, gb, price).transfer_usd == pytest.approx(0.02)
+
+
+def test_total_is_the_sum_of_the_parts():
+    p = predict("send", 1 << 20, 2, P2P, DEFAULTS["s3"], function_price(Config().faas))
+    assert p.usd == pytest.approx(
+        p.request_usd + p.transfer_usd + p.infrastructure_usd + p.function_usd
+    )
+    assert p.to_dict()["usd"] == p.usd
+
+
+def test_traffic_counts_all_ranks():
+    alg = Rounds([Step(1, 8, 7)])
+    assert traffic("bcast", alg, 8, 8) == (7, 56)
+    assert traffic("alltoall", alg, 8, 8) == (56, 448)
+    assert traffic("barrier", Rounds([Step(2, 1, 7)]), 8, 0)[0] == 14
+
+
+def test_one_rank_costs_nothing_to_communicate():
+    p = predict("allreduce", 100, 1, Rounds([Step(1, 100, 0)]), DEFAULTS["s3"], FunctionPrice(1, 1))
+    assert p.time_s == 0 and p.messages == 0 and p.usd == 0
+
+
+def test_config_overrides_a_default():
+    cfg = Config.from_dict(
+        {"model": {"redis": {"latency_s": 0.001, "include_infrastructure": False}}}
+    )
+    models = channel_models(cfg)
+    assert models["redis"].latency_s == 0.001
+    assert models["redis"].include_infrastructure is False
+    assert models["redis"].bandwidth_single_bytes_per_s == 100e6  # untouched default
+    assert models["s3"] == DEFAULTS["s3"]
+
+
+def test_model_file_then_inline_overrides(tmp_path):
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({"model": {"local": {"latency_s": 7e-6, "per_message_s": 1e-6}}}))
+    cfg = Config.from_dict({"model": {"file": str(path), "local": {"per_message_s": 2e-6}}})
+    local = channel_models(cfg)["local"]
+    assert local.latency_s == 7e-6
+    assert local.per_message_s == 2e-6
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"model": {"redis": {"latency": 1}}}, "model.redis.latency"),
+        ({"model": {"redis": {"latency_s": -1}}}, "latency_s must be >= 0"),
+        ({"model": {"s3": {"bandwidth_single_bytes_per_s": 0}}}, "must be > 0"),
+        ({"model": {"usd_per_s": -1}}, "usd_per_s"),
+        ({"hint": "quick"}, "hint must be one of"),
+    ],
+)
+def test_bad_model_config_is_a_clear_error(data, match):
+    with pytest.raises(ConfigError, match=match):
+        Config.from_dict(data)
+
+
+def test_missing_or_bad_model_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.file"):
+        channel_models(Config.from_dict({"model": {"file": str(tmp_path / "nope.json")}}))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": {"local": {"latncy_s": 1}}}))
+    with pytest.raises(ConfigError, match="latncy_s"):
+        channel_models(Config.from_dict({"model": {"file": str(bad)}}))
+    flat = tmp_path / "flat.json"
+    flat.write_text("{}")
+    with pytest.raises(ConfigError, match="'model' table"):
+        channel_models(Config.from_dict({"model": {"file": str(flat)}}))

@@ -1,0 +1,208 @@
+"""`afmi run`: ranks as processes over the direct channel, the conformance suite across processes,
+peer death, failure propagation."""
+
+import asyncio
+import base64
+import io
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from afmi.rendezvous import RendezvousServer
+from afmi.runtime.process import run_processes
+from afmi.testing import conformance
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+RANK_MAIN = str(HERE / "rank_main.py")
+
+
+def make_runner(env, tmp_path):
+    """A conformance runner that starts every rank as its own process via run_processes."""
+
+    async def run(main, size, *args):
+        outdir = tmp_path / f"{main.__name__}-{size}"
+        outdir.mkdir()
+        blob = base64.b64encode(pickle.dumps(args)).decode()
+        target = f"{main.__module__}:{main.__qualname__}"
+        out = io.StringIO()
+        codes = await run_processes(
+            [sys.executable, RANK_MAIN, target, str(outdir), blob],
+            size,
+            env=env,
+            timeout=120,
+            output=out,
+        )
+        assert codes == [0] * size, out.getvalue()
+        results = []
+        for r in range(size):
+            with open(outdir / f"rank{r}.pkl", "rb") as f:
+                results.append(pickle.load(f))
+        return results
+
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", conformance.CASES, ids=conformance.case_id)
+async def test_conformance_across_processes(case, subprocess_env, tmp_path):
+    await case(make_runner(subprocess_env, tmp_path))
+
+
+def _afmi(args, env, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "afmi", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_afmi_run_example_prefixes_output(subprocess_env):
+    res = _afmi(["run", "-n", "3", "examples/run_allreduce.py"], subprocess_env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = sorted(res.stdout.splitlines())
+    assert lines == [f"[{r}] rank {r}/3: allreduce -> 3 (expected 3)" for r in range(3)]
+
+
+def test_afmi_run_sets_environment(subprocess_env, tmp_path):
+    script = tmp_path / "env.py"
+    script.write_text(
+        "import os\n"
+        "keys = ['AFMI_RANK', 'AFMI_SIZE', 'AFMI_JOB', 'AFMI_CHANNEL']\n"
+        "print(' '.join(os.environ[k] for k in keys), bool(os.environ['AFMI_TOKEN']),"
+        " os.environ['AFMI_RENDEZVOUS'].startswith('127.0.0.1:'))\n"
+    )
+    res = _afmi(["run", "-n", "2", "--job", "jx", str(script)], subprocess_env)
+    assert res.returncode == 0, res.stderr
+    assert sorted(res.stdout.splitlines()) == [
+        "[0] 0 2 jx direct True True",
+        "[1] 1 2 jx direct True True",
+    ]
+
+
+def test_afmi_run_failing_rank_stops_the_others(subprocess_env, tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "if os.environ['AFMI_RANK'] == '1':\n"
+        "    print('bye'); sys.exit(3)\n"
+        "time.sleep(600)\n"
+    )
+    res = _afmi(["run", "-n", "3", str(script)], subprocess_env, timeout=60)
+    assert res.returncode == 3
+    assert "[1] bye" in res.stdout
+    assert "rank 1 exited with code 3" in res.stderr
+
+
+def test_afmi_run_rejects_missing_script(subprocess_env):
+    res = _afmi(["run", "-n", "2", "no_such_script.py"], subprocess_env)
+    assert res.returncode == 2
+    assert "does not exist" in res.stderr
+
+
+def test_afmi_run_ctrl_c_stops_all_ranks(subprocess_env, tmp_path):
+    script = tmp_path / "sleep.py"
+    pidfile = tmp_path / "pids"
+    script.write_text(
+        "import os, time\n"
+        f"open({str(pidfile)!r}, 'a').write(str(os.getpid()) + '\\n')\n"
+        "print('up', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "afmi", "run", "-n", "2", str(script)],
+        env=subprocess_env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        seen = 0
+        while seen < 2:
+            line = proc.stdout.readline()
+            assert line, "launcher ended early"
+            seen += line.endswith("up\n")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    for pid in pidfile.read_text().split():
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)
+
+
+PEER_DEATH = """
+import asyncio, os, sys, afmi
+async def main():
+    async with afmi.connect() as comm:
+        await comm.barrier()
+        print('ready', flush=True)
+        if comm.rank == 1:
+            await asyncio.sleep(600)
+        try:
+            await comm.recv(1, timeout=60)
+        except afmi.ChannelError as exc:
+            print('ChannelError peer', exc.peer, exc, flush=True)
+        except Exception as exc:
+            print('other', type(exc).__name__, exc, flush=True)
+asyncio.run(main())
+"""
+
+
+async def test_killed_rank_fails_peers_with_channel_error(subprocess_env, tmp_path):
+    script = tmp_path / "death.py"
+    script.write_text(PEER_DEATH)
+    async with RendezvousServer() as rdv:
+        procs = []
+        for rank in range(2):
+            env = dict(subprocess_env)
+            env.update(
+                AFMI_RANK=str(rank),
+                AFMI_SIZE="2",
+                AFMI_JOB="death",
+                AFMI_RENDEZVOUS=rdv.address,
+                AFMI_TOKEN="secret",
+            )
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable, str(script), env=env, stdout=asyncio.subprocess.PIPE
+                )
+            )
+        try:
+            for p in procs:
+                assert (await p.stdout.readline()).strip() == b"ready"
+            procs[1].kill()  # rank 1 dies mid-job, without a goodbye
+            await procs[1].wait()
+            line = (await asyncio.wait_for(procs[0].stdout.readline(), 50)).decode()
+            await procs[0].wait()
+        finally:
+            for p in procs:
+                if p.returncode is None:
+                    p.kill()
+                    await p.wait()
+    assert line.startswith("ChannelError peer 1 "), line
+    assert "rank 1" in line
+    assert procs[0].returncode == 0
+
+
+async def test_run_processes_timeout_stops_every_rank(subprocess_env, tmp_path):
+    script = tmp_path / "hang.py"
+    script.write_text("import time\nprint('up', flush=True)\ntime.sleep(600)\n")
+    out = io.StringIO()
+    codes = await run_processes(
+        [sys.executable, str(script)], 2, env=subprocess_env, timeout=1.0, output=out
+    )
+    assert codes == [-signal.SIGTERM, -signal.SIGTERM]
+    assert "stopped after 1.0 s" in out.getvalue()
