@@ -378,7 +378,7 @@ async def _rendezvous(
         yield given, token
         return
     try:
-        from afmi.rendezvous.server import RendezvousServer  # type: ignore[import-not-found]
+        from afmi.rendezvous.server import RendezvousServer
     except ImportError as exc:
         raise ArgumentError(
             f"the direct channel needs the rendezvous service, which is not available: {exc}"
