@@ -177,7 +177,9 @@ def test_lambda_handler_rejects_bad_payload():
         entry({"size": 1, "job": "j"}, None)
 
 
-@pytest.mark.skipif(not channel_available("redis"), reason="redis channel not on this branch yet")
+@pytest.mark.skipif(
+    not channel_available("redis"), reason="redis channel unavailable (afmi[redis] not installed)"
+)
 def test_lambda_handlers_in_threads_over_redis(redis_url):
     """Like Lambda: every rank is a separate synchronous call with its own event loop."""
     warm_up_collectives()
@@ -205,7 +207,7 @@ def test_lambda_handlers_in_threads_over_redis(redis_url):
     assert [o["result"]["total"] for o in outs] == [[0, 10, 20]] * size
 
 
-@pytest.mark.skipif(not channel_available("direct"), reason="direct channel not on this branch yet")
+@pytest.mark.skipif(not channel_available("direct"), reason="direct channel unavailable")
 def test_lambda_handlers_in_threads_over_direct(subprocess_env):
     """Lambda-style calls in threads, linked by a real `afmi rendezvous` process."""
     import subprocess

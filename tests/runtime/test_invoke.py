@@ -66,7 +66,9 @@ def _spread_job(subprocess_env, channel, config, size=8):
     return result, health
 
 
-@pytest.mark.skipif(not channel_available("redis"), reason="redis channel not merged yet")
+@pytest.mark.skipif(
+    not channel_available("redis"), reason="redis channel unavailable (afmi[redis] not installed)"
+)
 def test_job_spread_over_two_runtimes_over_redis(subprocess_env, redis_url):
     result, health = _spread_job(
         subprocess_env, "redis", {"channels": {"redis": {"url": redis_url}}}
@@ -77,7 +79,7 @@ def test_job_spread_over_two_runtimes_over_redis(subprocess_env, redis_url):
     assert all("redis" in r.stats for r in result.ranks)
 
 
-@pytest.mark.skipif(not channel_available("direct"), reason="direct channel not merged yet")
+@pytest.mark.skipif(not channel_available("direct"), reason="direct channel unavailable")
 def test_job_spread_over_two_runtimes_over_direct(subprocess_env):
     result, health = _spread_job(subprocess_env, "direct", None)
     assert all(r["sum"] == [36.0] * 4 for r in result.results)
@@ -85,7 +87,9 @@ def test_job_spread_over_two_runtimes_over_direct(subprocess_env):
     assert "rendezvous VM" in result.cost.infrastructure
 
 
-@pytest.mark.skipif(not channel_available("s3"), reason="s3 channel not merged yet")
+@pytest.mark.skipif(
+    not channel_available("s3"), reason="s3 channel unavailable (afmi[s3] not installed)"
+)
 def test_s3_job_reports_storage_requests(s3, subprocess_env):
     config = {"channels": {"s3": s3.config(prefix=f"t{uuid.uuid4().hex[:8]}")}}
     with serve(subprocess_env) as runtime:
