@@ -29,7 +29,6 @@ import asyncio
 import dataclasses
 import io
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -79,7 +78,7 @@ class ProcsOptions:
         return measure.sizes(top, self.quick)
 
     def allreduce_sizes(self) -> list[int]:
-        """Array bytes per rank: 8 B .. allreduce_max_bytes (x4 steps; quick: 8 B, 64 KiB, 1 MiB)."""
+        """Bytes per rank: 8 B .. allreduce_max_bytes in x4 steps (quick: 8 B, 64 KiB, 1 MiB)."""
         top = min(self.allreduce_max_bytes, 1 << 20) if self.quick else self.allreduce_max_bytes
         if top < 8:
             return []
@@ -141,7 +140,8 @@ async def _rank(plan: dict[str, Any], out_path: str) -> None:
             pingpong = await measure._pingpong_main(comm, plan["pingpong"], budget)
         allreduce = await _allreduce_main(comm, plan["allreduce"], budget)
         if comm.rank == 0:
-            Path(out_path).write_text(json.dumps({"pingpong": pingpong, "allreduce": allreduce}))
+            text = json.dumps({"pingpong": pingpong, "allreduce": allreduce})
+            Path(out_path).write_text(text)  # noqa: ASYNC240 - once, after the measurements
 
 
 def rank_main(argv: Sequence[str] | None = None) -> int:
@@ -203,9 +203,7 @@ def afmi_job(
         command = [sys.executable, "-m", "afmi.bench.procs", "rank", str(plan_path), str(out_path)]
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             codes = runner.run(
-                run_processes(
-                    command, ranks, channel=channel, env=env, timeout=timeout, output=log
-                )
+                run_processes(command, ranks, channel=channel, env=env, timeout=timeout, output=log)
             )
         if any(codes) or not out_path.exists():
             tail = " | ".join(log.getvalue().strip().splitlines()[-4:])
@@ -530,7 +528,9 @@ def model_accuracy(
     if calibrate_path:
         params: dict[str, dict[str, float]] = {}
         for ch in sorted({r["channel"] for r in rows}):
-            pp = [(r["nbytes"], r["latency_s"]) for r in rows if r["channel"] == ch and "op" not in r]
+            pp = [
+                (r["nbytes"], r["latency_s"]) for r in rows if r["channel"] == ch and "op" not in r
+            ]
             points = [
                 ("allreduce", r["ranks"], r["nbytes"], r["latency_s"])
                 for r in rows

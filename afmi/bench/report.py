@@ -185,7 +185,7 @@ def format_processes(proc: dict[str, Any]) -> str:
         out.append(_table(headers, rows))
     ar = proc.get("allreduce", [])
     if ar:
-        by = {(r["channel"], r["ranks"], r["nbytes"]): r for r in ar}
+        by3 = {(r["channel"], r["ranks"], r["nbytes"]): r for r in ar}
         chans = [c for c in proc.get("channels", []) if any(r["channel"] == c for r in ar)]
         mpi = any(r["channel"] == "mpi4py" for r in ar)
         headers = ["ranks", "size"] + [f"{c}" for c in chans] + (["mpi4py"] if mpi else [])
@@ -196,14 +196,16 @@ def format_processes(proc: dict[str, Any]) -> str:
         rows = []
         for n, s in sorted({(r["ranks"], r["nbytes"]) for r in ar}):
             row = [str(n), _size(s)]
-            row += [_us(by[(c, n, s)]["latency_s"]) if (c, n, s) in by else "-" for c in chans]
+            row += [_us(by3[(c, n, s)]["latency_s"]) if (c, n, s) in by3 else "-" for c in chans]
             if mpi:
-                row.append(_us(by[("mpi4py", n, s)]["latency_s"]) if ("mpi4py", n, s) in by else "-")
+                row.append(
+                    _us(by3[("mpi4py", n, s)]["latency_s"]) if ("mpi4py", n, s) in by3 else "-"
+                )
                 row += [
                     _ratio(ratio.get((c, "allreduce", n, s), {}).get("vs_mpi4py")) for c in chans
                 ]
             if chans and f"{chans[0]} model" in headers:
-                row += [_us(by.get((c, n, s), {}).get("predicted_s")) for c in chans]
+                row += [_us(by3.get((c, n, s), {}).get("predicted_s")) for c in chans]
             rows.append(row)
         out.append("\nAllreduce of float64 (SUM), one process per rank, slowest rank")
         out.append(_table(headers, rows))
