@@ -16,8 +16,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import importlib
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from afmi.errors import ArgumentError, ChannelError
@@ -33,6 +33,7 @@ __all__ = [
     "FailureCallback",
     "available_drivers",
     "get_driver",
+    "open_group",
     "register_driver",
 ]
 
@@ -109,6 +110,27 @@ class ChannelDriver(Protocol):
     ) -> Channel:
         """Open the channel of one rank of a job spread over processes or functions."""
         ...
+
+
+@asynccontextmanager
+async def open_group(
+    size: int, open_rank: Callable[[int], Awaitable[Channel]]
+) -> AsyncIterator[list[Channel]]:
+    """Open the channels of ranks ``0..size-1`` concurrently; close them all on exit.
+
+    If any rank fails to open, the ones that did open are closed and the first
+    error is raised. Drivers use this to implement :meth:`ChannelDriver.group`.
+    """
+    opened = await asyncio.gather(*(open_rank(r) for r in range(size)), return_exceptions=True)
+    channels = [c for c in opened if isinstance(c, Channel)]
+    errors = [e for e in opened if isinstance(e, BaseException)]
+    try:
+        if errors:
+            raise errors[0]
+        yield channels
+    finally:
+        for ch in channels:
+            await ch.aclose()
 
 
 _BUILTIN: dict[str, str] = {

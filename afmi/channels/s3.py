@@ -33,8 +33,8 @@ import collections
 import dataclasses
 import itertools
 import struct
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, suppress
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -42,7 +42,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from afmi.channels.base import Channel
+from afmi.channels.base import Channel, open_group
 from afmi.errors import ChannelError
 from afmi.wire.message import Buffer, Message
 
@@ -504,22 +504,12 @@ class S3Driver:
 
     name = "s3"
 
-    @asynccontextmanager
-    async def group(self, size: int, job: str, config: Config) -> AsyncIterator[list[Channel]]:
+    def group(
+        self, size: int, job: str, config: Config
+    ) -> AbstractAsyncContextManager[list[Channel]]:
         """Open the channels of ranks ``0..size-1`` of ``job`` at once; close them all on exit."""
         cfg = config.channels.s3
-        opened = await asyncio.gather(
-            *(S3Channel.open(r, size, job, cfg) for r in range(size)), return_exceptions=True
-        )
-        channels = [c for c in opened if isinstance(c, S3Channel)]
-        errors = [e for e in opened if isinstance(e, BaseException)]
-        try:
-            if errors:
-                raise errors[0]
-            yield list(channels)
-        finally:
-            for ch in channels:
-                await ch.aclose()
+        return open_group(size, lambda r: S3Channel.open(r, size, job, cfg))
 
     async def connect(
         self, rank: int, size: int, job: str, config: Config, env: Mapping[str, str]

@@ -33,8 +33,8 @@ import asyncio
 import collections
 import itertools
 import ssl
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.connection import SSLConnection, parse_url
 
-from afmi.channels.base import Channel
+from afmi.channels.base import Channel, open_group
 from afmi.channels.redis.resp import RespConnection, RespError
 from afmi.errors import ChannelError, ConfigError
 from afmi.wire.message import Buffer, Message
@@ -541,22 +541,12 @@ class RedisDriver:
 
     name = "redis"
 
-    @asynccontextmanager
-    async def group(self, size: int, job: str, config: Config) -> AsyncIterator[list[Channel]]:
+    def group(
+        self, size: int, job: str, config: Config
+    ) -> AbstractAsyncContextManager[list[Channel]]:
         """Open the channels of ranks ``0..size-1`` of ``job`` at once; close them all on exit."""
         cfg = config.channels.redis
-        opened = await asyncio.gather(
-            *(RedisChannel.open(r, size, job, cfg) for r in range(size)), return_exceptions=True
-        )
-        channels = [c for c in opened if isinstance(c, RedisChannel)]
-        errors = [e for e in opened if isinstance(e, BaseException)]
-        try:
-            if errors:
-                raise errors[0]
-            yield list(channels)
-        finally:
-            for ch in channels:
-                await ch.aclose()
+        return open_group(size, lambda r: RedisChannel.open(r, size, job, cfg))
 
     async def connect(
         self, rank: int, size: int, job: str, config: Config, env: Mapping[str, str]
