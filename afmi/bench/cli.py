@@ -222,6 +222,11 @@ def _processes(args: argparse.Namespace) -> int:
         print(f"afmi bench: {exc}", file=sys.stderr)
         return 2
     print(format_processes(proc))
+    if args.plots:
+        print(
+            "afmi bench: --plots draws in-process runs only; ignored with --processes",
+            file=sys.stderr,
+        )
     if args.json:
         results = {
             "afmi_bench": 1,
