@@ -66,14 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-size",
         type=_nbytes,
-        default=1 << 24,
-        help="largest ping-pong message (default 16MiB)",
+        default=None,
+        help="largest ping-pong message (default 16MiB; --processes: 64MiB)",
     )
     parser.add_argument(
         "--collective-max-size",
         type=_nbytes,
-        default=1 << 20,
-        help="largest collective payload per rank (default 1MiB)",
+        default=None,
+        help="largest collective payload per rank (default 1MiB; --processes: 16MiB)",
     )
     parser.add_argument(
         "--ranks",
@@ -86,6 +86,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_names,
         default=["barrier", "bcast", "allreduce", "gather"],
         help="collectives to time (default barrier,bcast,allreduce,gather)",
+    )
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="one process per rank (afmi run): ping-pong and allreduce over direct/redis beside "
+        "a blocking socket and mpi4py over TCP (default channels direct,redis; ranks 2,4)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="--processes: run every job N times, keep each point's fastest (best of N)",
     )
     parser.add_argument("--no-pingpong", action="store_true", help="skip the ping-pong sweep")
     parser.add_argument("--no-collectives", action="store_true", help="skip collectives")
@@ -137,14 +149,16 @@ def main(args: argparse.Namespace) -> int:
 
     # SIGTERM unwinds like Ctrl-C, so servers the bench started are stopped.
     signal.signal(signal.SIGTERM, _terminate)
+    if args.processes:
+        return _processes(args)
 
     try:
         config = Config.load(args.config)
         opts = Options(
             channels=args.channels,
             quick=args.quick,
-            max_bytes=args.max_size,
-            collective_max_bytes=args.collective_max_size,
+            max_bytes=args.max_size or (1 << 24),
+            collective_max_bytes=args.collective_max_size or (1 << 20),
             ranks=args.ranks or ([2, 4] if args.quick else [2, 4, 8]),
             ops=args.ops,
             pingpong=not args.no_pingpong,
@@ -173,4 +187,56 @@ def main(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             print(f"afmi bench: {exc}", file=sys.stderr)
             return 1
+    return 0
+
+
+def _processes(args: argparse.Namespace) -> int:
+    """``afmi bench --processes``: the cross-process run (:mod:`afmi.bench.procs`)."""
+    import datetime
+    import os
+    import platform
+
+    from afmi.bench.procs import ProcsOptions, model_accuracy, run_procs
+    from afmi.bench.report import Progress, format_processes, write_json
+
+    try:
+        config = Config.load(args.config)
+        opts = ProcsOptions(
+            channels=args.channels or ["direct", "redis"],
+            ranks=args.ranks or [2, 4],
+            max_bytes=args.max_size or (64 << 20),
+            allreduce_max_bytes=args.collective_max_size or (16 << 20),
+            quick=args.quick,
+            anchors=not args.no_anchors,
+            repeat=args.repeat,
+            seconds_per_point=args.seconds_per_point,
+        )
+        progress = Progress(enabled=not args.quiet)
+        try:
+            proc = run_procs(opts, config, progress, start_servers=not args.no_servers)
+            progress("comparing with the model")
+            proc.update(model_accuracy(proc, config, args.calibrate))
+        finally:
+            progress.done()
+    except AfmiError as exc:
+        print(f"afmi bench: {exc}", file=sys.stderr)
+        return 2
+    print(format_processes(proc))
+    if args.plots:
+        print(
+            "afmi bench: --plots draws in-process runs only; ignored with --processes",
+            file=sys.stderr,
+        )
+    if args.json:
+        results = {
+            "afmi_bench": 1,
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "host": platform.node(),
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+            "quick": args.quick,
+            "processes": proc,
+        }
+        write_json(results, args.json)
+        print(f"\nresults written to {args.json}")
     return 0

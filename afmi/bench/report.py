@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["Progress", "format_report", "write_json", "write_plots"]
+__all__ = ["Progress", "format_processes", "format_report", "write_json", "write_plots"]
 
 
 class Progress:
@@ -147,6 +147,89 @@ def format_report(results: dict[str, Any]) -> str:
                 f"{params['bandwidth_single_bytes_per_s'] / 1e6:.0f} MB/s single, "
                 f"{params['bandwidth_aggregate_bytes_per_s'] / 1e6:.0f} MB/s aggregate"
             )
+    return "\n".join(out)
+
+
+def _ratio(x: float | None) -> str:
+    return f"{x:.2f}" if x is not None else "-"
+
+
+def format_processes(proc: dict[str, Any]) -> str:
+    """The terminal tables of a cross-process run (``afmi bench --processes``)."""
+    out: list[str] = []
+    ratio = {(r["channel"], r["op"], r["ranks"], r["nbytes"]): r for r in proc.get("ratios", [])}
+    pp = proc.get("pingpong", [])
+    names = [c for c in proc.get("channels", []) if any(r["channel"] == c for r in pp)]
+    anchors = [a for a in ("socket", "mpi4py") if any(r["channel"] == a for r in pp)]
+    if pp:
+        by = {(r["channel"], r["nbytes"]): r for r in pp}
+        headers = ["size"]
+        for n in names + anchors:
+            headers += [f"{n} time", f"{n} MB/s"]
+        for n in names:
+            headers += [f"{n}/{a}" for a in anchors]
+        rows = []
+        for s in sorted({r["nbytes"] for r in pp}):
+            row = [_size(s)]
+            for n in names + anchors:
+                r = by.get((n, s))
+                row += [
+                    _us(r["latency_s"]) if r else "-",
+                    f"{r['bandwidth_bytes_per_s'] / 1e6:.1f}" if r else "-",
+                ]
+            for n in names:
+                q = ratio.get((n, "pingpong", 2, s), {})
+                row += [_ratio(q.get(f"vs_{a}")) for a in anchors]
+            rows.append(row)
+        out.append("Ping-pong between 2 processes (half round trip; ratio > 1: afmi slower)")
+        out.append(_table(headers, rows))
+    ar = proc.get("allreduce", [])
+    if ar:
+        by3 = {(r["channel"], r["ranks"], r["nbytes"]): r for r in ar}
+        chans = [c for c in proc.get("channels", []) if any(r["channel"] == c for r in ar)]
+        mpi = any(r["channel"] == "mpi4py" for r in ar)
+        headers = ["ranks", "size"] + [f"{c}" for c in chans] + (["mpi4py"] if mpi else [])
+        if mpi:
+            headers += [f"{c}/mpi4py" for c in chans]
+        if any("predicted_s" in r for r in ar):
+            headers += [f"{c} model" for c in chans]
+        rows = []
+        for n, s in sorted({(r["ranks"], r["nbytes"]) for r in ar}):
+            row = [str(n), _size(s)]
+            row += [_us(by3[(c, n, s)]["latency_s"]) if (c, n, s) in by3 else "-" for c in chans]
+            if mpi:
+                row.append(
+                    _us(by3[("mpi4py", n, s)]["latency_s"]) if ("mpi4py", n, s) in by3 else "-"
+                )
+                row += [
+                    _ratio(ratio.get((c, "allreduce", n, s), {}).get("vs_mpi4py")) for c in chans
+                ]
+            if chans and f"{chans[0]} model" in headers:
+                row += [_us(by3.get((c, n, s), {}).get("predicted_s")) for c in chans]
+            rows.append(row)
+        out.append("\nAllreduce of float64 (SUM), one process per rank, slowest rank")
+        out.append(_table(headers, rows))
+    for name, reason in proc.get("skipped", {}).items():
+        out.append(f"{name} skipped: {reason}")
+    acc = proc.get("accuracy")
+    if acc and acc.get("points"):
+        out.append(f"\nModel accuracy on these rows ({proc.get('model_source', 'model')}):")
+        out.append(
+            f"  time: {acc['within_tolerance']}/{acc['points']} points within "
+            f"{acc['tolerance']:.0%} ({acc['fraction_within']:.0%}); worst "
+            f"{acc['max_abs_rel_error']:.0%} at {acc['worst']}"
+        )
+        if acc.get("choice_points"):
+            out.append(
+                f"  fast choice: {acc['choice_correct']}/{acc['choice_points']} points pick the "
+                f"measured-fastest channel ({acc['choice_fraction']:.0%}); "
+                f"{acc['choice_near']} ({acc['choice_near_fraction']:.0%}) within 10% of it"
+            )
+        else:
+            out.append(f"  fast choice: {acc.get('choice_note')}")
+    cal = proc.get("calibration")
+    if cal:
+        out.append(f"Calibrated model written to {cal['file']}")
     return "\n".join(out)
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "ALLTOALL_PAIRWISE_MIN_SIZE",
     "BCAST_SCATTER_MIN_SIZE",
     "RING_ALLREDUCE_MIN_BYTES",
+    "RING_ALLREDUCE_PAIR_MIN_BYTES",
     "TREE_MIN_SIZE",
 ]
 
@@ -36,6 +37,11 @@ BCAST_SCATTER_MIN_SIZE = 16
 #: Smallest array (bytes) that allreduce sends around the ring; below it
 #: recursive doubling's ``log2(size)`` rounds beat the ring's ``2 (size - 1)``.
 RING_ALLREDUCE_MIN_BYTES = 1 << 19
+#: On 2 ranks over a network channel, the smallest array (bytes) that runs the
+#: ring: one exchange of the whole array wins up to 8 MiB, but from 16 MiB the
+#: ring's pipelined 512 KiB segments were 2.5-3x faster between two processes
+#: over ``direct`` (``afmi bench --processes``, docs/performance.md).
+RING_ALLREDUCE_PAIR_MIN_BYTES = 1 << 24
 #: Smallest communicator on which alltoall runs pairwise rounds instead of
 #: sending everything at once (bounds the messages in flight per rank).
 ALLTOALL_PAIRWISE_MIN_SIZE = 16
@@ -113,12 +119,17 @@ def _allreduce(
 ) -> Algorithm:
     """Ring for arrays of :data:`RING_ALLREDUCE_MIN_BYTES` or more, else recursive doubling.
 
+    On 2 ranks the ring runs only for arrays of :data:`RING_ALLREDUCE_PAIR_MIN_BYTES`
+    or more on a channel other than ``local``.
+
     The ring is a candidate only for commutative built-in ops on non-empty arrays.
     """
     if size == 1:
         return _prefer(candidates, "linear")
     big = isinstance(args.get("x"), np.ndarray) and nbytes >= RING_ALLREDUCE_MIN_BYTES
     if big and size > 2:
+        return _prefer(candidates, "ring", "recursive_doubling")
+    if big and nbytes >= RING_ALLREDUCE_PAIR_MIN_BYTES and ctx.channel != "local":
         return _prefer(candidates, "ring", "recursive_doubling")
     return _prefer(candidates, "recursive_doubling")
 

@@ -1,0 +1,178 @@
+"""The cross-process bench (`afmi bench --processes`): real rank processes, real anchors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import afmi
+from afmi.bench import procs
+from afmi.bench.measure import Budget
+from afmi.errors import ArgumentError
+
+TINY = [
+    "--processes",
+    "--quick",
+    "--channels",
+    "direct",
+    "--ranks",
+    "2",
+    "--max-size",
+    "4KiB",
+    "--collective-max-size",
+    "4KiB",
+    "--seconds-per-point",
+    "0.02",
+]
+BUDGET = Budget(20, 5, 3, 2, 0.02, 2)
+
+
+def test_cli_run_writes_json_and_skips_mpi_without_mpiexec(tmp_path, subprocess_env):
+    """A tiny run over direct; with no mpiexec on PATH the mpi4py anchor says why it is skipped."""
+    env = dict(subprocess_env, PATH=str(tmp_path))  # nothing to find there: no mpiexec
+    out = tmp_path / "out.json"
+    res = subprocess.run(
+        [sys.executable, "-m", "afmi", "bench", *TINY, "--json", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "Ping-pong between 2 processes" in res.stdout
+    assert "Allreduce of float64" in res.stdout
+    data = json.loads(out.read_text())["processes"]
+    assert data["channels"] == ["direct"]
+    assert "mpiexec" in data["skipped"]["mpi4py"]
+    pp = [r for r in data["pingpong"] if r["channel"] == "direct"]
+    assert [r["nbytes"] for r in pp] == data["pingpong_sizes"] == [1, 16, 256, 4096]
+    assert all(r["latency_s"] > 0 and r["iterations"] >= 2 for r in pp)
+    assert {r["nbytes"] for r in data["pingpong"] if r["channel"] == "socket"} == {1, 16, 256, 4096}
+    ar = data["allreduce"]
+    assert [(r["channel"], r["ranks"], r["nbytes"]) for r in ar] == [("direct", 2, 8)]
+    assert ar[0]["latency_s"] > 0 and ar[0]["predicted_s"] > 0
+    vs_socket = [r["vs_socket"] for r in data["ratios"] if r["op"] == "pingpong"]
+    assert len(vs_socket) == 4 and all(v > 0 for v in vs_socket)
+    assert not any("vs_mpi4py" in r for r in data["ratios"])
+    assert data["accuracy"]["points"] == 5
+
+
+@pytest.mark.skipif(procs.mpi4py_unavailable() is not None, reason="mpi4py/mpiexec missing")
+def test_run_procs_with_mpi4py_anchor():
+    opts = procs.ProcsOptions(
+        channels=["direct"], ranks=[2], max_bytes=64, allreduce_max_bytes=8, quick=True
+    )
+    opts.seconds_per_point = 0.02
+    result = procs.run_procs(opts, start_servers=False)
+    assert "mpi4py" not in result["skipped"], result["skipped"]
+    mpi = [r for r in result["allreduce"] if r["channel"] == "mpi4py"]
+    assert [(r["ranks"], r["nbytes"]) for r in mpi] == [(2, 8)]
+    direct = next(r for r in result["allreduce"] if r["channel"] == "direct")
+    assert mpi[0]["iterations"] == direct["iterations"]  # same iteration counts as afmi
+    ratio = next(r for r in result["ratios"] if r["op"] == "allreduce")
+    assert ratio["vs_mpi4py"] == pytest.approx(direct["latency_s"] / mpi[0]["latency_s"])
+    assert {r["nbytes"] for r in result["pingpong"] if r["channel"] == "mpi4py"} == {1, 16}
+
+
+def test_mpi4py_job_reports_missing_mpiexec(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert "mpiexec" in (procs.mpi4py_unavailable() or "")
+    with pytest.raises(RuntimeError, match="mpiexec"):
+        procs.mpi4py_job(2, [], [(8, 1, 2)])
+
+
+def test_afmi_job_with_four_ranks_has_no_pingpong():
+    data = procs.afmi_job("direct", 4, [], [8, 4096], BUDGET)
+    assert data["pingpong"] == []
+    assert [row[0] for row in data["allreduce"]] == [8, 4096]
+    assert all(row[1] >= 2 and row[2] > 0 for row in data["allreduce"])
+
+
+def test_failing_rank_is_reported():
+    from afmi.config import Config
+    from afmi.testing.servers import free_port
+
+    data = Config().to_dict()
+    data["channels"]["redis"]["url"] = f"redis://127.0.0.1:{free_port()}"  # nobody listens
+    with pytest.raises(RuntimeError, match="redis job on 2 processes failed"):
+        procs.afmi_job("redis", 2, [1], [8], BUDGET, Config.from_dict(data), timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"channels": ["local"]}, "one process"),
+        ({"ranks": [1, 2]}, "--ranks"),
+        ({"repeat": 0}, "--repeat"),
+    ],
+)
+def test_bad_options_say_what_to_change(kwargs, message):
+    with pytest.raises(ArgumentError, match=message):
+        procs.run_procs(procs.ProcsOptions(**kwargs), start_servers=False)
+
+
+def test_cli_rejects_local_channel(subprocess_env, tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "afmi", "bench", "--processes", "--channels", "local"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 2
+    assert "local channel lives in one process" in res.stderr
+
+
+def test_sizes():
+    full = procs.ProcsOptions()
+    assert full.pingpong_sizes()[0] == 1 and full.pingpong_sizes()[-1] == 64 << 20
+    assert full.allreduce_sizes() == [8 << (2 * i) for i in range(11)] + [1 << 24]
+    assert procs.ProcsOptions(quick=True).allreduce_sizes() == [8, 1 << 16, 1 << 20]
+
+
+def test_best_of_n_and_ratios():
+    a = [procs._pp_row("direct", 8, 10, 2e-5), procs._pp_row("socket", 8, 10, 1e-5)]
+    b = [procs._pp_row("direct", 8, 10, 1e-5), procs._pp_row("socket", 8, 10, 3e-5)]
+    best = procs._best(a, b)
+    assert {r["channel"]: r["latency_s"] for r in best} == {"direct": 1e-5, "socket": 1e-5}
+    ar = [procs._ar_row("direct", 2, 8, 5, 4e-4), procs._ar_row("mpi4py", 2, 8, 5, 1e-4)]
+    out = procs.ratios(best, ar)
+    assert {(r["op"], r.get("vs_socket"), r.get("vs_mpi4py")) for r in out} == {
+        ("pingpong", 1.0, None),
+        ("allreduce", None, 4.0),
+    }
+
+
+async def test_two_rank_allreduce_rings_large_arrays_on_network_channels():
+    import importlib
+
+    from afmi.collectives import registry
+
+    builtins = importlib.import_module("afmi.collectives.algorithms")
+    from afmi.collectives.base import CollectiveContext
+
+    big = np.zeros(builtins.RING_ALLREDUCE_PAIR_MIN_BYTES // 8)
+    smaller = np.zeros(builtins.RING_ALLREDUCE_PAIR_MIN_BYTES // 16)
+
+    async def main(comm):
+        ctx = CollectiveContext(comm, 0, "test")
+        return [
+            registry.select("allreduce", ctx, {"x": x, "op": afmi.SUM}).name for x in (big, smaller)
+        ]
+
+    assert (
+        await afmi.launch_local(main, 2, channel="direct") == [["ring", "recursive_doubling"]] * 2
+    )
+    assert (
+        await afmi.launch_local(main, 2, channel="local")
+        == [["recursive_doubling", "recursive_doubling"]] * 2
+    )
+
+
+def test_rank_main_usage(capsys):
+    assert procs.rank_main(["nonsense"]) == 2
+    assert "usage" in capsys.readouterr().err
