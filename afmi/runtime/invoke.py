@@ -62,6 +62,10 @@ HELP = "run a job of N functions (afmi serve runtimes or AWS Lambda) and report 
 
 #: Seconds the invoker waits beyond the invocation timeout for the answer to arrive.
 GRACE_S = 5.0
+#: Errors that are usually a consequence of another rank's failure (its peer went away).
+SECONDARY_ERRORS = frozenset({"ChannelError", "JobCancelledError"})
+#: Seconds to wait for the root cause when the first failure is a secondary error.
+ROOT_CAUSE_WAIT_S = 2.0
 
 
 @dataclass
@@ -531,7 +535,7 @@ async def _fan_out(
         for next_done in asyncio.as_completed(tasks):
             result = await next_done
             if not result.ok:
-                failed = result
+                failed = await _root_cause(result, tasks, done)
                 break
     except asyncio.CancelledError:
         # The caller gave up on the job: stop its invocations where the runtime can.
@@ -549,6 +553,37 @@ async def _fan_out(
         await target.cancel(job)
         raise JobFailedError(job, failed, [done[r] for r in sorted(done)], len(payloads))
     return [done[r] for r in range(len(payloads))], wall
+
+
+async def _root_cause(
+    first: RankResult, tasks: list[asyncio.Task[RankResult]], done: dict[int, RankResult]
+) -> RankResult:
+    """The failure to name: ``first``, unless it is only a consequence of another rank's.
+
+    A rank whose peer died fails with a ``ChannelError`` (or is cancelled with its job),
+    and its answer may overtake the answer of the rank that really failed. Then wait up to
+    ``ROOT_CAUSE_WAIT_S`` for a failure of another kind and name that one instead.
+    """
+
+    def primary() -> RankResult | None:
+        for r in sorted(done.values(), key=lambda r: r.rank):
+            if not r.ok and r.error_type not in SECONDARY_ERRORS:
+                return r
+        return None
+
+    if first.error_type not in SECONDARY_ERRORS:
+        return first
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ROOT_CAUSE_WAIT_S
+    pending = {t for t in tasks if not t.done()}
+    while (found := primary()) is None and pending:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        _, pending = await asyncio.wait(
+            pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+        )
+    return found or first
 
 
 # -- command line --

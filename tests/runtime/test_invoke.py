@@ -103,6 +103,29 @@ def test_s3_job_reports_storage_requests(s3, subprocess_env):
     assert result.cost.infrastructure == {}
 
 
+async def test_root_cause_is_named_even_when_a_consequence_answers_first():
+    from afmi.runtime.invoke import RankResult, _root_cause
+
+    done: dict[int, RankResult] = {}
+    release = asyncio.Event()
+
+    async def answer(rank, error_type, wait):
+        if wait:
+            await release.wait()
+        done[rank] = RankResult(rank, False, error_type=error_type, error="x")
+        return done[rank]
+
+    consequence = asyncio.create_task(answer(1, "ChannelError", False))
+    cause = asyncio.create_task(answer(3, "ValueError", True))
+    first = await consequence
+    naming = asyncio.create_task(_root_cause(first, [consequence, cause], done))
+    await asyncio.sleep(0)
+    release.set()
+    assert (await naming).rank == 3
+    # A primary error is named at once.
+    assert await _root_cause(done[3], [consequence, cause], done) is done[3]
+
+
 # -- cost report --
 def test_billed_ms_rounds_up_to_the_millisecond():
     assert billed_ms(0.0) == 1
