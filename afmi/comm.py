@@ -249,7 +249,7 @@ class Communicator:
         try:
             if fut.done():
                 return fut.result()  # type: ignore[no-any-return]
-            return await self._bounded(_await_future(fut), timeout, what)
+            return await self._bounded(self._ep.arrival(fut), timeout, what)
         except BaseException:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self._ep.give_back(fut.result())  # matched, but our caller went away
@@ -517,7 +517,3 @@ class Communicator:
         members = sorted((k, r) for r, (c, k, _) in enumerate(info) if c == color)
         group = [self._group[r] for _, r in members]
         return Communicator(self._ep, group, context, name=f"{self.name}.split({color})")
-
-
-async def _await_future(fut: asyncio.Future[T]) -> T:
-    return await fut

@@ -29,6 +29,7 @@ def test_defaults_and_from_dict():
         ({"faas": {"memory_mb": 1.5}}, "faas.memory_mb must be an integer"),
         ({"faas": {"memory_mb": 0}}, "faas.memory_mb must be > 0"),
         ({"channels": 5}, "channels must be a table"),
+        ({"spin": 2}, "spin must be between 0 and 1 second"),
     ],
 )
 def test_bad_keys_are_named(data, match):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -165,10 +166,21 @@ def select(collective: str, ctx: CollectiveContext, args: dict[str, Any]) -> Alg
 
 
 _loaded = False
+_loading = False
+_load_lock = threading.RLock()
 
 
 def _load() -> None:
-    global _loaded
-    if not _loaded:
+    """Import the built-in algorithms once, safely from several threads."""
+    global _loaded, _loading
+    if _loaded:
+        return
+    with _load_lock:
+        if _loaded or _loading:  # done meanwhile, or a call from inside the import itself
+            return
+        _loading = True
+        try:
+            import afmi.collectives.algorithms  # noqa: F401  (registers everything)
+        finally:
+            _loading = False
         _loaded = True
-        import afmi.collectives.algorithms  # noqa: F401  (registers everything)

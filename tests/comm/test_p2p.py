@@ -209,3 +209,22 @@ async def test_collectives_do_not_match_user_messages():
 
     out = await afmi.launch_local(main, 2)
     assert out == [("coll", None), ("coll", "user")]
+
+
+@pytest.mark.parametrize("spin", [0.0, 0.05])
+async def test_spinning_receive_still_delivers_and_cancels_cleanly(spin):
+    async def main(comm):
+        if comm.rank == 0:
+            task = asyncio.ensure_future(comm.recv(1, tag=1))
+            await asyncio.sleep(0.01)  # cancelled while (possibly) spinning
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await comm.send("go", 1)
+            return await comm.recv(1, tag=1, timeout=30)
+        await comm.recv(0)
+        await comm.send("kept", 0, tag=1)
+        return None
+
+    out = await afmi.launch_local(main, 2, config={"spin": spin})
+    assert out[0] == "kept"
