@@ -249,7 +249,7 @@ class Communicator:
         try:
             if fut.done():
                 return fut.result()  # type: ignore[no-any-return]
-            return await self._bounded(self._ep.arrival(fut), timeout, what)
+            return await self._bounded(self._ep.arrival(ticket), timeout, what)
         except BaseException:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self._ep.give_back(fut.result())  # matched, but our caller went away

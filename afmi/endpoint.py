@@ -175,20 +175,30 @@ class Endpoint:
             fut.add_done_callback(functools.partial(self._waiter_done, ticket=ticket))
         return ticket
 
-    async def arrival(self, fut: asyncio.Future[Message]) -> Message:
+    async def arrival(self, ticket: Ticket) -> Message:
         """Wait for a posted receive's message, spinning the event loop briefly first.
 
         For up to ``Config.spin`` seconds the loop keeps polling (``sleep(0)``)
         instead of blocking in the kernel, as MPI libraries poll for progress: on
         virtual machines a thread that blocks pays tens of microseconds to be woken.
-        Other tasks keep running meanwhile. Cancellation behaves as ``await fut``.
+        Other tasks keep running meanwhile. Cancellation withdraws the receive at
+        once (a message that had already matched stays in the ticket's future).
         """
+        fut = ticket.waiter
+        assert isinstance(fut, asyncio.Future)
         spin = self.config.spin
         if spin and not fut.done():
             deadline = time.perf_counter() + spin
-            while not fut.done() and time.perf_counter() < deadline:  # noqa: ASYNC110 - polling on purpose
-                await asyncio.sleep(0)
-        return await fut
+            try:
+                while not fut.done() and time.perf_counter() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0)  # polling on purpose
+            except BaseException:
+                if not fut.done():
+                    self.engine.cancel(ticket)  # withdraw now, not one loop turn later
+                    fut.cancel()
+                raise
+        msg: Message = await fut
+        return msg
 
     def _waiter_done(self, fut: asyncio.Future[Message], *, ticket: Ticket) -> None:
         if fut.cancelled():

@@ -10,7 +10,6 @@ never match user point-to-point messages.
 from __future__ import annotations
 
 import abc
-import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -112,9 +111,7 @@ class CollectiveContext:
     async def recv_raw(self, source: int, sub: int = 0) -> Message:
         """Receive the undecoded message from ``source``."""
         ticket = self._ep.post(self._context, self._group[source], self._tag(sub))
-        fut = ticket.waiter
-        assert isinstance(fut, asyncio.Future)
-        return await self._ep.arrival(fut)
+        return await self._ep.arrival(ticket)
 
     async def recv(self, source: int, sub: int = 0) -> Any:
         """Receive and decode the message from ``source``."""
@@ -127,10 +124,8 @@ class CollectiveContext:
     async def sendrecv(self, obj: Any, dest: int, source: int, sub: int = 0) -> Any:
         """Send to ``dest`` while receiving from ``source``."""
         ticket = self._ep.post(self._context, self._group[source], self._tag(sub))
-        fut = ticket.waiter
-        assert isinstance(fut, asyncio.Future)
         await self.send(obj, dest, sub)
-        return self._ep.decode(await self._ep.arrival(fut))
+        return self._ep.decode(await self._ep.arrival(ticket))
 
 
 class Algorithm(abc.ABC):
