@@ -47,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     modules = _available()
     for name, module in modules.items():
         if isinstance(module, Exception):
-            p = sub.add_parser(name, help=f"(unavailable: {module})")
+            p = sub.add_parser(name, help=f"(unavailable: {module}; pip install 'afmi[all]')")
+            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
             continue
         p = sub.add_parser(
             name, help=getattr(module, "HELP", ""), description=getattr(module, "HELP", "")
@@ -59,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module = modules[args.command]
     if isinstance(module, Exception):
-        print(f"afmi {args.command}: {module}", file=sys.stderr)
+        print(
+            f"afmi {args.command}: {module}. Install its dependencies: pip install 'afmi[all]'",
+            file=sys.stderr,
+        )
         return 2
     return int(module.main(args))  # type: ignore[attr-defined]
