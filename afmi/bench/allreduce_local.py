@@ -9,50 +9,32 @@ for each algorithm, and its ratio to the fastest of the row.
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
+from typing import Any
 
 import numpy as np
 
 import afmi
-from afmi.collectives import registry
+from afmi.bench.forced import compare_main
 
 ALGORITHMS = ("linear", "recursive_doubling", "ring")
 
 
-async def _job(comm: afmi.Communicator, nbytes: int, repeat: int) -> dict[str, float]:
-    x = np.full(nbytes // 8, float(comm.rank + 1))
+def _make(comm: afmi.Communicator, nbytes: int) -> Any:
+    return np.full(nbytes // 8, float(comm.rank + 1))
+
+
+async def _call(comm: afmi.Communicator, x: Any) -> Any:
+    return await comm.allreduce(x)
+
+
+def _check(comm: afmi.Communicator, nbytes: int, y: Any) -> None:
     want = comm.size * (comm.size + 1) / 2
-    out: dict[str, float] = {}
-    for name in ALGORITHMS:
-        times = []
-        with registry.forced(allreduce=name):
-            for i in range(repeat + 1):  # the first run warms up
-                await comm.barrier()
-                t0 = time.perf_counter()
-                y = await comm.allreduce(x)
-                await comm.barrier()
-                if i:
-                    times.append(time.perf_counter() - t0)
-        assert y[0] == want and y[-1] == want
-        out[name] = statistics.median(times)
-    return out
+    assert y[0] == want and y[-1] == want
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[16 << 20], help="bytes")
-    parser.add_argument("--ranks", type=int, nargs="+", default=[4])
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-    print(f"{'ranks':>5} {'bytes':>10} " + " ".join(f"{n:>26}" for n in ALGORITHMS))
-    for ranks in args.ranks:
-        for nbytes in args.sizes:
-            t = afmi.run_local(_job, ranks, nbytes, args.repeat)[0]
-            best = min(t.values())
-            cells = [f"{t[n] * 1e3:10.2f} ms ({t[n] / best:5.2f}x)" for n in ALGORITHMS]
-            print(f"{ranks:>5} {nbytes:>10} " + " ".join(f"{c:>26}" for c in cells))
+    """Run the comparison from the command line."""
+    compare_main(__doc__.splitlines()[0], "allreduce", ALGORITHMS, _make, _call, _check)
 
 
 if __name__ == "__main__":
