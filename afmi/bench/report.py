@@ -122,21 +122,8 @@ def format_report(results: dict[str, Any]) -> str:
         out.append(f"channel {name} skipped: {reason}")
     acc = results.get("accuracy")
     if acc and acc.get("points"):
-        out.append(f"\nModel accuracy ({results.get('model_source', 'configured model')}):")
-        out.append(
-            f"  time: {acc['within_tolerance']}/{acc['points']} points within "
-            f"{acc['tolerance']:.0%} ({acc['fraction_within']:.0%}); worst "
-            f"{acc['max_abs_rel_error']:.0%} at {acc['worst']}"
-        )
-        if acc.get("choice_points"):
-            out.append(
-                f"  fast choice: {acc['choice_correct']}/{acc['choice_points']} points pick the "
-                f"measured-fastest channel ({acc['choice_fraction']:.0%}); "
-                f"{acc['choice_near']} ({acc['choice_near_fraction']:.0%}) pick a channel "
-                f"within 10% of it"
-            )
-        else:
-            out.append(f"  fast choice: {acc.get('choice_note')}")
+        source = results.get("model_source", "configured model")
+        out += _accuracy_lines(f"\nModel accuracy ({source}):", acc)
     cal = results.get("calibration")
     if cal:
         out.append(f"\nCalibrated model written to {cal['file']}")
@@ -213,20 +200,8 @@ def format_processes(proc: dict[str, Any]) -> str:
         out.append(f"{name} skipped: {reason}")
     acc = proc.get("accuracy")
     if acc and acc.get("points"):
-        out.append(f"\nModel accuracy on these rows ({proc.get('model_source', 'model')}):")
-        out.append(
-            f"  time: {acc['within_tolerance']}/{acc['points']} points within "
-            f"{acc['tolerance']:.0%} ({acc['fraction_within']:.0%}); worst "
-            f"{acc['max_abs_rel_error']:.0%} at {acc['worst']}"
-        )
-        if acc.get("choice_points"):
-            out.append(
-                f"  fast choice: {acc['choice_correct']}/{acc['choice_points']} points pick the "
-                f"measured-fastest channel ({acc['choice_fraction']:.0%}); "
-                f"{acc['choice_near']} ({acc['choice_near_fraction']:.0%}) within 10% of it"
-            )
-        else:
-            out.append(f"  fast choice: {acc.get('choice_note')}")
+        source = proc.get("model_source", "model")
+        out += _accuracy_lines(f"\nModel accuracy on these rows ({source}):", acc)
     cal = proc.get("calibration")
     if cal:
         out.append(f"Calibrated model written to {cal['file']}")
@@ -326,3 +301,23 @@ def write_plots(results: dict[str, Any], directory: str | Path) -> list[Path]:
         plt.close(fig)
         written.append(d / "collectives_latency.png")
     return written
+
+
+def _accuracy_lines(title: str, acc: dict[str, Any]) -> list[str]:
+    """The accuracy report: time predictions within tolerance, and the fast choice."""
+    lines = [
+        title,
+        f"  time: {acc['within_tolerance']}/{acc['points']} points within "
+        f"{acc['tolerance']:.0%} ({acc['fraction_within']:.0%}); worst "
+        f"{acc['max_abs_rel_error']:.0%} at {acc['worst']}",
+    ]
+    if acc.get("choice_points"):
+        lines.append(
+            f"  fast choice: {acc['choice_correct']}/{acc['choice_points']} points pick the "
+            f"measured-fastest channel ({acc['choice_fraction']:.0%}); "
+            f"{acc['choice_near']} ({acc['choice_near_fraction']:.0%}) pick a channel "
+            f"within 10% of it"
+        )
+    else:
+        lines.append(f"  fast choice: {acc.get('choice_note')}")
+    return lines
