@@ -29,6 +29,7 @@ __all__ = [
     "select",
     "set_chooser",
     "unregister",
+    "usable_on",
 ]
 
 #: ``chooser(candidates, size, nbytes, args, ctx) -> Algorithm`` picks among applicable algorithms.
@@ -133,6 +134,37 @@ def payload_nbytes(obj: Any) -> int:
     return 9
 
 
+def usable_on(
+    candidates: list[Algorithm],
+    channel: str,
+    size: int,
+    nbytes: int,
+    args: dict[str, Any],
+    *,
+    lenient: bool = False,
+) -> list[Algorithm]:
+    """The ``candidates`` that may run on ``channel`` with these arguments.
+
+    Algorithms meant for ``channel`` win over generic ones. With ``lenient``, an
+    applicability rule that raises (say, on the incomplete arguments of a
+    prediction) counts as "not applicable" instead of propagating.
+    """
+    usable = []
+    for a in candidates:
+        if a.channels is not None and channel not in a.channels:
+            continue
+        try:
+            ok = a.applicable(size, nbytes, args)
+        except Exception:
+            if not lenient:
+                raise
+            ok = False
+        if ok:
+            usable.append(a)
+    specific = [a for a in usable if a.channels is not None]
+    return specific or usable
+
+
 def select(collective: str, ctx: CollectiveContext, args: dict[str, Any]) -> Algorithm:
     """The algorithm that runs ``collective`` with ``args`` on ``ctx``'s communicator."""
     _load()
@@ -148,15 +180,7 @@ def select(collective: str, ctx: CollectiveContext, args: dict[str, Any]) -> Alg
         if not algorithm.applicable(ctx.size, nbytes, args):
             raise LookupError(f"forced algorithm {algorithm!r} cannot run these arguments")
         return algorithm
-    usable = [
-        a
-        for a in candidates
-        if (a.channels is None or ctx.channel in a.channels)
-        and a.applicable(ctx.size, nbytes, args)
-    ]
-    specific = [a for a in usable if a.channels is not None]
-    if specific:
-        usable = specific
+    usable = usable_on(candidates, ctx.channel, ctx.size, nbytes, args)
     if not usable:
         raise LookupError(f"no algorithm for {collective} applies to {args!r}")
     chooser = _CHOOSERS.get(collective)

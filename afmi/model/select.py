@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from afmi.collectives.base import Algorithm
 from afmi.config import Config
 from afmi.errors import ArgumentError
 from afmi.model.params import function_price, model_for
@@ -89,27 +88,13 @@ def candidates(
     """
     if op == "send":
         return [P2P]
-    from afmi.collectives.registry import algorithms
+    from afmi.collectives.registry import algorithms, usable_on
 
     registered = algorithms(op)
     if not registered:
-        from afmi.collectives.registry import algorithms as _all
-
-        known = sorted({a.collective for a in _all()} | {"send"})
+        known = sorted({a.collective for a in algorithms()} | {"send"})
         raise ArgumentError(f"unknown operation {op!r}; choose one of {', '.join(known)}")
-    usable: list[Algorithm] = []
-    for a in registered:
-        if a.channels is not None and channel not in a.channels:
-            continue
-        try:
-            ok = a.applicable(size, nbytes, args or {})
-        except Exception:  # noqa: BLE001 - an applicability rule that cannot judge says no
-            ok = False
-        if ok:
-            usable.append(a)
-    specific = [a for a in usable if a.channels is not None]
-    chosen: list[StepModel] = [*(specific or usable)]
-    return chosen
+    return list(usable_on(registered, channel, size, nbytes, args or {}, lenient=True))
 
 
 def predict_all(
