@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from afmi.bench.measure import Budget
+from afmi.testing.servers import stop_process
 
 __all__ = ["mpi4py_pingpong", "socket_pingpong"]
 
@@ -119,12 +120,7 @@ def socket_pingpong(
                 half = (time.perf_counter() - t0) / iters / 2
                 rows.append(_row("socket", nbytes, iters, half))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         if proc.stdout is not None:
             proc.stdout.close()
     return rows

@@ -24,9 +24,10 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
-__all__ = ["S3Server", "free_port", "redis_server", "s3_server", "wait_for_port"]
+__all__ = ["S3Server", "free_port", "redis_server", "s3_server", "stop_process", "wait_for_port"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -34,6 +35,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """Terminate ``proc``; kill it if it has not exited after ``grace`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -121,12 +132,7 @@ def redis_server() -> Iterator[str]:
         wait_for_port("127.0.0.1", port, 20, proc)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -198,9 +204,4 @@ def s3_server() -> Iterator[S3Server]:
         _create_bucket(endpoint, bucket)
         yield S3Server(endpoint, bucket)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
