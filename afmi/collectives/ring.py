@@ -128,6 +128,20 @@ def _flat(x: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], bool]:
     return np.ascontiguousarray(x).reshape(-1), False
 
 
+def _commutative_ring(args: dict[str, Any]) -> bool:
+    """The ring reorders combinations: only for commutative ops on arrays it can cut."""
+    return ring_applicable(args.get("x"), args.get("op"), 1) and args["op"].commutative
+
+
+def _ring_steps(size: int, nbytes: int, passes: int) -> list[Step]:
+    """``passes`` trips around the ring, each ``size - 1`` rounds of segmented chunks."""
+    if size <= 1:
+        return []
+    chunk = -(-nbytes // size)
+    segments = max(1, -(-chunk // SEGMENT_BYTES))
+    return [Step(passes * (size - 1), min(chunk, SEGMENT_BYTES), segments)]
+
+
 class RingAllreduce(Algorithm):
     """Ring allreduce (segmented reduce-scatter + allgather) for large arrays."""
 
@@ -135,14 +149,10 @@ class RingAllreduce(Algorithm):
     name = "ring"
 
     def applicable(self, size: int, nbytes: int, args: dict[str, Any]) -> bool:
-        return ring_applicable(args.get("x"), args.get("op"), 1) and args["op"].commutative
+        return _commutative_ring(args)
 
     def steps(self, size: int, nbytes: int) -> list[Step]:
-        if size <= 1:
-            return []
-        chunk = -(-nbytes // size)
-        segments = max(1, -(-chunk // SEGMENT_BYTES))
-        return [Step(2 * (size - 1), min(chunk, SEGMENT_BYTES), segments)]
+        return _ring_steps(size, nbytes, passes=2)
 
     async def run(self, ctx: CollectiveContext, *, x: Any, op: Op) -> Any:
         size = ctx.size
@@ -165,14 +175,10 @@ class RingReduceScatter(Algorithm):
     name = "ring"
 
     def applicable(self, size: int, nbytes: int, args: dict[str, Any]) -> bool:
-        return ring_applicable(args.get("x"), args.get("op"), 1) and args["op"].commutative
+        return _commutative_ring(args)
 
     def steps(self, size: int, nbytes: int) -> list[Step]:
-        if size <= 1:
-            return []
-        chunk = -(-nbytes // size)
-        segments = max(1, -(-chunk // SEGMENT_BYTES))
-        return [Step(size - 1, min(chunk, SEGMENT_BYTES), segments)]
+        return _ring_steps(size, nbytes, passes=1)
 
     async def run(self, ctx: CollectiveContext, *, x: Any, op: Op) -> Any:
         size, rank = ctx.size, ctx.rank
