@@ -72,6 +72,22 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def mpi_env() -> dict[str, str]:
+    """Environment for mpi4py anchors: Open MPI over TCP only, as root, oversubscribed."""
+    env = _child_env()
+    env.update(
+        {
+            "OMPI_MCA_btl": "tcp,self",
+            "OMPI_ALLOW_RUN_AS_ROOT": "1",
+            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+            "OMPI_MCA_rmaps_base_oversubscribe": "1",
+            # yield the CPU while waiting: the machine may have fewer free cores than ranks
+            "OMPI_MCA_mpi_yield_when_idle": "1",
+        }
+    )
+    return env
+
+
 def socket_pingpong(
     nbytes_list: Sequence[int], budget: Budget | None = None
 ) -> list[dict[str, Any]]:
@@ -195,17 +211,7 @@ def mpi4py_pingpong(
         # Large messages: keep the run short on a shared machine (roughly 1 GB/s assumed).
         iters = budget.cap(iters, n / 1e9 + 2e-5)
         plan.append((n, warm, iters))
-    env = _child_env()
-    env.update(
-        {
-            "OMPI_MCA_btl": "tcp,self",
-            "OMPI_ALLOW_RUN_AS_ROOT": "1",
-            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-            "OMPI_MCA_rmaps_base_oversubscribe": "1",
-            # yield the CPU while waiting: the machine may have fewer free cores than ranks
-            "OMPI_MCA_mpi_yield_when_idle": "1",
-        }
-    )
+    env = mpi_env()
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(_MPI_SCRIPT)
         script = f.name

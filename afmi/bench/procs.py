@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from afmi.bench import measure
-from afmi.bench.anchors import _child_env, _mpiexec, mpi4py_unavailable, socket_pingpong
+from afmi.bench.anchors import _child_env, _mpiexec, mpi4py_unavailable, mpi_env, socket_pingpong
 from afmi.config import Config
 from afmi.errors import ArgumentError
 
@@ -264,21 +264,6 @@ if rank == 0:
 """
 
 
-def _mpi_env() -> dict[str, str]:
-    env = _child_env()
-    env.update(
-        {
-            "OMPI_MCA_btl": "tcp,self",
-            "OMPI_ALLOW_RUN_AS_ROOT": "1",
-            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-            "OMPI_MCA_rmaps_base_oversubscribe": "1",
-            # yield the CPU while waiting: the machine may have fewer free cores than ranks
-            "OMPI_MCA_mpi_yield_when_idle": "1",
-        }
-    )
-    return env
-
-
 def mpi4py_job(
     ranks: int,
     pingpong: Sequence[tuple[int, int, int]],
@@ -306,7 +291,7 @@ def mpi4py_job(
             [*cmd, str(plan_path), str(out_path)],
             capture_output=True,
             text=True,
-            env=_mpi_env(),
+            env=mpi_env(),
             timeout=timeout,
         )
         if proc.returncode != 0 or not out_path.exists():
