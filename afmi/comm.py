@@ -27,6 +27,10 @@ T = TypeVar("T")
 TAG_UB = 2**31 - 1
 
 
+async def _result_of(fut: asyncio.Future[T]) -> T:
+    return await fut
+
+
 class Communicator:
     """A group of ranks that exchange messages; see the module docstring.
 
@@ -159,6 +163,9 @@ class Communicator:
         except BaseException:
             coro.close()
             raise
+        return await self._within(coro, seconds, what)
+
+    async def _within(self, coro: Coroutine[Any, Any, T], seconds: float | None, what: str) -> T:
         if seconds is None:
             return await coro
         scope = asyncio.timeout(seconds)
@@ -246,10 +253,16 @@ class Communicator:
     async def _await_ticket(self, ticket: Ticket, timeout: float | None, what: str) -> Message:
         fut = ticket.waiter
         assert isinstance(fut, asyncio.Future)
+        if fut.done():
+            return fut.result()  # type: ignore[no-any-return]
+        seconds = self._timeout(timeout)
         try:
+            # Spin first (at most Config.spin, far below any timeout); arm the
+            # timeout's timer only for a receive that then still has to wait.
+            await self._ep.spin(ticket)
             if fut.done():
                 return fut.result()  # type: ignore[no-any-return]
-            return await self._bounded(self._ep.arrival(ticket), timeout, what)
+            return await self._within(_result_of(fut), seconds, what)
         except BaseException:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self._ep.give_back(fut.result())  # matched, but our caller went away

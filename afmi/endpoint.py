@@ -176,29 +176,37 @@ class Endpoint:
         return ticket
 
     async def arrival(self, ticket: Ticket) -> Message:
-        """Wait for a posted receive's message, spinning the event loop briefly first.
+        """Wait for a posted receive's message: :meth:`spin`, then block on its future."""
+        await self.spin(ticket)
+        fut = ticket.waiter
+        assert isinstance(fut, asyncio.Future)
+        msg: Message = await fut
+        return msg
+
+    async def spin(self, ticket: Ticket) -> None:
+        """Keep the event loop polling until ``ticket`` matches or ``Config.spin`` passes.
 
         For up to ``Config.spin`` seconds the loop keeps polling (``sleep(0)``)
         instead of blocking in the kernel, as MPI libraries poll for progress: on
         virtual machines a thread that blocks pays tens of microseconds to be woken.
-        Other tasks keep running meanwhile. Cancellation withdraws the receive at
-        once (a message that had already matched stays in the ticket's future).
+        Other tasks keep running meanwhile. Returns early once the ticket's future is
+        done. Cancellation withdraws the receive at once (a message that had already
+        matched stays in the ticket's future).
         """
         fut = ticket.waiter
         assert isinstance(fut, asyncio.Future)
         spin = self.config.spin
-        if spin and not fut.done():
-            deadline = time.perf_counter() + spin
-            try:
-                while not fut.done() and time.perf_counter() < deadline:  # noqa: ASYNC110
-                    await asyncio.sleep(0)  # polling on purpose
-            except BaseException:
-                if not fut.done():
-                    self.engine.cancel(ticket)  # withdraw now, not one loop turn later
-                    fut.cancel()
-                raise
-        msg: Message = await fut
-        return msg
+        if not spin or fut.done():
+            return
+        deadline = time.perf_counter() + spin
+        try:
+            while not fut.done() and time.perf_counter() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0)  # polling on purpose
+        except BaseException:
+            if not fut.done():
+                self.engine.cancel(ticket)  # withdraw now, not one loop turn later
+                fut.cancel()
+            raise
 
     def _waiter_done(self, fut: asyncio.Future[Message], *, ticket: Ticket) -> None:
         if fut.cancelled():

@@ -26,6 +26,7 @@ import numpy as np
 
 from afmi.errors import AfmiError
 from afmi.wire.message import Buffer, Message
+from afmi.wire.serialize import packb
 
 __all__ = [
     "ControlFrame",
@@ -61,9 +62,7 @@ class ControlFrame:
 def encode_frame(msg: Message) -> list[Buffer]:
     """Encode ``msg`` as a list of buffers (prelude+header first, then the data)."""
     lens = [memoryview(b).nbytes for b in msg.buffers]
-    header = msgpack.packb(
-        [msg.context, msg.source, msg.tag, msg.seq, msg.header, lens], use_bin_type=True
-    )
+    header = packb([msg.context, msg.source, msg.tag, msg.seq, msg.header, lens])
     out: list[Buffer] = [_PRELUDE.pack(MAGIC, VERSION, KIND_MESSAGE, len(header)) + header]
     out.extend(b for b, n in zip(msg.buffers, lens) if n)
     return out

@@ -7,7 +7,7 @@ from hypothesis.extra import numpy as hnp
 from afmi.errors import PayloadTypeError
 from afmi.testing.conformance import same
 from afmi.wire.message import copy_buffers
-from afmi.wire.serialize import decode, encode
+from afmi.wire.serialize import _encode_fast, _encode_generic, decode, encode
 
 
 def roundtrip(obj, **kw):
@@ -145,3 +145,31 @@ def test_subclasses_are_not_silently_converted():
 
     with pytest.raises(PayloadTypeError, match="MyInt"):
         encode(MyInt(3))
+
+
+@given(
+    st.one_of(
+        scalars,
+        st.integers(min_value=-(1 << 70), max_value=1 << 70),
+        hnp.arrays(array_dtypes, hnp.array_shapes(min_dims=0, max_dims=3, max_side=4)),
+        hnp.arrays(array_dtypes, hnp.array_shapes(min_dims=2, max_dims=2)).map(np.asfortranarray),
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_fast_path_writes_the_same_bytes_as_the_generic_encoder(obj):
+    generic = _encode_generic(obj, False)
+    fast = _encode_fast(obj)
+    if fast is not None:
+        assert fast[0] == generic[0]
+        assert [bytes(b) for b in fast[1]] == [bytes(b) for b in generic[1]]
+    assert encode(obj)[0] == generic[0]
+
+
+def test_fast_path_covers_the_common_payloads_and_declines_the_rest():
+    assert _encode_fast(np.arange(4.0)) is not None
+    assert _encode_fast(3) is not None and _encode_fast(b"x") is not None
+    assert _encode_fast(1 << 70) is None  # big int: extension type
+    assert _encode_fast(np.zeros(2, dtype=[("a", "i4")])) is None  # structured
+    assert _encode_fast(np.array([None], dtype=object)) is None  # rejected by the generic path
+    with pytest.raises(PayloadTypeError, match="holds Python objects"):
+        encode(np.array([None], dtype=object))
