@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,9 +27,11 @@ from afmi.wire.serialize import decode, encode
 if TYPE_CHECKING:
     from afmi.comm import Communicator
 
-__all__ = ["Endpoint", "WORLD_CONTEXT", "on_channel", "pinned_channel"]
+__all__ = ["Endpoint", "WORLD_CONTEXT", "on_channel", "pinned_channel", "spin_until"]
 
 T = TypeVar("T")
+
+_sched_yield: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
 
 #: Context id of the world communicator (its collectives use ``WORLD_CONTEXT + 1``).
 WORLD_CONTEXT = 0
@@ -59,6 +62,25 @@ async def on_channel(channel: str | None, start: Callable[[], Awaitable[T]]) -> 
         return await start()
     finally:
         _PINNED.reset(token)
+
+
+async def spin_until(fut: asyncio.Future[Any], seconds: float) -> None:
+    """Keep the event loop turning (``sleep(0)``) until ``fut`` is done or ``seconds`` pass.
+
+    The progress loop of a waiting receive (see :meth:`Endpoint.spin`): the
+    loop polls its sockets on every turn instead of blocking in the kernel, and
+    each turn ends with ``os.sched_yield()`` so that a busy machine's other
+    processes (perhaps the peer being waited for) still get the core.
+    """
+    if not seconds or fut.done():
+        return
+    deadline = time.perf_counter() + seconds
+    while not fut.done() and time.perf_counter() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0)  # polling on purpose
+        # Let any other runnable process have the core first: when the machine is
+        # oversubscribed, a spinner that keeps its core can hold off the very peer
+        # it waits for until the scheduler's next tick (Open MPI yields the same way).
+        _sched_yield()
 
 
 class Endpoint:
@@ -195,13 +217,8 @@ class Endpoint:
         """
         fut = ticket.waiter
         assert isinstance(fut, asyncio.Future)
-        spin = self.config.spin
-        if not spin or fut.done():
-            return
-        deadline = time.perf_counter() + spin
         try:
-            while not fut.done() and time.perf_counter() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0)  # polling on purpose
+            await spin_until(fut, self.config.spin)
         except BaseException:
             if not fut.done():
                 self.engine.cancel(ticket)  # withdraw now, not one loop turn later

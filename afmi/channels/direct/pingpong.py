@@ -97,6 +97,7 @@ def _socket_rank(rank: int, port: int, sizes: list[int], quick: bool, out: Conne
 
 # -- afmi ---------------------------------------------------------------------------------------
 async def _channel_pingpong(comm: Any, sizes: list[int], quick: bool) -> Result:
+    from afmi.endpoint import spin_until
     from afmi.wire.message import Message
 
     ch = comm.endpoint.channels["direct"]
@@ -114,9 +115,13 @@ async def _channel_pingpong(comm: Any, sizes: list[int], quick: bool) -> Result:
         if fut is not None and not fut.done():
             fut.set_result(None)
 
+    spin = comm.endpoint.config.spin
+
     async def arrival() -> Message:
+        # The endpoint's progress rule: spin the loop for Config.spin, then block.
         while not inbox:
             fut = waiter[0] = loop.create_future()
+            await spin_until(fut, spin)
             await fut
         return inbox.pop(0)
 
