@@ -13,6 +13,8 @@ import math
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+
 from afmi.endpoint import Endpoint, on_channel
 from afmi.errors import ArgumentError, OperationTimeoutError
 from afmi.ops import SUM, Op, as_op
@@ -25,6 +27,20 @@ __all__ = ["Communicator", "ANY_SOURCE", "ANY_TAG", "TAG_UB"]
 T = TypeVar("T")
 #: Largest user tag.
 TAG_UB = 2**31 - 1
+
+
+async def _copied_into(coro: Coroutine[Any, Any, Any], out: Any) -> Any:
+    """Run a collective; leave its result in ``out`` (unless it wrote there) and return ``out``."""
+    result = await coro
+    same_view = (
+        isinstance(result, np.ndarray)
+        and result.ctypes.data == out.ctypes.data
+        and result.shape == out.shape
+        and result.strides == out.strides
+    )
+    if not same_view:
+        np.copyto(out, result)
+    return out
 
 
 async def _result_of(fut: asyncio.Future[T]) -> T:
@@ -330,12 +346,23 @@ class Communicator:
         return True
 
     # -- collectives --
-    def _start_collective(self, name: str, **args: Any) -> tuple[Any, Coroutine[Any, Any, Any]]:
+    def _start_collective(
+        self, name: str, *, out: Any = None, **args: Any
+    ) -> tuple[Any, Coroutine[Any, Any, Any]]:
         from afmi.collectives import CollectiveContext
 
         seq = self._coll_seq_box[0]
         self._coll_seq_box[0] += 1
         ctx = CollectiveContext(self, seq, name)
+        if out is not None:
+            ctx.out = out
+            algorithm, coro = self._start_collective_in(name, ctx, args)
+            return algorithm, _copied_into(coro, out)
+        return self._start_collective_in(name, ctx, args)
+
+    def _start_collective_in(
+        self, name: str, ctx: Any, args: dict[str, Any]
+    ) -> tuple[Any, Coroutine[Any, Any, Any]]:
         if (
             self._pin is None
             and len(self._ep.channels) == 1
@@ -456,13 +483,43 @@ class Communicator:
         """Nonblocking :meth:`reduce`."""
         return self._icollective("reduce", x=x, op=self._op(op), root=self._root(root))
 
-    async def allreduce(self, x: Any, op: Op = SUM, timeout: float | None = None) -> Any:
-        """Combine every rank's ``x`` with ``op``; the result on every rank."""
-        return await self._collective("allreduce", timeout, x=x, op=self._op(op))
+    async def allreduce(
+        self, x: Any, op: Op = SUM, timeout: float | None = None, *, out: Any = None
+    ) -> Any:
+        """Combine every rank's ``x`` with ``op``; the result on every rank.
 
-    def iallreduce(self, x: Any, op: Op = SUM) -> Request[Any]:
+        ``out``: a numpy array to write the result into (and return), like MPI's
+        receive buffer: same shape and dtype as the array ``x``, C-contiguous,
+        writable, not sharing memory with ``x``. Reusing one ``out`` across calls
+        saves allocating (and the kernel zero-filling) a result array per call, and
+        the ring algorithm receives the other ranks' data straight into it.
+        """
+        self._check_out(x, out)
+        return await self._collective("allreduce", timeout, x=x, op=self._op(op), out=out)
+
+    def iallreduce(self, x: Any, op: Op = SUM, *, out: Any = None) -> Request[Any]:
         """Nonblocking :meth:`allreduce`; compute while it progresses, then ``await`` it."""
-        return self._icollective("allreduce", x=x, op=self._op(op))
+        self._check_out(x, out)
+        return self._icollective("allreduce", x=x, op=self._op(op), out=out)
+
+    @staticmethod
+    def _check_out(x: Any, out: Any) -> None:
+        if out is None:
+            return
+        if not isinstance(x, np.ndarray) or not isinstance(out, np.ndarray):
+            raise ArgumentError(
+                f"out= needs x and out to be numpy arrays, got x: {type(x).__name__}, "
+                f"out: {type(out).__name__}"
+            )
+        if out.shape != x.shape or out.dtype != x.dtype:
+            raise ArgumentError(
+                f"out= must match x: x is {x.dtype}{list(x.shape)}, out is "
+                f"{out.dtype}{list(out.shape)}"
+            )
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ArgumentError("out= must be a C-contiguous, writable array")
+        if np.shares_memory(x, out):
+            raise ArgumentError("out= must not share memory with x (afmi has no in-place mode)")
 
     async def scan(self, x: Any, op: Op = SUM, timeout: float | None = None) -> Any:
         """Inclusive prefix reduction: rank ``i`` gets ``x0 op ... op xi``."""

@@ -21,7 +21,7 @@ from afmi.channels.base import Channel
 from afmi.config import Config
 from afmi.errors import ChannelError
 from afmi.wire.matching import MatchingEngine, Ticket
-from afmi.wire.message import Message
+from afmi.wire.message import Message, copy_buffers
 from afmi.wire.serialize import decode, encode
 
 if TYPE_CHECKING:
@@ -83,6 +83,18 @@ async def spin_until(fut: asyncio.Future[Any], seconds: float) -> None:
         _sched_yield()
 
 
+def _own_buffers(msg: Message) -> Message:
+    """Give a message received into a receive's own buffers (``landed``) a private copy.
+
+    Called when that receive went away: the message goes back to the queue for
+    another receive, and must not keep pointing at memory its caller reuses.
+    """
+    if msg.landed is not None:
+        msg.buffers = copy_buffers(msg.buffers)
+        msg.landed = None
+    return msg
+
+
 class Endpoint:
     """A rank's messaging core; see the module docstring."""
 
@@ -116,6 +128,7 @@ class Endpoint:
 
             self.selector = MessageSelector(sorted(channels), config)
         for ch in channels.values():
+            ch.destination = self._destination
             ch.start(self._on_message, self._on_failure)
 
     @property
@@ -184,11 +197,17 @@ class Endpoint:
         await ch.send(dest, msg)
 
     # -- receiving --
-    def post(self, context: int, source: int, tag: int) -> Ticket:
-        """Post a receive; its ``waiter`` is a future resolved with the matched Message."""
+    def post(
+        self, context: int, source: int, tag: int, into: list[memoryview] | None = None
+    ) -> Ticket:
+        """Post a receive; its ``waiter`` is a future resolved with the matched Message.
+
+        ``into``: writable byte views a channel may receive the payload's buffers
+        straight into (``message.landed is ticket`` tells that it did).
+        """
         self.check_alive()
         loop = asyncio.get_running_loop()
-        ticket = self.engine.post(context, source, tag)
+        ticket = self.engine.post(context, source, tag, into)
         fut: asyncio.Future[Message] = loop.create_future()
         ticket.waiter = fut
         if ticket.message is not None:
@@ -231,13 +250,28 @@ class Endpoint:
 
     def give_back(self, msg: Message) -> None:
         """Return a matched message whose receiver went away (cancellation)."""
-        self._complete(self.engine.requeue(msg))
+        self._complete(self.engine.requeue(_own_buffers(msg)))
 
     def decode(self, msg: Message) -> Any:
         """Rebuild the payload of a received message."""
         return decode(msg.header, msg.buffers, allow_pickle=self.config.pickle)
 
+    def _destination(
+        self, context: int, source: int, tag: int, seq: int, lens: list[int]
+    ) -> Ticket | None:
+        """The posted receive whose buffers an arriving message can be received into."""
+        ticket = self.engine.destination(context, source, tag, seq)
+        if ticket is None or ticket.into is None or len(ticket.into) != len(lens):
+            return None
+        for view, n in zip(ticket.into, lens):
+            if view.nbytes != n:
+                return None
+        return ticket
+
     def _on_message(self, msg: Message) -> None:
+        landed = msg.landed
+        if landed is not None and (landed.cancelled or landed.message is not None):
+            _own_buffers(msg)  # its receive went away while the data was landing
         self._complete(self.engine.deliver(msg))
 
     def _complete(self, tickets: list[Ticket]) -> None:
@@ -245,7 +279,7 @@ class Endpoint:
             fut = ticket.waiter
             assert isinstance(fut, asyncio.Future) and ticket.message is not None
             if fut.done():  # cancelled between match and delivery: keep the message
-                self._complete(self.engine.requeue(ticket.message))
+                self._complete(self.engine.requeue(_own_buffers(ticket.message)))
             else:
                 fut.set_result(ticket.message)
 

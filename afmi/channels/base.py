@@ -30,6 +30,7 @@ __all__ = [
     "Channel",
     "ChannelDriver",
     "MessageCallback",
+    "DestinationCallback",
     "FailureCallback",
     "available_drivers",
     "get_driver",
@@ -39,6 +40,9 @@ __all__ = [
 
 MessageCallback = Callable[[Message], None]
 FailureCallback = Callable[[ChannelError], None]
+#: ``(context, source, tag, seq, buffer lengths) -> ticket or None``; see
+#: :attr:`Channel.destination`.
+DestinationCallback = Callable[[int, int, int, int, list[int]], Any]
 
 
 class Channel(abc.ABC):
@@ -66,6 +70,11 @@ class Channel(abc.ABC):
         self.size = size
         self._on_message: MessageCallback | None = None
         self._on_failure: FailureCallback | None = None
+        #: Set by the endpoint: asked with a large message's header fields, it returns
+        #: the posted receive (a :class:`~afmi.wire.matching.Ticket`) whose ``into``
+        #: buffers the payload may be received straight into, or None. A channel that
+        #: uses it sets ``message.landed`` to that ticket. Optional for channels.
+        self.destination: DestinationCallback | None = None
 
     def start(self, on_message: MessageCallback, on_failure: FailureCallback) -> None:
         """Begin delivering arriving messages to ``on_message``."""

@@ -2,7 +2,10 @@
 
 This is afmi's embedded default: no server, no sockets. A send copies the
 message's buffers once (so the sender may reuse its arrays at once) and hands
-the copy to the receiver's matching engine directly.
+the copy to the receiver's matching engine directly. When the receiver has
+already posted a receive with buffers of its own for the message (see
+:meth:`afmi.wire.matching.MatchingEngine.destination`), that one copy goes
+straight into them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ if TYPE_CHECKING:
     from afmi.config import Config
 
 __all__ = ["LocalChannel", "LocalDriver", "LocalHub"]
+
+
+def _bytes_view(b: Any) -> memoryview:
+    mv = memoryview(b)
+    return mv if mv.ndim == 1 and mv.format == "B" else mv.cast("B")
 
 
 class LocalHub:
@@ -52,12 +60,30 @@ class LocalChannel(Channel):
         self._backlog: list[Message] = []
         self.messages_sent = 0
         self.bytes_sent = 0
+        #: Messages copied straight into a posted receive's own buffers.
+        self.received_in_place = 0
 
     def start(self, on_message: Any, on_failure: Any) -> None:
         super().start(on_message, on_failure)
         backlog, self._backlog = self._backlog, []
         for msg in backlog:
             on_message(msg)
+
+    def _land(self, msg: Message) -> Message | None:
+        """Copy ``msg`` straight into the buffers of the receive it will match, if posted."""
+        claim = self.destination
+        if claim is None or self._on_message is None or not msg.buffers:
+            return None
+        views = [_bytes_view(b) for b in msg.buffers]
+        ticket = claim(msg.context, msg.source, msg.tag, msg.seq, [v.nbytes for v in views])
+        if ticket is None:
+            return None
+        for dst, src in zip(ticket.into, views):
+            dst[:] = src
+        self.received_in_place += 1
+        landed = Message(msg.context, msg.source, msg.tag, msg.seq, msg.header, list(ticket.into))
+        landed.landed = ticket
+        return landed
 
     def _arrive(self, msg: Message) -> None:
         if self._closed:
@@ -70,8 +96,9 @@ class LocalChannel(Channel):
     async def send(self, dest: int, msg: Message) -> None:
         if self._closed:
             raise ChannelError("send on a closed local channel", peer=dest)
-        copy = msg.detached()
-        self._hub.channels[dest]._arrive(copy)
+        target = self._hub.channels[dest]
+        copy = target._land(msg) or msg.detached()
+        target._arrive(copy)
         self.messages_sent += 1
         self.bytes_sent += copy.nbytes
         # Yield so a rank that sends in a tight loop does not starve the others.
@@ -85,7 +112,11 @@ class LocalChannel(Channel):
             del _JOINABLE[hub.job]
 
     def stats(self) -> dict[str, Any]:
-        return {"messages_sent": self.messages_sent, "bytes_sent": self.bytes_sent}
+        return {
+            "messages_sent": self.messages_sent,
+            "bytes_sent": self.bytes_sent,
+            "received_in_place": self.received_in_place,
+        }
 
 
 class LocalDriver:

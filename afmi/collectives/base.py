@@ -10,10 +10,14 @@ never match user point-to-point messages.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
+from afmi.wire.matching import Ticket
 from afmi.wire.message import Message
 from afmi.wire.serialize import encode
 
@@ -76,6 +80,9 @@ class CollectiveContext:
         self._context = comm._coll
         kind = KINDS.get(name, _KIND_SLOTS - 1)
         self._base = (seq * _KIND_SLOTS + kind) * SUBTAGS
+        #: The caller's result array (``allreduce(..., out=)``), C-contiguous and shaped
+        #: like the input; an algorithm may write its result there directly.
+        self.out: Any = None
 
     @property
     def channel(self) -> str:
@@ -112,6 +119,43 @@ class CollectiveContext:
         """Receive the undecoded message from ``source``."""
         ticket = self._ep.post(self._context, self._group[source], self._tag(sub))
         return await self._ep.arrival(ticket)
+
+    def post_into(self, source: int, outs: list[Any], sub: int = 0) -> list[Ticket]:
+        """Post receives from ``source`` now, one per array of ``outs``, in message order.
+
+        Channels that can (direct) receive each message's data straight into its
+        array, once the receive is posted before the data arrives; await each
+        with :meth:`wait_into`, and :meth:`withdraw` the rest if you give up.
+        ``outs`` must be C-contiguous writable arrays.
+        """
+        ep, world, tag = self._ep, self._group[source], self._tag(sub)
+        return [ep.post(self._context, world, tag, [memoryview(o).cast("B")]) for o in outs]
+
+    async def wait_into(self, ticket: Ticket, out: Any) -> None:
+        """Wait for a receive from :meth:`post_into`; its data is then in ``out``.
+
+        When the channel did not receive into ``out`` itself, the received array
+        is copied in (it must have ``out``'s dtype and a shape that fits).
+        """
+        msg = await self._ep.arrival(ticket)
+        if msg.landed is not ticket:
+            np.copyto(out, self._ep.decode(msg), casting="no")
+
+    def withdraw(self, tickets: list[Ticket]) -> None:
+        """Cancel the receives of ``tickets`` that have not completed."""
+        for ticket in tickets:
+            fut = ticket.waiter
+            if isinstance(fut, asyncio.Future) and not fut.done():
+                self._ep.engine.cancel(ticket)
+                fut.cancel()
+
+    async def recv_into(self, source: int, out: Any, sub: int = 0) -> None:
+        """Receive an array from ``source`` into ``out`` (see :meth:`post_into`)."""
+        (ticket,) = self.post_into(source, [out], sub)
+        try:
+            await self.wait_into(ticket, out)
+        finally:
+            self.withdraw([ticket])
 
     async def recv(self, source: int, sub: int = 0) -> Any:
         """Receive and decode the message from ``source``."""

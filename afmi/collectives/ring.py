@@ -70,36 +70,45 @@ def _segments(lo: int, hi: int, itemsize: int) -> list[tuple[int, int]]:
 
 
 async def _reduce_scatter(
-    ctx: CollectiveContext, src: np.ndarray[Any, Any], bounds: list[int], ufunc: Any
-) -> np.ndarray[Any, Any]:
-    """Ring reduce-scatter over the flat C-ordered ``src``.
+    ctx: CollectiveContext,
+    src: np.ndarray[Any, Any],
+    bounds: list[int],
+    ufunc: Any,
+    out: np.ndarray[Any, Any],
+) -> None:
+    """Ring reduce-scatter over the flat C-ordered ``src``, into the flat ``out``.
 
-    Returns a new flat array whose chunk ``rank`` holds the full reduction;
-    ``src`` is only read.
+    Afterwards chunk ``rank`` of ``out`` holds the full reduction; the other
+    chunks of ``out`` served as receive buffers. ``src`` is only read.
     """
     size, rank = ctx.size, ctx.rank
     left, right = (rank - 1) % size, (rank + 1) % size
-    out = np.empty_like(src)
     itemsize = src.dtype.itemsize
     # Step s sends chunk (rank - s - 1) and receives chunk (rank - s - 2): after
-    # size - 1 steps, rank holds chunk rank. Step 0 sends straight from src.
-    first = (rank - 1) % size
-    for a, b in _segments(bounds[first], bounds[first + 1], itemsize):
-        await ctx.send(src[a:b], right)
-    for s in range(size - 1):
-        c = (rank - s - 2) % size
-        last = s == size - 2
-        for a, b in _segments(bounds[c], bounds[c + 1], itemsize):
-            seg = await ctx.recv(left)
-            if last:
-                ufunc(seg, src[a:b], out=out[a:b])
-                continue
-            # Reduce into the received buffer (ours alone) and pass it on.
-            if not (seg.flags.writeable and seg.dtype == src.dtype):
-                seg = seg.copy()
+    # size - 1 steps, rank holds chunk rank. Each chunk arrives here once, and its
+    # place in ``out`` is free until the allgather refills it: post every receive
+    # now, into that place, so channels that can receive each segment in place
+    # (no fresh buffer, no copy). Step 0 sends straight from src.
+    plan = [
+        (s == size - 2, a, b)
+        for s in range(size - 1)
+        for a, b in _segments(
+            bounds[(rank - s - 2) % size], bounds[(rank - s - 2) % size + 1], itemsize
+        )
+    ]
+    tickets = ctx.post_into(left, [out[a:b] for _, a, b in plan])
+    try:
+        first = (rank - 1) % size
+        for a, b in _segments(bounds[first], bounds[first + 1], itemsize):
+            await ctx.send(src[a:b], right)
+        for (last, a, b), ticket in zip(plan, tickets):
+            seg = out[a:b]
+            await ctx.wait_into(ticket, seg)
             ufunc(seg, src[a:b], out=seg)
-            await ctx.send(seg, right)
-    return out
+            if not last:
+                await ctx.send(seg, right)  # returns once the channel has the bytes
+    finally:
+        ctx.withdraw(tickets)
 
 
 async def _allgather_into(
@@ -109,16 +118,24 @@ async def _allgather_into(
     size, rank = ctx.size, ctx.rank
     left, right = (rank - 1) % size, (rank + 1) % size
     itemsize = out.dtype.itemsize
-    for a, b in _segments(bounds[rank], bounds[rank + 1], itemsize):
-        await ctx.send(out[a:b], right, 1)
-    for t in range(size - 1):
-        c = (rank - t - 1) % size
-        last = t == size - 2
-        for a, b in _segments(bounds[c], bounds[c + 1], itemsize):
-            msg = await ctx.recv_raw(left, 1)
+    plan = [
+        (t == size - 2, a, b)
+        for t in range(size - 1)
+        for a, b in _segments(
+            bounds[(rank - t - 1) % size], bounds[(rank - t - 1) % size + 1], itemsize
+        )
+    ]
+    # Every segment is received straight into its place (see _reduce_scatter).
+    tickets = ctx.post_into(left, [out[a:b] for _, a, b in plan], 1)
+    try:
+        for a, b in _segments(bounds[rank], bounds[rank + 1], itemsize):
+            await ctx.send(out[a:b], right, 1)
+        for (last, a, b), ticket in zip(plan, tickets):
+            await ctx.wait_into(ticket, out[a:b])
             if not last:
-                await ctx.send_raw(msg, right, 1)
-            out[a:b] = ctx.decode(msg)
+                await ctx.send(out[a:b], right, 1)
+    finally:
+        ctx.withdraw(tickets)
 
 
 def _flat(x: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], bool]:
@@ -161,7 +178,11 @@ class RingAllreduce(Algorithm):
         flat, transposed = _flat(x)
         ufunc = elementwise_ufunc(op, flat.dtype)
         bounds = block_bounds(flat.size, size)
-        out = await _reduce_scatter(ctx, flat, bounds, ufunc)
+        if ctx.out is not None and not transposed:
+            out = ctx.out.reshape(-1)  # the caller's array: receive straight into it
+        else:
+            out = np.empty_like(flat)
+        await _reduce_scatter(ctx, flat, bounds, ufunc, out)
         await _allgather_into(ctx, out, bounds)
         if transposed:
             return out.reshape(x.T.shape).T
@@ -189,7 +210,8 @@ class RingReduceScatter(Algorithm):
         row = int(np.prod(x.shape[1:], dtype=np.int64))
         bounds = [r * row for r in rows]
         ufunc = elementwise_ufunc(op, flat.dtype)
-        out = await _reduce_scatter(ctx, flat, bounds, ufunc)
+        out = np.empty_like(flat)
+        await _reduce_scatter(ctx, flat, bounds, ufunc, out)
         block = out[bounds[rank] : bounds[rank + 1]]
         return block.reshape((rows[rank + 1] - rows[rank], *x.shape[1:]))
 

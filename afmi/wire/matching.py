@@ -42,6 +42,8 @@ class Ticket:
     cancelled: bool = False
     #: Free slot for the async layer (a future, a callback, ...).
     waiter: object = field(default=None, repr=False)
+    #: Buffers the caller wants the payload received into (see :meth:`MatchingEngine.destination`).
+    into: list[memoryview] | None = field(default=None, repr=False)
 
     def accepts(self, msg: Message) -> bool:
         """True if ``msg`` satisfies this receive."""
@@ -87,10 +89,35 @@ class MatchingEngine:
                 return msg
         return None
 
+    def destination(self, context: int, source: int, tag: int, seq: int) -> Ticket | None:
+        """The posted receive with its own buffers that this arriving message will match.
+
+        A channel that is about to receive a large message asks this when the
+        message's header has arrived, to receive the payload straight into the
+        receive's buffers. The answer is a ticket only when the match is certain:
+        the message is next in its source's order, and the earliest posted receive
+        accepting it names that source (not ``ANY_SOURCE``, which a message from
+        elsewhere could take first) and has ``into`` buffers.
+        """
+        if self._expected_seq.get((context, source), 0) != seq:
+            return None
+        for ticket in self._posted.get(context, ()):
+            if ticket.source == source and (ticket.tag == ANY_TAG or ticket.tag == tag):
+                return ticket if ticket.into is not None else None
+            if ticket.source == ANY_SOURCE and (ticket.tag == ANY_TAG or ticket.tag == tag):
+                return None
+        return None
+
     # -- receives --
-    def post(self, context: int, source: int, tag: int) -> Ticket:
-        """Post a receive. If an unexpected message matches, the ticket is matched at once."""
-        ticket = Ticket(context, source, tag)
+    def post(
+        self, context: int, source: int, tag: int, into: list[memoryview] | None = None
+    ) -> Ticket:
+        """Post a receive. If an unexpected message matches, the ticket is matched at once.
+
+        ``into``: buffers a large payload may be received straight into (see
+        :meth:`destination`); whether it was is told by ``message.landed``.
+        """
+        ticket = Ticket(context, source, tag, into=into)
         queue = self._unexpected.get(context)
         if queue:
             for i, msg in enumerate(queue):

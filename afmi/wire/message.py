@@ -31,6 +31,9 @@ class Message:
     buffers: list[Buffer] = field(default_factory=list)
     #: Arrival order at the receiver, assigned by the matching engine.
     arrival: int = -1
+    #: The posted receive whose own buffers this message was received into (see
+    #: :meth:`afmi.wire.matching.MatchingEngine.destination`), else None.
+    landed: Any = field(default=None, repr=False, compare=False)
 
     @property
     def nbytes(self) -> int:

@@ -136,3 +136,29 @@ def test_non_overtaking_under_any_interleaving_and_reordering(n_sources, per_sou
             order = sorted(received, key=lambda m: m.arrival)
             seqs_by_match = [m.seq for m in order if m.source == s and m.tag == tag]
             assert seqs_by_match == sorted(seqs)
+
+
+def test_destination_is_the_in_order_receive_that_names_the_source_and_has_buffers():
+    eng = MatchingEngine()
+    buf = [memoryview(bytearray(4))]
+    t = eng.post(0, 1, 7, into=buf)
+    assert eng.destination(0, 1, 7, 0) is t
+    assert eng.destination(0, 1, 7, 1) is None  # out of order: would be held back
+    assert eng.destination(0, 1, 8, 0) is None  # another tag: t does not accept it
+    assert eng.destination(1, 1, 7, 0) is None  # another context
+    assert eng.deliver(msg(0, 1, 7, 0)) == [t]
+    assert eng.destination(0, 1, 7, 1) is None  # nothing posted any more
+
+
+def test_destination_refuses_when_an_earlier_receive_could_take_the_message():
+    eng = MatchingEngine()
+    wild = eng.post(0, ANY_SOURCE, ANY_TAG)
+    eng.post(0, 1, 7, into=[memoryview(bytearray(4))])
+    # A message from elsewhere could take the wildcard first: no certain match.
+    assert eng.destination(0, 1, 7, 0) is None
+    eng.cancel(wild)
+    assert eng.destination(0, 1, 7, 0) is not None
+    plain = MatchingEngine()
+    plain.post(0, 1, 7)  # an earlier receive without buffers of its own
+    plain.post(0, 1, 7, into=[memoryview(bytearray(4))])
+    assert plain.destination(0, 1, 7, 0) is None

@@ -105,6 +105,8 @@ class DirectChannel(Channel):
         self._punch_port = 0
         self.messages_sent = 0
         self.bytes_sent = 0
+        #: Large messages received straight into a posted receive's own buffers.
+        self.received_in_place = 0
 
     # -- opening --
     @classmethod
@@ -354,5 +356,6 @@ class DirectChannel(Channel):
         return {
             "messages_sent": self.messages_sent,
             "bytes_sent": self.bytes_sent,
+            "received_in_place": self.received_in_place,
             "links": {peer: link.via for peer, link in sorted(self._links.items())},
         }

@@ -1,0 +1,111 @@
+"""Receiving straight into posted buffers: ``allreduce(out=)`` and the ring's landing path.
+
+The ring posts its receives into the result array before the data arrives;
+channels that can (local, direct) then copy each segment straight into place.
+These tests check the results, that messages really landed in place, and that
+a receive withdrawn while its data was landing never leaks the caller's buffer.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+import afmi
+from afmi.collectives import registry, ring
+from afmi.wire.message import Message
+
+launch = functools.partial(afmi.launch_local, timeout=60)
+SEG = ring.SEGMENT_BYTES // 8  # float64 elements per segment
+
+
+@pytest.mark.parametrize("channel", ["local", "direct"])
+@pytest.mark.parametrize("size", [2, 3])
+async def test_ring_allreduce_receives_in_place_and_writes_out(channel, size):
+    N = size * 2 * SEG  # two whole segments per chunk (small frames are always copied)
+
+    async def main(comm):
+        x = np.arange(N, dtype=np.float64) + comm.rank
+        out = np.full(N, np.nan)
+        want = sum(np.arange(N, dtype=np.float64) + r for r in range(size))
+        with registry.forced(allreduce="ring"):
+            for _ in range(2):  # the same out twice, as a training loop would
+                got = await comm.allreduce(x, out=out)
+                assert got is out
+                assert np.array_equal(out, want)
+        stats = comm.endpoint.channels[channel].stats()
+        await comm.barrier()
+        return stats["received_in_place"]
+
+    landed = await launch(main, size, channel=channel)
+    # Per call a rank receives 2 (size - 1) chunks, each cut into segments; a segment
+    # that arrives before its receive is posted (a rank that starts the call late) is
+    # copied instead. Most must land in place.
+    per_call = 2 * (size - 1) * 2
+    assert all(n > 0 for n in landed), landed
+    assert sum(landed) >= size * 2 * per_call // 2, (landed, per_call)
+
+
+@pytest.mark.parametrize("algorithm", ["recursive_doubling", "linear", "ring"])
+async def test_out_works_with_every_algorithm_and_shape(algorithm):
+    async def main(comm):
+        x = np.arange(12, dtype=np.int64).reshape(3, 4) * (comm.rank + 1)
+        out = np.zeros((3, 4), np.int64)
+        with registry.forced(allreduce=algorithm):
+            got = await comm.allreduce(x, op=afmi.MAX, out=out)
+            req = comm.iallreduce(x, out=np.zeros_like(out))
+            summed = await req
+        assert got is out and np.array_equal(out, np.arange(12).reshape(3, 4) * 3)
+        assert np.array_equal(summed, np.arange(12).reshape(3, 4) * 6)
+
+    await launch(main, 3)
+
+
+async def test_bad_out_is_refused_with_a_clear_error():
+    async def main(comm):
+        x = np.zeros(4)
+        for bad, words in [
+            (np.zeros(5), "must match x"),
+            (np.zeros(4, np.float32), "must match x"),
+            (np.zeros(8)[::2], "C-contiguous"),
+            (x, "share memory"),
+            ([0.0] * 4, "numpy arrays"),
+        ]:
+            with pytest.raises(afmi.ArgumentError, match=words):
+                await comm.allreduce(x, out=bad)
+        await comm.barrier()  # nothing was started: the ranks are still in step
+
+    await launch(main, 2)
+
+
+@pytest.mark.parametrize("withdrawn", ["before", "after"])
+async def test_a_message_landing_in_a_withdrawn_receive_gets_its_own_buffers(withdrawn):
+    """The receive is withdrawn while its data lands, before or after the engine knows."""
+
+    async def main(comm):
+        ep = comm.endpoint
+        if comm.rank == 0:
+            target = bytearray(8)
+            ticket = ep.post(99, 1, 5, [memoryview(target)])
+            assert ep._destination(99, 1, 5, 0, [8]) is ticket
+            assert ep._destination(99, 1, 5, 0, [7]) is None  # sizes must match
+            # The channel starts receiving into the ticket's buffer ...
+            msg = Message(99, 1, 5, 0, b"\xc0", list(ticket.into))
+            msg.landed = ticket
+            target[:] = b"payload!"
+            # ... and the receiver gives up before the message is complete: either the
+            # engine already withdrew the receive, or only its future is cancelled yet.
+            if withdrawn == "before":
+                ep.engine.cancel(ticket)
+            ticket.waiter.cancel()
+            ep._on_message(msg)
+            assert msg.landed is None and msg.buffers[0] is not ticket.into[0]
+            target[:] = bytes(8)  # the caller reuses its buffer
+            again = ep.post(99, 1, 5)
+            got = await ep.arrival(again)
+            assert bytes(got.buffers[0]) == b"payload!"
+        await comm.barrier()
+
+    await launch(main, 2)
