@@ -237,17 +237,38 @@ class Communicator:
         task = self._ep.spawn(self._ep.transmit(world, msg, name))
         return Request(task, what=f"isend to rank {dest}")
 
-    def _post(self, source: int, tag: int) -> Ticket:
+    def _post(self, source: int, tag: int, out: Any = None) -> Ticket:
         src = self._check_source(source)
         tag = self._check_tag(tag, allow_any=True)
-        return self._ep.post(self._p2p, src, tag)
+        into = None
+        if out is not None:
+            if not isinstance(out, np.ndarray):
+                raise ArgumentError(f"out= must be a numpy array, got {type(out).__name__}")
+            if not out.flags.c_contiguous or not out.flags.writeable:
+                raise ArgumentError("out= must be a C-contiguous, writable array")
+            into = [memoryview(out.reshape(-1).view(np.uint8))]  # type: ignore[arg-type]
+        return self._ep.post(self._p2p, src, tag, into)
 
-    def _finish(self, msg: Message, status: Status | None) -> Any:
+    def _finish(
+        self, msg: Message, status: Status | None, ticket: Ticket | None = None, out: Any = None
+    ) -> Any:
         if status is not None:
             status.source = self._world_to_rank.get(msg.source, msg.source)
             status.tag = msg.tag
             status.nbytes = msg.nbytes
-        return self._ep.decode(msg)
+        if out is None:
+            return self._ep.decode(msg)
+        if msg.landed is not ticket:
+            got = self._ep.decode(msg)
+            if not isinstance(got, np.ndarray) or got.dtype != out.dtype or got.size != out.size:
+                what = f"{got.dtype}{list(got.shape)}" if isinstance(got, np.ndarray) else type(got)
+                raise ArgumentError(
+                    f"received {what} from rank {status.source if status else msg.source}, "
+                    f"which does not fit out= ({out.dtype}{list(out.shape)}); the message "
+                    "was consumed"
+                )
+            np.copyto(out, got.reshape(out.shape))
+        return out
 
     async def recv(
         self,
@@ -255,16 +276,26 @@ class Communicator:
         tag: int = ANY_TAG,
         status: Status | None = None,
         timeout: float | None = None,
+        *,
+        out: Any = None,
     ) -> Any:
         """Receive the next matching message and return its payload.
 
         Cancellation and timeout never lose a message: if the receive is
         withdrawn, a message that arrives later (or that had just matched)
         stays queued for the next matching receive.
+
+        ``out``: a C-contiguous, writable numpy array to receive an array payload
+        into (returned instead of a new array), like ``Recv(buf)`` in MPI. The
+        payload must have ``out``'s dtype and number of elements. Channels that
+        can (direct, local) receive a large payload straight into ``out`` when
+        the receive is posted before it arrives (use :meth:`irecv` to post early).
         """
-        ticket = self._post(source, tag)
+        ticket = self._post(source, tag, out)
         msg = await self._await_ticket(ticket, timeout, f"recv(source={source}, tag={tag})")
-        return self._finish(msg, status)
+        if out is not None and status is None:
+            status = Status()
+        return self._finish(msg, status, ticket, out)
 
     async def _await_ticket(self, ticket: Ticket, timeout: float | None, what: str) -> Message:
         fut = ticket.waiter
@@ -286,16 +317,21 @@ class Communicator:
                 fut.cancel()
             raise
 
-    def irecv(self, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> Request[Any]:
-        """Post a receive now; ``await`` the request for the payload, ``req.status`` for details."""
-        ticket = self._post(source, tag)
+    def irecv(
+        self, source: int = ANY_SOURCE, tag: int = ANY_TAG, *, out: Any = None
+    ) -> Request[Any]:
+        """Post a receive now; ``await`` the request for the payload, ``req.status`` for details.
+
+        ``out``: receive an array payload into this array (see :meth:`recv`).
+        """
+        ticket = self._post(source, tag, out)
         fut = ticket.waiter
         assert isinstance(fut, asyncio.Future)
         req: Request[Any]
 
         def convert(msg: Message) -> Any:
             req.status = Status()
-            return self._finish(msg, req.status)
+            return self._finish(msg, req.status, ticket, out)
 
         req = Request(
             fut,

@@ -112,9 +112,11 @@ async def _allreduce_main(
     out = []
     for nbytes in nbytes_list:
         x = np.ones(max(nbytes // 8, 1), dtype=np.float64)
+        # Into one reused result array, as the mpi4py anchor's Allreduce(x, y) does.
+        y = np.empty_like(x)
 
-        async def one(x: np.ndarray = x) -> None:
-            await comm.allreduce(x)
+        async def one(x: np.ndarray = x, y: np.ndarray = y) -> None:
+            await comm.allreduce(x, out=y)
 
         iters = await measure._warm_then_count(comm, budget, nbytes, one)
         await comm.barrier()
