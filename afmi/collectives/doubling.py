@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import numpy as np
+
 from afmi.collectives.base import Algorithm, CollectiveContext, Step
 from afmi.collectives.combine import combine
 from afmi.collectives.tree import ceil_log2
@@ -44,6 +46,17 @@ class DisseminationBarrier(Algorithm):
             await ctx.sendrecv(None, (rank + dist) % size, (rank - dist) % size, sub=k)
 
 
+def _fits(out: Any, x: Any) -> bool:
+    return (
+        isinstance(out, np.ndarray)
+        and isinstance(x, np.ndarray)
+        and out.shape == x.shape
+        and out.dtype == x.dtype
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    )
+
+
 async def recursive_doubling_allreduce(ctx: CollectiveContext, x: Any, op: Op, sub: int = 0) -> Any:
     """Allreduce in rank order; a non-power-of-two size folds its first ranks in pairs first.
 
@@ -72,7 +85,19 @@ async def recursive_doubling_allreduce(ctx: CollectiveContext, x: Any, op: Op, s
     while mask < p:
         vpartner = vrank ^ mask
         partner = vpartner * 2 + 1 if vpartner < rem else vpartner + rem
-        other = await ctx.sendrecv(acc, partner, partner, sub + 1)
+        if not owned and _fits(ctx.out, acc):
+            # The caller's result array (allreduce(out=)) is free: receive the
+            # partner's array straight into it and combine there (on 2 ranks the
+            # whole allreduce then allocates nothing).
+            other = ctx.out
+            (ticket,) = ctx.post_into(partner, [other], sub + 1)
+            try:
+                await ctx.send(acc, partner, sub + 1)
+                await ctx.wait_into(ticket, other)
+            finally:
+                ctx.withdraw([ticket])
+        else:
+            other = await ctx.sendrecv(acc, partner, partner, sub + 1)
         into = acc if owned else other
         acc = combine(op, other, acc, into) if partner < rank else combine(op, acc, other, into)
         owned = True

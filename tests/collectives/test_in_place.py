@@ -48,8 +48,9 @@ async def test_ring_allreduce_receives_in_place_and_writes_out(channel, size):
     assert sum(landed) >= size * 2 * per_call // 2, (landed, per_call)
 
 
+@pytest.mark.parametrize("size", [2, 3, 4])
 @pytest.mark.parametrize("algorithm", ["recursive_doubling", "linear", "ring"])
-async def test_out_works_with_every_algorithm_and_shape(algorithm):
+async def test_out_works_with_every_algorithm_and_shape(algorithm, size):
     async def main(comm):
         x = np.arange(12, dtype=np.int64).reshape(3, 4) * (comm.rank + 1)
         out = np.zeros((3, 4), np.int64)
@@ -57,10 +58,10 @@ async def test_out_works_with_every_algorithm_and_shape(algorithm):
             got = await comm.allreduce(x, op=afmi.MAX, out=out)
             req = comm.iallreduce(x, out=np.zeros_like(out))
             summed = await req
-        assert got is out and np.array_equal(out, np.arange(12).reshape(3, 4) * 3)
-        assert np.array_equal(summed, np.arange(12).reshape(3, 4) * 6)
+        assert got is out and np.array_equal(out, np.arange(12).reshape(3, 4) * size)
+        assert np.array_equal(summed, np.arange(12).reshape(3, 4) * sum(range(1, size + 1)))
 
-    await launch(main, 3)
+    await launch(main, size)
 
 
 async def test_bad_out_is_refused_with_a_clear_error():
