@@ -38,10 +38,10 @@ BCAST_SCATTER_MIN_SIZE = 16
 #: recursive doubling's ``log2(size)`` rounds beat the ring's ``2 (size - 1)``.
 RING_ALLREDUCE_MIN_BYTES = 1 << 19
 #: On 2 ranks over a network channel, the smallest array (bytes) that runs the
-#: ring: one exchange of the whole array wins up to 8 MiB, but from 16 MiB the
-#: ring's pipelined 512 KiB segments were 2.5-3x faster between two processes
-#: over ``direct`` (``afmi bench --processes``, docs/performance.md).
-RING_ALLREDUCE_PAIR_MIN_BYTES = 1 << 24
+#: ring: one exchange of the whole array wins at 2 MiB (0.73 vs 0.89 ms between
+#: two processes over ``direct``, both receiving in place), the ring's pipelined
+#: 512 KiB segments from 8 MiB (6.7 vs 10.8 ms; docs/performance.md).
+RING_ALLREDUCE_PAIR_MIN_BYTES = 1 << 23
 #: Smallest communicator on which alltoall runs pairwise rounds instead of
 #: sending everything at once (bounds the messages in flight per rank).
 ALLTOALL_PAIRWISE_MIN_SIZE = 16
