@@ -8,8 +8,9 @@ latency (half the round trip, µs) and the bandwidth (size / one-way time) of:
 * ``socket``: blocking ``socket.sendall`` / ``recv_into`` a preallocated
   buffer, TCP_NODELAY (the anchor);
 * ``channel``: :class:`DirectChannel` alone (``send`` / ``on_message``);
-* ``comm``: ``await comm.send(array)`` / ``await comm.recv()`` through the whole
-  stack (serialization, matching, timeouts).
+* ``comm``: ``await comm.send(array)`` / ``await comm.recv(out=array)`` through
+  the whole stack (serialization, matching, timeouts), receiving into one
+  preallocated array as the socket row does.
 
 The afmi rows use :func:`afmi.launch.new_event_loop` (uvloop when installed).
 This is a tuning tool for the channel; ``afmi bench`` is the project's suite.
@@ -155,12 +156,13 @@ async def _comm_pingpong(comm: Any, sizes: list[int], quick: bool) -> Result:
         for i in range(warm + n):
             if i == warm:
                 t0 = time.perf_counter()
+            # Into one preallocated array, as the socket anchor's recv_into does.
             if comm.rank == 0:
                 await comm.send(buf, peer)
-                await comm.recv(peer)
+                await comm.recv(peer, out=buf)
             else:
-                got = await comm.recv(peer)
-                await comm.send(got, peer)
+                await comm.recv(peer, out=buf)
+                await comm.send(buf, peer)
         result[size] = (time.perf_counter() - t0) / n / 2
     return result
 
