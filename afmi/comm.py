@@ -306,9 +306,10 @@ class Communicator:
         try:
             # Spin first (at most Config.spin, far below any timeout); arm the
             # timeout's timer only for a receive that then still has to wait.
-            await self._ep.spin(ticket)
-            if fut.done():
-                return fut.result()  # type: ignore[no-any-return]
+            if self._ep.config.spin:
+                await self._ep.spin(ticket)
+                if fut.done():
+                    return fut.result()  # type: ignore[no-any-return]
             return await self._within(_result_of(fut), seconds, what)
         except BaseException:
             if fut.done() and not fut.cancelled() and fut.exception() is None:

@@ -127,8 +127,10 @@ class Endpoint:
             from afmi.model.runtime import MessageSelector
 
             self.selector = MessageSelector(sorted(channels), config)
+        #: Receives with buffers of their own that may still be pending; while there
+        #: are none, channels are not asked for a destination (no cost per message).
+        self._into_pending = 0
         for ch in channels.values():
-            ch.destination = self._destination
             ch.start(self._on_message, self._on_failure)
 
     @property
@@ -214,7 +216,19 @@ class Endpoint:
             fut.set_result(ticket.message)
         else:
             fut.add_done_callback(functools.partial(self._waiter_done, ticket=ticket))
+            if into is not None:
+                self._into_pending += 1
+                if self._into_pending == 1:
+                    for ch in self.channels.values():
+                        ch.destination = self._destination
+                fut.add_done_callback(self._into_done)
         return ticket
+
+    def _into_done(self, fut: asyncio.Future[Message]) -> None:
+        self._into_pending -= 1
+        if not self._into_pending:
+            for ch in self.channels.values():
+                ch.destination = None
 
     async def arrival(self, ticket: Ticket) -> Message:
         """Wait for a posted receive's message: :meth:`spin`, then block on its future."""

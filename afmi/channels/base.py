@@ -70,7 +70,8 @@ class Channel(abc.ABC):
         self.size = size
         self._on_message: MessageCallback | None = None
         self._on_failure: FailureCallback | None = None
-        #: Set by the endpoint: asked with a large message's header fields, it returns
+        #: Set by the endpoint while it has receives with buffers of their own pending
+        #: (None otherwise): asked with a large message's header fields, it returns
         #: the posted receive (a :class:`~afmi.wire.matching.Ticket`) whose ``into``
         #: buffers the payload may be received straight into, or None. A channel that
         #: uses it sets ``message.landed`` to that ticket. Optional for channels.
