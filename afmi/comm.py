@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Generator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -27,6 +27,39 @@ __all__ = ["Communicator", "ANY_SOURCE", "ANY_TAG", "TAG_UB"]
 T = TypeVar("T")
 #: Largest user tag.
 TAG_UB = 2**31 - 1
+
+
+class _Resumed:
+    """Await a coroutine that already ran its first step and yielded ``pending``.
+
+    Passes what the coroutine yields up to the running task and what the task
+    sends or throws back down, exactly as ``await`` does after the first step.
+    """
+
+    __slots__ = ("_coro", "_pending")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
+        self._coro = coro
+        self._pending = pending
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, value = self._coro, self._pending
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - thrown in by the task: pass it down
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
 
 
 async def _copied_into(coro: Coroutine[Any, Any, Any], out: Any) -> Any:
@@ -184,10 +217,30 @@ class Communicator:
     async def _within(self, coro: Coroutine[Any, Any, T], seconds: float | None, what: str) -> T:
         if seconds is None:
             return await coro
+        # Run the first step before arming the timer: most sends (and receives whose
+        # message is there) finish without suspending, and arming and disarming a
+        # timer costs about as much as the rest of a small send.
+        try:
+            pending = coro.send(None)
+            while pending is None:
+                # A bare yield (asyncio.sleep(0), as the local channel's send ends
+                # with) cannot block: let the loop turn, go on still without a timer.
+                try:
+                    await asyncio.sleep(0)
+                except BaseException as exc:  # noqa: BLE001 - thrown in by the task: pass it down
+                    pending = coro.throw(exc)
+                else:
+                    pending = coro.send(None)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return,unused-ignore]
+        except BaseException:
+            coro.close()
+            raise
         scope = asyncio.timeout(seconds)
         try:
             async with scope:
-                return await coro
+                result: T = await _Resumed(coro, pending)
+                return result
         except TimeoutError:
             if scope.expired():
                 raise OperationTimeoutError(
