@@ -80,6 +80,9 @@ class Endpoint:
         self.job = job
         self.config = config
         self.channels = channels
+        #: Config.spin, unless every channel says polling for its messages does not pay.
+        spins = any(getattr(ch, "spin", True) for ch in channels.values())
+        self._spin = config.spin if spins else 0.0
         self._default_channel = default_channel or next(iter(channels))
         self.engine = MatchingEngine()
         #: Next free context id; communicators agree on new ids with a MAX allreduce.
@@ -181,12 +184,13 @@ class Endpoint:
         For up to ``Config.spin`` seconds the loop keeps polling (``sleep(0)``)
         instead of blocking in the kernel, as MPI libraries poll for progress: on
         virtual machines a thread that blocks pays tens of microseconds to be woken.
+        Not when every channel is a storage channel (:attr:`Channel.spin` false).
         Other tasks keep running meanwhile. Cancellation withdraws the receive at
         once (a message that had already matched stays in the ticket's future).
         """
         fut = ticket.waiter
         assert isinstance(fut, asyncio.Future)
-        spin = self.config.spin
+        spin = self._spin
         if spin and not fut.done():
             deadline = time.perf_counter() + spin
             try:

@@ -165,6 +165,7 @@ class RedisChannel(Channel):
     """One rank's end of the Redis channel; see the module docstring."""
 
     name = "redis"
+    spin = False
 
     def __init__(
         self,
@@ -382,6 +383,9 @@ class RedisChannel(Channel):
                 if entry == _STOP:
                     return
                 self._handle(entry)
+                # Let the receiver that this entry woke run (and, say, send its answer)
+                # before this task writes its next BLPOP.
+                await asyncio.sleep(0)
         except Exception as exc:  # noqa: BLE001 - any failure ends the channel, reported once
             if not self._closed:
                 what = (
