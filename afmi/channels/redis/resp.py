@@ -162,7 +162,10 @@ class RespConnection(asyncio.BufferedProtocol):
         """
         futs = self.submit_many(commands)
         await self._wait_writable()
-        await asyncio.wait([futs[-1]])
+        try:
+            await futs[-1]
+        except RespError:
+            pass  # raised below if it is the first error
         return [f.result() for f in futs]
 
     def submit(self, *args: bytes | str | int | memoryview) -> asyncio.Future[Any]:
