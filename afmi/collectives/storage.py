@@ -19,8 +19,10 @@ payload can be read by any number of ranks. So:
 * :class:`RedisCounterBarrier` counts arrivals with ``INCR`` on a job-scoped
   key; the rank that brings the count to ``size`` deletes the key and
   releases the others with one pipelined push into their mailboxes.
-  Redis only: S3 has no atomic increment, so S3 barriers run the generic
-  dissemination algorithm (its tiny messages ride in object keys).
+  Redis only: S3 has no atomic increment, so on S3 the barrier chooser
+  takes the generic ``linear`` barrier (gather to rank 0, release: two
+  rounds whatever the size, its tiny messages riding in object keys) over
+  dissemination's ``ceil(log2 size)`` rounds.
 
 Every algorithm here sets ``channels`` (``{"redis", "s3"}``, or ``{"redis"}``
 for the barrier), so the registry prefers them on those channels.
@@ -243,6 +245,33 @@ class RedisCounterBarrier(Algorithm):
         released(name)
 
 
+def _choose_barrier(previous: Chooser | None) -> Chooser:
+    """On S3 pick the ``linear`` barrier (two rounds); other channels keep ``previous``.
+
+    Every S3 round costs a PUT and a LIST poll of tens of milliseconds, so the
+    fewest rounds win: 156 vs 248 ms on 4 ranks and 670 vs 915 ms on 8 against
+    dissemination, with fewer requests (docs/storage.md).
+    """
+
+    def choose(
+        candidates: list[Algorithm],
+        size: int,
+        nbytes: int,
+        args: dict[str, Any],
+        ctx: CollectiveContext,
+    ) -> Algorithm:
+        if ctx.channel == "s3":
+            for a in candidates:
+                if a.name == "linear":
+                    return a
+        if previous is not None:
+            return previous(candidates, size, nbytes, args, ctx)
+        return candidates[0]
+
+    return choose
+
+
 for _cls in (StorageBcast, StorageAllreduce, ScatterReduceAllreduce, RedisCounterBarrier):
     register(_cls())
 set_chooser("allreduce", _choose_allreduce(set_chooser("allreduce", None)))
+set_chooser("barrier", _choose_barrier(set_chooser("barrier", None)))
