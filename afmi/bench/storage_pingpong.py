@@ -83,13 +83,9 @@ async def _afmi_pingpong(comm: afmi.Communicator, nbytes: int, iters: int) -> An
     return statistics.median(times[2:]), ch.stats()
 
 
-async def _afmi_side(
-    url: str, job: str, rank: int, nbytes: int, iters: int, spin: float | None = None
-) -> float:
+async def _afmi_side(url: str, job: str, rank: int, nbytes: int, iters: int) -> float:
     """One rank of the afmi ping-pong in a process of its own."""
-    cfg: dict[str, Any] = {"channels": {"redis": {"url": url}}}
-    if spin is not None:
-        cfg["spin"] = spin
+    cfg = {"channels": {"redis": {"url": url}}}
     async with afmi.connect(rank=rank, size=2, job=job, channel="redis", config=cfg) as comm:
         half, _ = await _afmi_pingpong(comm, nbytes, iters)
         await comm.barrier()
@@ -97,21 +93,15 @@ async def _afmi_side(
 
 
 def _child(argv: list[str]) -> None:
-    """``_child raw|afmi URL KEY SIDE NBYTES ITERS SPIN``: print side 0's half round trip."""
-    kind, url, key, side, nbytes, iters, spin = argv
+    """``_child raw|afmi URL KEY SIDE NBYTES ITERS``: print side 0's half round trip."""
+    kind, url, key, side, nbytes, iters = argv
     loop = afmi.launch.new_event_loop()
-    if kind == "raw":
-        coro = _raw_side(url, key, int(side), int(nbytes), int(iters))
-    else:
-        spin_s = None if spin == "default" else float(spin)
-        coro = _afmi_side(url, key, int(side), int(nbytes), int(iters), spin_s)
-    half = loop.run_until_complete(coro)
+    side_fn = _raw_side if kind == "raw" else _afmi_side
+    half = loop.run_until_complete(side_fn(url, key, int(side), int(nbytes), int(iters)))
     print(json.dumps(half), flush=True)
 
 
-async def _in_processes(
-    kind: str, url: str, nbytes: int, iters: int, spin: float | None = None
-) -> float:
+async def _in_processes(kind: str, url: str, nbytes: int, iters: int) -> float:
     """Run both sides of a ping-pong as two processes; return side 0's figure."""
     key = f"afmi-bench-{kind}-{uuid.uuid4().hex[:12]}"
     procs = [
@@ -126,7 +116,6 @@ async def _in_processes(
             str(side),
             str(nbytes),
             str(iters),
-            "default" if spin is None else str(spin),
             stdout=subprocess.PIPE,
         )
         for side in (1, 0)
@@ -144,13 +133,10 @@ ROUNDS = 3
 async def bench_redis(
     processes: bool = False,
     rounds: int = ROUNDS,
-    spin: float | None = None,
     sizes: list[int] | None = None,
 ) -> None:
     with redis_server() as url:
-        cfg: dict[str, Any] = {"channels": {"redis": {"url": url}}}
-        if spin is not None:
-            cfg["spin"] = spin
+        cfg = {"channels": {"redis": {"url": url}}}
         layouts = ["one process"] + (["two processes"] if processes else [])
         print(
             f"{'bytes':>9} {'layout':>13} {'raw redis-py':>13} {'afmi redis':>11} {'afmi/raw':>9}"
@@ -167,9 +153,7 @@ async def bench_redis(
                 ours["one process"].append(out[0][0])
                 if processes:
                     raws["two processes"].append(await _in_processes("raw", url, nbytes, iters))
-                    ours["two processes"].append(
-                        await _in_processes("afmi", url, nbytes, iters, spin)
-                    )
+                    ours["two processes"].append(await _in_processes("afmi", url, nbytes, iters))
             for layout in layouts:
                 raw, our = statistics.median(raws[layout]), statistics.median(ours[layout])
                 # Each round's raw and afmi ran back to back: the median of the rounds'
@@ -211,14 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("channel", nargs="?", choices=["redis", "s3"], default="redis")
     parser.add_argument("--processes", action="store_true", help="redis: also one process per side")
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="redis: rounds per row")
-    parser.add_argument(
-        "--spin", type=float, default=None, help="redis: afmi's Config.spin (default: its default)"
-    )
     parser.add_argument("--sizes", type=int, nargs="+", help="redis: bytes (default 1 1MiB 16MiB)")
     args = parser.parse_args(argv)
     loop = afmi.launch.new_event_loop()
     if args.channel == "redis":
-        loop.run_until_complete(bench_redis(args.processes, args.rounds, args.spin, args.sizes))
+        loop.run_until_complete(bench_redis(args.processes, args.rounds, args.sizes))
     else:
         loop.run_until_complete(bench_s3())
 
