@@ -359,7 +359,7 @@ class Communicator:
         try:
             # Spin first (at most Config.spin, far below any timeout); arm the
             # timeout's timer only for a receive that then still has to wait.
-            if self._ep.config.spin:
+            if self._ep.spin_seconds:
                 await self._ep.spin(ticket)
                 if fut.done():
                     return fut.result()  # type: ignore[no-any-return]

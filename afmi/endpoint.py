@@ -114,6 +114,10 @@ class Endpoint:
         self.job = job
         self.config = config
         self.channels = channels
+        spins = any(getattr(ch, "spin", True) for ch in channels.values())
+        #: Seconds a waiting receive polls: Config.spin, unless every channel says
+        #: polling for its messages does not pay (storage channels).
+        self.spin_seconds = config.spin if spins else 0.0
         self._default_channel = default_channel or next(iter(channels))
         self.engine = MatchingEngine()
         #: Next free context id; communicators agree on new ids with a MAX allreduce.
@@ -244,6 +248,7 @@ class Endpoint:
         For up to ``Config.spin`` seconds the loop keeps polling (``sleep(0)``)
         instead of blocking in the kernel, as MPI libraries poll for progress: on
         virtual machines a thread that blocks pays tens of microseconds to be woken.
+        Not when every channel is a storage channel (:attr:`Channel.spin` false).
         Other tasks keep running meanwhile. Returns early once the ticket's future is
         done. Cancellation withdraws the receive at once (a message that had already
         matched stays in the ticket's future).
@@ -251,7 +256,7 @@ class Endpoint:
         fut = ticket.waiter
         assert isinstance(fut, asyncio.Future)
         try:
-            await spin_until(fut, self.config.spin)
+            await spin_until(fut, self.spin_seconds)
         except BaseException:
             if not fut.done():
                 self.engine.cancel(ticket)  # withdraw now, not one loop turn later

@@ -4,8 +4,9 @@
     python -m afmi.bench.storage_collectives --channel s3 --sizes 1048576
 
 Prints the median wall time of one allreduce and one bcast of a float64 array
-(barrier to barrier) for each algorithm, forced with ``registry.forced``, its
-ratio to the fastest of the row, and (s3) the requests per call.
+(barrier to barrier), and of one barrier, for each algorithm, forced with
+``registry.forced``, its ratio to the fastest of the row, and (s3) the
+requests per call.
 """
 
 from __future__ import annotations
@@ -22,12 +23,22 @@ import numpy as np
 
 import afmi
 from afmi.collectives import registry
+from afmi.collectives.storage import COUNTER_BARRIER_MIN_SIZE
 from afmi.testing.servers import redis_server, s3_server
 
 ALGORITHMS = {
     "allreduce": ("scatter_reduce", "reduce_publish", "linear", "ring"),
     "bcast": ("storage_publish", "linear", "binomial"),
+    "barrier": ("redis_counter", "dissemination", "linear"),
 }
+
+
+def _names(collective: str, channel: str, ranks: int) -> list[str]:
+    """The algorithms of ``collective`` that can run on ``channel`` with ``ranks``."""
+    names = list(ALGORITHMS[collective])
+    if collective == "barrier" and (channel != "redis" or ranks < COUNTER_BARRIER_MIN_SIZE):
+        names.remove("redis_counter")
+    return names
 
 
 async def _job(comm: afmi.Communicator, nbytes: int, repeat: int) -> dict[str, Any]:
@@ -35,8 +46,8 @@ async def _job(comm: afmi.Communicator, nbytes: int, repeat: int) -> dict[str, A
     want = comm.size * (comm.size + 1) / 2
     channel = next(iter(comm.endpoint.channels.values()))
     out: dict[str, Any] = {}
-    for collective, names in ALGORITHMS.items():
-        for name in names:
+    for collective in ALGORITHMS:
+        for name in _names(collective, channel.name, comm.size):
             times, requests = [], 0
             with registry.forced(**{collective: name}):
                 for i in range(repeat + 1):  # the first run warms up
@@ -46,10 +57,10 @@ async def _job(comm: afmi.Communicator, nbytes: int, repeat: int) -> dict[str, A
                     if collective == "allreduce":
                         y = await comm.allreduce(x)
                         assert y[0] == want and y[-1] == want
-                    else:
+                    elif collective == "bcast":
                         y = await comm.bcast(x if comm.rank == 0 else None)
                         assert y[-1] == 1.0
-                    await comm.barrier()
+                    await comm.barrier()  # the one timed alone in a barrier row
                     if i:
                         times.append(time.perf_counter() - t0)
                         requests += sum(channel.stats().get("requests", {}).values()) - before
@@ -81,7 +92,8 @@ def main() -> None:
                 results = afmi.run_local(
                     _job, ranks, nbytes, args.repeat, channel=args.channel, config=cfg
                 )
-                for collective, names in ALGORITHMS.items():
+                for collective in ALGORITHMS:
+                    names = _names(collective, args.channel, ranks)
                     t = {n: results[0][f"{collective}:{n}"][0] for n in names}
                     best = min(t.values())
                     cells = []

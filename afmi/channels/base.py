@@ -64,6 +64,10 @@ class Channel(abc.ABC):
 
     #: Driver name ("local", "direct", "redis", "s3").
     name: ClassVar[str] = "?"
+    #: Whether a waiting receive should poll the event loop for ``Config.spin`` first.
+    #: Storage channels say no: their messages come a server round trip later at the
+    #: earliest, and polling only takes CPU from the server or the peers that share it.
+    spin: ClassVar[bool] = True
 
     def __init__(self, rank: int, size: int) -> None:
         self.rank = rank

@@ -84,6 +84,7 @@ class S3Channel(Channel):
     """One rank's end of the S3 channel; see the module docstring."""
 
     name = "s3"
+    spin = False
 
     def __init__(
         self, rank: int, size: int, job: str, cfg: S3Config, client: Any, stack: AsyncExitStack

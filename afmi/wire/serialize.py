@@ -127,9 +127,21 @@ def encode(obj: Any, *, allow_pickle: bool = False) -> tuple[bytes, list[Buffer]
 
 
 def _encode_generic(obj: Any, allow_pickle: bool) -> tuple[bytes, list[Buffer]]:
-    buffers: list[Buffer] = []
+    enc = _Encoder(allow_pickle)
+    return enc.pack(obj), enc.buffers
 
-    def default(o: Any) -> Any:
+
+class _Encoder:
+    """One :func:`encode` call (a class, not closures: see :class:`_Decoder`)."""
+
+    __slots__ = ("allow_pickle", "buffers")
+
+    def __init__(self, allow_pickle: bool) -> None:
+        self.allow_pickle = allow_pickle
+        self.buffers: list[Buffer] = []
+
+    def default(self, o: Any) -> Any:
+        pack, allow_pickle, buffers = self.pack, self.allow_pickle, self.buffers
         t = type(o)
         if t is tuple:
             return msgpack.ExtType(_TUPLE, pack(list(o)))
@@ -167,17 +179,16 @@ def _encode_generic(obj: Any, allow_pickle: bool) -> tuple[bytes, list[Buffer]]:
             "scalars; convert it, or enable Config(pickle=True) for trusted peers"
         )
 
-    def pack(o: Any) -> bytes:
+    def pack(self, o: Any) -> bytes:
         try:
-            packed: bytes = msgpack.packb(o, default=default, use_bin_type=True, strict_types=True)
+            packed: bytes = msgpack.packb(
+                o, default=self.default, use_bin_type=True, strict_types=True
+            )
             return packed
         except PayloadTypeError:
             raise
         except (TypeError, ValueError, OverflowError) as exc:
             raise PayloadTypeError(f"cannot serialize payload: {exc}") from exc
-
-    header = pack(obj)
-    return header, buffers
 
 
 def decode(header: bytes, buffers: list[Buffer], *, allow_pickle: bool = False) -> Any:
@@ -185,8 +196,30 @@ def decode(header: bytes, buffers: list[Buffer], *, allow_pickle: bool = False) 
 
     Arrays are zero-copy views over ``buffers`` (writable when the buffers are).
     """
+    return _Decoder(buffers, allow_pickle).unpack(header)
 
-    def ext_hook(code: int, data: bytes) -> Any:
+
+class _Decoder:
+    """One :func:`decode` call.
+
+    A class rather than two closures that call each other: such closures form a
+    reference cycle holding ``buffers``, and a received array would then live on
+    until the cyclic garbage collector runs instead of going as soon as the
+    result does (its memory returned late, and fresh pages faulted in for the
+    next message).
+    """
+
+    __slots__ = ("allow_pickle", "buffers")
+
+    def __init__(self, buffers: list[Buffer], allow_pickle: bool) -> None:
+        self.buffers = buffers
+        self.allow_pickle = allow_pickle
+
+    def unpack(self, data: bytes) -> Any:
+        return msgpack.unpackb(data, ext_hook=self.ext_hook, raw=False, strict_map_key=False)
+
+    def ext_hook(self, code: int, data: bytes) -> Any:
+        unpack = self.unpack
         if code == _TUPLE:
             return tuple(unpack(data))
         if code == _ARRAY:
@@ -194,7 +227,7 @@ def decode(header: bytes, buffers: list[Buffer], *, allow_pickle: bool = False) 
             dtype = _descr_dtype(descr)
             if dtype.itemsize == 0:
                 return np.empty(shape, dtype=dtype, order=order)
-            flat = np.frombuffer(buffers[index], dtype=np.uint8).view(dtype)
+            flat = np.frombuffer(self.buffers[index], dtype=np.uint8).view(dtype)
             return flat.reshape(shape, order=order)
         if code == _SCALAR:
             descr, raw = unpack(data)
@@ -211,15 +244,10 @@ def decode(header: bytes, buffers: list[Buffer], *, allow_pickle: bool = False) 
         if code == _FROZENSET:
             return frozenset(unpack(data))
         if code == _PICKLE:
-            if not allow_pickle:
+            if not self.allow_pickle:
                 raise PayloadTypeError(
                     "received a pickled payload but pickle is not enabled on this rank; "
                     "set Config(pickle=True) on every rank"
                 )
             return pickle.loads(data)
         raise PayloadTypeError(f"unknown payload extension type {code}")
-
-    def unpack(data: bytes) -> Any:
-        return msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=False)
-
-    return unpack(header)

@@ -337,3 +337,15 @@ async def test_ranks_in_separate_processes(redis_url, subprocess_env, python, tm
     assert [p.returncode for p in procs] == [0, 0, 0]
     assert sorted(o[0].decode().strip() for o in outs) == ["0 6 6", "1 6 6", "2 6 6"]
     assert await job_keys(redis_url, job) == []
+
+
+async def _spin(comm):
+    return comm.endpoint.spin_seconds
+
+
+async def test_receives_over_storage_alone_do_not_spin(redis_url):
+    # A message over Redis comes a server round trip later at the earliest; polling
+    # for it would only take CPU from the server (see docs/concepts.md).
+    assert await afmi.launch_local(_spin, 2, channel="redis", config=config(redis_url)) == [0, 0]
+    both = await afmi.launch_local(_spin, 2, channel=["local", "redis"], config=config(redis_url))
+    assert both == [afmi.Config().spin] * 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import uuid
 
 import numpy as np
@@ -11,6 +13,7 @@ import redis.asyncio as aioredis
 import afmi
 from afmi.collectives import CollectiveContext, registry
 from afmi.collectives.storage import (
+    RedisCounterBarrier,
     ScatterReduceAllreduce,
     StorageAllreduce,
     StorageBcast,
@@ -152,3 +155,127 @@ def test_storage_algorithms_are_registered_for_storage_channels():
         assert cls.channels == frozenset({"redis", "s3"})
     # ScatterReduce moves 2/size of the array per rank and round; reduce-publish the whole.
     assert ScatterReduceAllreduce().steps(4, 4000)[0].nbytes == 1000
+
+
+async def _barrier_rounds(comm, arrived, rounds):
+    """Each rank records its arrival, then checks after the barrier that everyone had."""
+    ok = True
+    for i in range(rounds):
+        await asyncio.sleep(0.001 * ((comm.rank * 7 + i) % 5))  # ranks arrive out of order
+        arrived[comm.name][i].append(comm.rank)
+        await comm.barrier()
+        ok = ok and len(arrived[comm.name][i]) == comm.size
+    return ok
+
+
+async def _counter_barriers(comm, arrived):
+    stats = comm.endpoint.channels["redis"].stats
+    half = await comm.split(comm.rank % 2)  # two communicators sharing one context
+    dup = await comm.dup()
+    ok = await _barrier_rounds(comm, arrived, 6)
+    # Both halves (and the dup) run barriers at the same time.
+    ok_half, ok_dup = await asyncio.gather(
+        _barrier_rounds(half, arrived, 6), _barrier_rounds(dup, arrived, 3)
+    )
+    await comm.barrier()
+    ctx = CollectiveContext(comm, 0, "probe")
+    chosen = type(registry.select("barrier", ctx, {})).__name__
+    return ok, ok_half, ok_dup, chosen, stats()["counter_increments"]
+
+
+async def test_redis_counter_barrier_repeated_split_and_dup(redis_url):
+    job = f"t{uuid.uuid4().hex[:12]}"
+    size = 6
+    arrived = collections.defaultdict(lambda: collections.defaultdict(list))
+    out = await afmi.launch_local(
+        _counter_barriers, size, arrived, channel="redis", config=redis_config(redis_url), job=job
+    )
+    assert [o[:4] for o in out] == [(True, True, True, "RedisCounterBarrier")] * size
+    # 6 + 3 + 1 barriers on the world and its dup, 6 on each half, one INCR each per rank;
+    # split and dup themselves run allgathers, which send messages of their own.
+    assert [o[4] for o in out] == [6 + 6 + 3 + 1] * size
+    assert await _job_keys(redis_url, job) == []
+
+
+async def _sent_by_barriers(comm, n):
+    stats = comm.endpoint.channels["redis"].stats
+    before = stats()["messages_sent"]
+    for _ in range(n):
+        await comm.barrier()
+    return stats()["messages_sent"] - before
+
+
+async def test_redis_counter_barrier_sends_only_the_releases(redis_url):
+    # Dissemination would send size * ceil(log2 size) = 12 messages per barrier.
+    out = await afmi.launch_local(
+        _sent_by_barriers, 4, 5, channel="redis", config=redis_config(redis_url)
+    )
+    assert sum(out) == 5 * 3
+
+
+async def _barrier_left_waiting(comm, url, job, how):
+    if comm.rank == comm.size - 1:
+        return None  # never enters the barrier
+    if how == "timeout":
+        with pytest.raises(afmi.OperationTimeoutError):
+            await comm.barrier(timeout=0.3)
+    else:
+        task = asyncio.ensure_future(comm.barrier())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{PREFIX}:{job}:bar:*")]
+        ttls = [await client.pttl(k) for k in keys]
+        count = int(await client.get(keys[0])) if keys else None
+    finally:
+        await client.aclose()
+    return len(keys), all(t > 0 for t in ttls), count
+
+
+@pytest.mark.parametrize("how", ["timeout", "cancel"])
+async def test_redis_counter_barrier_left_waiting_leaves_no_keys(redis_url, how):
+    job = f"t{uuid.uuid4().hex[:12]}"
+    out = await afmi.launch_local(
+        _barrier_left_waiting,
+        3,
+        redis_url,
+        job,
+        how,
+        channel="redis",
+        config=redis_config(redis_url),
+        job=job,
+    )
+    # While waiting, the counter held both arrivals and had a TTL; closing deleted it.
+    assert out[:2] == [(1, True, 2)] * 2
+    assert await _job_keys(redis_url, job) == []
+
+
+async def _barrier_choice(comm):
+    ctx = CollectiveContext(comm, 0, "probe")
+    return type(registry.select("barrier", ctx, {})).__name__
+
+
+async def test_barrier_choice_on_storage_channels(redis_url, s3):
+    cfg = redis_config(redis_url)
+    three = await afmi.launch_local(_barrier_choice, 3, channel="redis", config=cfg)
+    two = await afmi.launch_local(_barrier_choice, 2, channel="redis", config=cfg)
+    on_s3 = await afmi.launch_local(_barrier_choice, 3, channel="s3", config=s3_config(s3))
+    assert three == ["RedisCounterBarrier"] * 3
+    assert two == ["DisseminationBarrier"] * 2
+    assert on_s3 == ["LinearBarrier"] * 3  # no atomic counter on S3: the fewest rounds
+    assert RedisCounterBarrier.channels == frozenset({"redis"})
+    assert RedisCounterBarrier().steps(8, 0) == RedisCounterBarrier().steps(3, 0)  # two rounds
+
+
+async def _forced_counter_barrier(comm):
+    with registry.forced(barrier="redis_counter"):
+        await comm.barrier()
+
+
+async def test_counter_barrier_forced_on_another_channel_says_so():
+    with pytest.raises(afmi.RankFailedError) as info:
+        await afmi.launch_local(_forced_counter_barrier, 3, channel="local")
+    assert "needs the redis channel" in str(info.value.__cause__)

@@ -1,3 +1,6 @@
+import gc
+import weakref
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -173,3 +176,27 @@ def test_fast_path_covers_the_common_payloads_and_declines_the_rest():
     assert _encode_fast(np.array([None], dtype=object)) is None  # rejected by the generic path
     with pytest.raises(PayloadTypeError, match="holds Python objects"):
         encode(np.array([None], dtype=object))
+
+
+def test_buffers_are_freed_without_the_cyclic_garbage_collector():
+    # A large received array must go as soon as the last reference to it does,
+    # not at the next run of the cyclic collector.
+    gc.disable()
+    try:
+        sent = np.arange(1000, dtype=np.float64)
+        sent_ref = weakref.ref(sent)
+        header, buffers = encode({"x": sent, "t": (1, 2)})
+        del sent, buffers
+        assert sent_ref() is None
+
+        received = np.zeros(8000, dtype=np.uint8)  # as a channel allocates it
+        received.view(np.float64)[:] = np.arange(1000)
+        received_ref = weakref.ref(received)
+        out = decode(header, [received])
+        del received
+        assert received_ref() is not None  # the decoded array is a view of it
+        assert out["x"][999] == 999.0 and out["t"] == (1, 2)
+        del out
+        assert received_ref() is None
+    finally:
+        gc.enable()

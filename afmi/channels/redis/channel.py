@@ -17,6 +17,9 @@ Keys (all under ``{prefix}:{job}``, all with a TTL of ``key_ttl``):
 * ``…:rc:{src}:{n}`` — for a payload published to several ranks at once
   (:meth:`RedisChannel.publish`), how many readers are still to come; the
   reader that decrements it to zero deletes the chunks.
+* ``…:bar:{name}`` — the arrival counter of one barrier
+  (:meth:`RedisChannel.arrive`); the rank that brings it to the group size
+  deletes it.
 
 One background task per rank blocks in ``BLPOP`` on its mailbox (no
 polling). A descriptor starts a separate fetch task that ``GETDEL``\\ s the
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import ssl
 from collections.abc import Mapping, Sequence
@@ -161,6 +165,7 @@ class RedisChannel(Channel):
     """One rank's end of the Redis channel; see the module docstring."""
 
     name = "redis"
+    spin = False
 
     def __init__(
         self,
@@ -192,6 +197,8 @@ class RedisChannel(Channel):
         #: Idle connections for blocking on chunk notices of streamed messages.
         self._notifiers: list[RespConnection] = []
         self._order: dict[int, collections.deque[list[Any]]] = {}
+        #: Barrier counters this rank has incremented and not yet seen released.
+        self._counters: set[str] = set()
         self._closed = False
         self._failed = False
         self._stats = collections.Counter[str]()
@@ -305,6 +312,43 @@ class RedisChannel(Channel):
         self._stats["chunks_written"] += len(spans)
         await self._run(conn.pipeline(commands))
 
+    # -- counters --
+    async def arrive(self, name: str, size: int) -> bool:
+        """Count this rank in at the barrier counter ``name``; True if it arrived last.
+
+        ``INCR`` (and ``PEXPIRE``) of the job-scoped key ``…:bar:{name}`` in one
+        round trip. The rank that brings the count to ``size`` deletes the key
+        (concurrently with whatever release its caller sends); the others call
+        :meth:`released` once they are let through. Until then the key is
+        remembered, and deleted when the channel closes, so a barrier that times
+        out or is cancelled leaves nothing behind.
+        """
+        self._check_open()
+        key = f"{self._base}:bar:{name}"
+        self._counters.add(key)
+        count, _ = await self._run(
+            self._cmd.pipeline((("INCR", key), ("PEXPIRE", key, self._ttl_ms)))
+        )
+        self._stats["counter_increments"] += 1
+        if int(count) < size:
+            return False
+        if count > size:
+            raise ChannelError(
+                f"barrier counter {key} at {self.endpoint} reached {count} of {size}: "
+                "ranks of different jobs share this job name"
+            )
+        # Not awaited: the DEL rides in the same pipeline as the release that follows.
+        self._cmd.submit("DEL", key).add_done_callback(functools.partial(self._deleted, key))
+        return True
+
+    def _deleted(self, key: str, fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self._counters.discard(key)
+
+    def released(self, name: str) -> None:
+        """The barrier ``name`` let this rank through (the last arriver deletes the counter)."""
+        self._counters.discard(f"{self._base}:bar:{name}")
+
     def _entries(
         self, dests: Sequence[int], msgs: Sequence[Message], ref: list[Any]
     ) -> list[tuple[Any, ...]]:
@@ -339,6 +383,9 @@ class RedisChannel(Channel):
                 if entry == _STOP:
                     return
                 self._handle(entry)
+                # Let the receiver that this entry woke run (and, say, send its answer)
+                # before this task writes its next BLPOP.
+                await asyncio.sleep(0)
         except Exception as exc:  # noqa: BLE001 - any failure ends the channel, reported once
             if not self._closed:
                 what = (
@@ -496,6 +543,7 @@ class RedisChannel(Channel):
         if self._cmd.closed:
             return
         doomed = [k for keys in self._fetching.values() for k in keys]
+        doomed += sorted(self._counters)
         for entry in await self._cmd.command("LRANGE", mailbox, 0, -1) or []:
             if entry == _STOP:
                 continue
@@ -508,11 +556,12 @@ class RedisChannel(Channel):
         await self._cmd.command("DEL", mailbox, *doomed)
 
     def stats(self) -> dict[str, Any]:
-        """Messages and bytes sent and received, chunks written and read."""
+        """Messages and bytes sent and received, chunks written and read, barrier arrivals."""
         keys = ("messages_sent", "bytes_sent", "messages_received", "bytes_received")
         out = {k: self._stats[k] for k in keys}
         out["chunks_written"] = self._stats["chunks_written"]
         out["chunks_read"] = self._stats["chunks_read"]
+        out["counter_increments"] = self._stats["counter_increments"]
         return out
 
 

@@ -9,8 +9,9 @@ itself over an :class:`asyncio.BufferedProtocol`:
   replies come back in command order, so each command only appends a *sink*
   to a queue in the same synchronous step that writes it (free pipelining);
 * a bulk reply can be received straight into a caller's buffer
-  (:meth:`RespConnection.get_into`), so a chunk lands in the final message
-  buffer with no intermediate copy;
+  (:meth:`RespConnection.submit_get_into`), so a chunk lands in the final
+  message buffer with no intermediate copy (only its header is read into the
+  connection's own buffer first);
 * values are written with ``transport.writelines`` (array data not copied).
 
 Everything else (URL parsing, authentication errors, counters) goes
@@ -30,6 +31,9 @@ __all__ = ["RespConnection", "RespError", "encode_command"]
 
 _CRLF = b"\r\n"
 _SCRATCH = 64 * 1024
+#: Bytes read at once when the next reply goes into a caller's buffer: its header
+#: ("$1048576\r\n") and the end of the reply before it, and little of the value.
+_HEADER_WINDOW = 64
 
 
 class RespError(Exception):
@@ -158,7 +162,10 @@ class RespConnection(asyncio.BufferedProtocol):
         """
         futs = self.submit_many(commands)
         await self._wait_writable()
-        await asyncio.wait([futs[-1]])
+        try:
+            await futs[-1]
+        except RespError:
+            pass  # raised below if it is the first error
         return [f.result() for f in futs]
 
     def submit(self, *args: bytes | str | int | memoryview) -> asyncio.Future[Any]:
@@ -214,6 +221,11 @@ class RespConnection(asyncio.BufferedProtocol):
         if self._filling is not None:
             assert self._filling.target is not None
             return self._filling.target[self._pos :]
+        if self._end == self._start and self._sinks and self._sinks[0].target is not None:
+            # Next comes a value for a caller's buffer: read little more than its
+            # header, so that the value itself lands in that buffer, not here.
+            self._start = self._end = 0
+            return memoryview(self._buf)[:_HEADER_WINDOW]
         if self._end == len(self._buf):
             if self._start > 0:
                 n = self._end - self._start
@@ -303,7 +315,7 @@ class RespConnection(asyncio.BufferedProtocol):
         if n != target.nbytes:
             raise ValueError(f"value of {n} bytes where {target.nbytes} were expected")
         avail = min(n, self._end - self._start)
-        target[:avail] = self._buf[self._start : self._start + avail]
+        target[:avail] = memoryview(self._buf)[self._start : self._start + avail]
         self._start += avail
         if avail == n:
             self._skip = 2
