@@ -311,6 +311,17 @@ def _accuracy_lines(title: str, acc: dict[str, Any]) -> list[str]:
         f"{acc['tolerance']:.0%} ({acc['fraction_within']:.0%}); worst "
         f"{acc['max_abs_rel_error']:.0%} at {acc['worst']}",
     ]
+    if acc.get("held_out_points") is not None and acc["held_out_points"] < acc["points"]:
+        lines.append(
+            f"  held out of the calibration: {acc['held_out_within']}/"
+            f"{acc['held_out_points']} points within {acc['tolerance']:.0%}"
+            + (f" ({acc['held_out_fraction']:.0%})" if acc["held_out_points"] else "")
+        )
+    if acc.get("within_by_channel"):
+        lines.append(
+            "  within per channel: "
+            + ", ".join(f"{c} {w}/{n}" for c, (w, n) in acc["within_by_channel"].items())
+        )
     if acc.get("choice_points"):
         lines.append(
             f"  fast choice: {acc['choice_correct']}/{acc['choice_points']} points pick the "
