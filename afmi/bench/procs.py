@@ -506,8 +506,8 @@ def model_accuracy(
 
     With ``calibrate_path`` every channel is first fitted to every other size
     of its own cross-process rows (wire from the ping-pong, the collective
-    parameters from the allreduce points; ``parallel_ranks`` is this machine's
-    CPU count, the reduction rate is measured here) and the model file is
+    parameters and ``parallel_ranks``, at most this machine's CPU count, from the
+    allreduce points; the reduction rate is measured here) and the model file is
     written there; the accuracy is reported over all rows and over the held-out
     ones. Returns ``{"model_source", "accuracy", "calibration"}``.
     """
@@ -537,8 +537,8 @@ def model_accuracy(
             try:
                 wire = dict(calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in pp]))
                 wire.update(
-                    calibrate.fit_rounds(
-                        ch, wire, points, reduce_bytes_per_s=reduce_rate, parallel_ranks=cpus
+                    calibrate.fit_parallel(
+                        ch, wire, points, reduce_bytes_per_s=reduce_rate, cpus=int(cpus)
                     )
                 )
             except ValueError as exc:
@@ -552,7 +552,7 @@ def model_accuracy(
                 "file": str(path),
                 "channels": params,
                 "reduce_bytes_per_s": reduce_rate,
-                "parallel_ranks": cpus,
+                "cpus": cpus,
             }
             model_config = dataclasses.replace(
                 config, model=dataclasses.replace(config.model, file=str(path))

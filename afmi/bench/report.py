@@ -109,7 +109,7 @@ def format_report(results: dict[str, Any]) -> str:
             ]
             for r in sorted(coll, key=lambda r: (r["op"], r["ranks"], r["nbytes"], r["channel"]))
         ]
-        out.append("\nCollective latency (barrier + call, minus a barrier; slowest rank)")
+        out.append("\nCollective latency (median call, first rank in to last rank out)")
         out.append(
             _table(
                 ["op", "ranks", "size", "channel", "algorithm", "measured", "model", "error"], rows

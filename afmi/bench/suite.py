@@ -118,10 +118,9 @@ def calibration_sizes(top: int) -> list[int]:
     The sweep measures even powers of two (1, 4, 16, ...), so its collective
     points stay out of the fit.
     """
-    large = 1 << 17
-    while large * 4 <= top:
-        large *= 4
-    return sorted({2, 2048, large} if large > 2048 else {2, 2048})
+    exponent = max(top, 2).bit_length() - 1
+    large = 1 << (exponent if exponent % 2 else exponent - 1)
+    return sorted({n for n in (2, 2048, large) if n <= large})
 
 
 def _calibrate_channel(
@@ -145,7 +144,7 @@ def _calibrate_channel(
     params: dict[str, float] = dict(
         calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in fit_rows])
     )
-    top = (1 << 18) if opts.quick else opts.collective_max_bytes
+    top = min(1 << 18, opts.collective_max_bytes) if opts.quick else opts.collective_max_bytes
     points = []
     for op in ("barrier", "bcast", "gather", "allreduce"):
         for n in ranks:

@@ -116,8 +116,9 @@ def timing(
     (:meth:`ChannelModel.round_time_s`) and the reductions on it. The CPU
     bound is the work of all ranks (call overheads, every message's software
     cost and bytes, every reduction) divided by how many ranks run at once
-    (:meth:`ChannelModel.parallelism`). A point-to-point message has no CPU
-    bound: its measured latency already holds both ends' work.
+    (:meth:`ChannelModel.parallelism`). It exists only where ranks share CPUs:
+    with a CPU per rank (and for a point-to-point message) every rank's own
+    work is already part of the measured latencies on the path.
     """
     if size <= 1:
         return 0.0, 0.0
@@ -125,19 +126,20 @@ def timing(
     for step in algorithm.steps(size, nbytes):
         if step.rounds > 0 and step.messages > 0:
             path += step.rounds * channel.round_time_s(step.messages, step.nbytes)
-    if op == "send":
-        return path, 0.0
     w = work(op, algorithm, size, nbytes)
     rate = channel.reduce_bytes_per_s
     if rate > 0:
         path += w.path_reduce_bytes / rate
+    share = channel.parallelism(size)
+    if op == "send" or share >= size:
+        return path, 0.0
     cpu = size * channel.call_overhead_s
     cpu += (w.messages + w.deliveries) / 2 * channel.cpu_per_message_s
     if channel.cpu_bytes_per_s > 0:
         cpu += (w.bytes_sent + w.bytes_received) / 2 / channel.cpu_bytes_per_s
     if rate > 0:
         cpu += w.reduce_bytes / rate
-    return path, cpu / channel.parallelism(size)
+    return path, cpu / share
 
 
 def predict(

@@ -156,3 +156,23 @@ def test_accuracy_summary_judges_time_and_choice():
         {"op": "bcast", "ranks": 4, "nbytes": 8, "picked": "local", "fastest": "s3"}
     ]
     assert acc["within_tolerance"] >= 1 and acc["max_abs_rel_error"] > 0.3
+
+
+def test_cores_left_to_processes_are_fitted():
+    # 4 and 8 processes on a machine where other work leaves them 1.5 cores
+    truth = ChannelModel(
+        name="direct",
+        latency_s=30e-6,
+        bandwidth_single_bytes_per_s=5e9,
+        bandwidth_aggregate_bytes_per_s=5e9,
+        call_overhead_s=8e-6,
+        cpu_per_message_s=40e-6,
+        cpu_bytes_per_s=3e9,
+        reduce_bytes_per_s=2e9,
+        parallel_ranks=1.5,
+    )
+    points = _collective_points(truth)
+    fit = calibrate.fit_parallel("direct", _WIRE, points, reduce_bytes_per_s=2e9, cpus=2)
+    assert fit["parallel_ranks"] == 1.5
+    assert fit["cpu_per_message_s"] == pytest.approx(40e-6, rel=1e-3)
+    _assert_reproduces(ChannelModel(name="direct", **{**_WIRE, **fit}), points)

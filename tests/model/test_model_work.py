@@ -82,8 +82,10 @@ def test_ranks_sharing_a_cpu_add_up_their_work():
             + w.reduce_bytes / 1e9
         )
         assert cpu_loop == pytest.approx(total)
-        assert cpu_two == pytest.approx(total / 2)
-        assert cpu_own == pytest.approx(total / p)
+        # two cores: shared only when there are more ranks than cores
+        assert cpu_two == (pytest.approx(total / 2) if p > 2 else 0.0)
+        # a CPU per rank: every rank's work is already in the path's latencies
+        assert cpu_own == 0.0
         t = predict("allreduce", n, p, rd, one_loop, FREE).time_s
         assert t == pytest.approx(max(path, cpu_loop))
     # in one loop 8 ranks take far longer than 2; with a CPU each, log2 rounds
