@@ -130,11 +130,16 @@ def _calibrate_channel(
     opts: Options,
     ranks: list[int],
     reduce_rate: float,
+    swept: list[dict[str, Any]],
 ) -> tuple[dict[str, float], list[tuple[str, int, int, float]]]:
     """Fit one channel: the wire from every other ping-pong row (marked ``fitted``; the
-    rest are held out), the collective parameters from calls of :func:`calibration_sizes`.
+    rest are held out), the collective parameters from every other size of each swept
+    collective (``swept``, marked likewise; barriers have one size and are always
+    fitted), or, when nothing was swept, from calls of :func:`calibration_sizes`.
 
-    All ranks of the bench share one event loop, so ``parallel_ranks`` is 1.
+    Fitting on the sweep's own rows keeps the fitted and the held-out points
+    measured side by side, under the same load of a shared machine. All ranks of
+    the bench share one event loop, so ``parallel_ranks`` is 1.
     """
     budget = opts.budget()
     ordered = sorted(rows, key=lambda r: r["nbytes"])
@@ -146,11 +151,20 @@ def _calibrate_channel(
     )
     top = min(1 << 18, opts.collective_max_bytes) if opts.quick else opts.collective_max_bytes
     points = []
-    for op in ("barrier", "bcast", "gather", "allreduce"):
-        for n in ranks:
-            for nbytes in [0] if op == "barrier" else calibration_sizes(top):
-                seconds = measure.collective_time(channel, op, n, nbytes, config, budget)
-                points.append((op, n, nbytes, seconds))
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in swept:
+        groups.setdefault((r["op"], r["ranks"]), []).append(r)
+    for group in groups.values():
+        for i, r in enumerate(sorted(group, key=lambda r: r["nbytes"])):
+            if i % 2 == 0:
+                points.append((r["op"], r["ranks"], r["nbytes"], r["latency_s"]))
+    if len(points) < 3:
+        points = []
+        for op in ("barrier", "bcast", "gather", "allreduce"):
+            for n in ranks:
+                for nbytes in [0] if op == "barrier" else calibration_sizes(top):
+                    seconds = measure.collective_time(channel, op, n, nbytes, config, budget)
+                    points.append((op, n, nbytes, seconds))
     params.update(
         calibrate.fit_rounds(
             channel, params, points, reduce_bytes_per_s=reduce_rate, parallel_ranks=1.0
@@ -201,27 +215,6 @@ def run_suite(
                 results["skipped"][ch] = f"failed: {type(exc).__name__}: {exc}"
         results["channels"] = measured
         model_config = config
-        fitted: set[tuple[str, str, int, int]] = set()
-        if opts.calibrate:
-            params = {}
-            say("calibrating the reduction (SUM of uint8 arrays, as the bench's payloads)")
-            reduce_rate = calibrate.measure_reduce_rate("uint8")
-            for ch in measured:
-                say(f"calibrating {ch}")
-                rows = [r for r in results["pingpong"] if r["channel"] == ch]
-                params[ch], points = _calibrate_channel(
-                    ch, rows, run_config, opts, ranks, reduce_rate
-                )
-                fitted.update((ch, op, n, nbytes) for op, n, nbytes, _ in points)
-            path = calibrate.write_model_file(opts.calibrate, params)
-            results["calibration"] = {
-                "file": str(path),
-                "channels": params,
-                "reduce_bytes_per_s": reduce_rate,
-            }
-            model_config = dataclasses.replace(
-                config, model=dataclasses.replace(config.model, file=str(path))
-            )
         if opts.collectives:
             for ch in measured:
                 for op in opts.ops:
@@ -232,6 +225,31 @@ def run_suite(
                             )
                         except Exception as exc:  # noqa: BLE001 - reported, run continues
                             results["skipped"][f"{ch} {op} n={n}"] = f"{type(exc).__name__}: {exc}"
+        fitted: set[tuple[str, str, int, int]] = set()
+        if opts.calibrate:
+            params = {}
+            used: dict[str, list[tuple[str, int, int, float]]] = {}
+            say("calibrating the reduction (SUM of uint8 arrays, as the bench's payloads)")
+            reduce_rate = calibrate.measure_reduce_rate("uint8")
+            for ch in measured:
+                say(f"calibrating {ch}")
+                rows = [r for r in results["pingpong"] if r["channel"] == ch]
+                swept = [r for r in results["collectives"] if r["channel"] == ch]
+                params[ch], points = _calibrate_channel(
+                    ch, rows, run_config, opts, ranks, reduce_rate, swept
+                )
+                fitted.update((ch, op, n, nbytes) for op, n, nbytes, _ in points)
+                used[ch] = points
+            path = calibrate.write_model_file(opts.calibrate, params)
+            results["calibration"] = {
+                "file": str(path),
+                "channels": params,
+                "reduce_bytes_per_s": reduce_rate,
+                "points": used,
+            }
+            model_config = dataclasses.replace(
+                config, model=dataclasses.replace(config.model, file=str(path))
+            )
     if opts.anchors:
         say("anchor: blocking socket ping-pong")
         try:
