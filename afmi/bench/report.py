@@ -127,14 +127,23 @@ def format_report(results: dict[str, Any]) -> str:
     cal = results.get("calibration")
     if cal:
         out.append(f"\nCalibrated model written to {cal['file']}")
-        for name, params in cal["channels"].items():
-            out.append(
-                f"  {name}: latency {_us(params['latency_s'])}, per message "
-                f"{_us(params['per_message_s'])}, bandwidth "
-                f"{params['bandwidth_single_bytes_per_s'] / 1e6:.0f} MB/s single, "
-                f"{params['bandwidth_aggregate_bytes_per_s'] / 1e6:.0f} MB/s aggregate"
-            )
+        out += _calibrated_lines(cal)
     return "\n".join(out)
+
+
+def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
+    """One line per calibrated channel: its wire, its CPU costs, how many ranks run at once."""
+    lines = []
+    for name, params in cal["channels"].items():
+        lines.append(
+            f"  {name}: latency {_us(params['latency_s'])}, "
+            f"{params['bandwidth_single_bytes_per_s'] / 1e6:.0f} MB/s single stream, "
+            f"call {_us(params.get('call_overhead_s', 0.0))}, "
+            f"CPU per message {_us(params.get('cpu_per_message_s', 0.0))}, "
+            f"reduce {params.get('reduce_bytes_per_s', 0.0) / 1e9:.1f} GB/s, "
+            f"parallel ranks {params.get('parallel_ranks', 0.0):g}"
+        )
+    return lines
 
 
 def _ratio(x: float | None) -> str:
@@ -205,6 +214,7 @@ def format_processes(proc: dict[str, Any]) -> str:
     cal = proc.get("calibration")
     if cal:
         out.append(f"Calibrated model written to {cal['file']}")
+        out += _calibrated_lines(cal)
     return "\n".join(out)
 
 
