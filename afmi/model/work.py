@@ -21,11 +21,6 @@ __all__ = ["REDUCING", "Work", "work"]
 #: Collectives that combine payloads with an op.
 REDUCING = frozenset({"allreduce", "reduce", "reduce_scatter", "scan", "exscan"})
 
-#: Segment size of the ring algorithms (mirrors ``afmi.collectives.ring.SEGMENT_BYTES``).
-_SEGMENT = 1 << 19
-#: From this size ``scatter_allgather`` scatters (``afmi.collectives.scatter_allgather``).
-_BCAST_SCATTER = 1 << 20
-
 
 @dataclass(frozen=True)
 class Work:
@@ -69,8 +64,10 @@ def _doubling(size: int, nbytes: int) -> Work:
 
 
 def _ring(size: int, nbytes: int, passes: int) -> Work:
+    from afmi.collectives.ring import SEGMENT_BYTES
+
     chunk = -(-nbytes // size)
-    segments = max(1, -(-chunk // _SEGMENT))
+    segments = max(1, -(-chunk // SEGMENT_BYTES))
     messages = passes * size * (size - 1) * segments
     moved = passes * size * (size - 1) * chunk
     reduce = size * (size - 1) * chunk
@@ -83,7 +80,9 @@ def _scan(size: int, nbytes: int) -> Work:
 
 
 def _bcast_scatter_allgather(size: int, nbytes: int) -> Work:
-    if nbytes < _BCAST_SCATTER or size < 3:
+    from afmi.collectives.scatter_allgather import BCAST_SCATTER_MIN_BYTES
+
+    if nbytes < BCAST_SCATTER_MIN_BYTES or size < 3:
         return _p2p(size - 1, nbytes)
     piece = -(-nbytes // size)
     scatter = _tree_bytes(size, piece)
@@ -202,6 +201,11 @@ def _from_steps(op: str, algorithm: Any, size: int, nbytes: int) -> Work:
         reduce = (size - 1) * nbytes
         path = min(reduce, sum(s.rounds * s.nbytes for s in steps))
     return Work(messages, moved, messages, moved, reduce, path)
+
+
+def has_entry(op: str, name: str) -> bool:
+    """True if the table knows the work of algorithm ``name`` of ``op``."""
+    return (op, name) in _TABLE
 
 
 def work(op: str, algorithm: Any, size: int, nbytes: int) -> Work:

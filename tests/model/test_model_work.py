@@ -121,3 +121,19 @@ def test_an_algorithms_own_work_wins():
 def test_local_defaults_share_one_loop():
     assert DEFAULTS["local"].parallelism(8) == 1
     assert DEFAULTS["direct"].parallelism(8) == 8
+
+
+def test_every_registered_algorithm_has_exact_work():
+    from afmi.model.work import has_entry
+
+    missing = [
+        (a.collective, a.name)
+        for a in registry.algorithms()
+        if not has_entry(a.collective, a.name) and not hasattr(a, "work")
+    ]
+    assert missing == []
+    for a in registry.algorithms():
+        for p in (2, 3, 8):
+            w = work(a.collective, a, p, 4096)
+            assert w.messages >= 1 and w.deliveries >= w.messages or a.name == "storage_publish"
+            assert w.path_reduce_bytes <= w.reduce_bytes
