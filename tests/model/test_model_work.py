@@ -135,5 +135,5 @@ def test_every_registered_algorithm_has_exact_work():
     for a in registry.algorithms():
         for p in (2, 3, 8):
             w = work(a.collective, a, p, 4096)
-            assert w.messages >= 1 and w.deliveries >= w.messages or a.name == "storage_publish"
+            assert (w.messages >= 1 and w.deliveries >= w.messages) or a.name == "storage_publish"
             assert w.path_reduce_bytes <= w.reduce_bytes
