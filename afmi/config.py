@@ -209,6 +209,9 @@ class ChannelModelConfig:
     #: CPU time of one message (its sender's and receiver's software work together), seconds;
     #: it adds up over all ranks when they share CPUs (see ``parallel_ranks``).
     cpu_per_message_s: float | None = None
+    #: Extra CPU time of one message for every further rank sharing the CPUs (their
+    #: polling and scheduling), seconds.
+    cpu_per_message_rank_s: float | None = None
     #: Rate at which the CPUs copy and encode message bytes, bytes per second (0: not counted).
     cpu_bytes_per_s: float | None = None
     #: Rate of the reduction op (numpy ``SUM``), bytes of one input per second (0: not counted).

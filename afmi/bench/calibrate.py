@@ -265,7 +265,8 @@ def _fit_rounds(
     The model of a call is the larger of two bounds (:func:`afmi.model.predict.timing`),
     each linear in its unknowns: the critical path in ``call_overhead_s``,
     ``per_message_s`` and ``1 / aggregate`` bandwidth, the shared CPU in
-    ``call_overhead_s``, ``cpu_per_message_s`` and ``1 / cpu_bytes_per_s``. The fit
+    ``call_overhead_s``, ``cpu_per_message_s``, ``cpu_per_message_rank_s`` and
+    ``1 / cpu_bytes_per_s``. The fit
     assigns every point to the bound that predicts more, solves one non-negative
     least-squares problem of the relative error, and repeats until the assignment
     settles (from two starts: all points on the path, all on the CPU); the
@@ -308,7 +309,7 @@ def _fit_rounds(
         shared = 1.0 if share < ranks else 0.0  # no CPU bound with a CPU per rank
         reduce_s = w.reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         path_reduce_s = w.path_reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
-        path_rows.append([1.0, messages_term, bytes_term, 0.0, 0.0])
+        path_rows.append([1.0, messages_term, bytes_term, 0.0, 0.0, 0.0])
         path_fixed.append(fixed + path_reduce_s)
         cpu_rows.append(
             [
@@ -317,6 +318,7 @@ def _fit_rounds(
                 0.0,
                 shared * (w.messages + w.deliveries) / 2 / share,
                 shared * (w.bytes_sent + w.bytes_received) / 2 / share,
+                shared * (w.messages + w.deliveries) / 2 * (ranks - 1) / share,
             ]
         )
         cpu_fixed.append(shared * reduce_s / share)
@@ -349,13 +351,16 @@ def _fit_rounds(
                 break
             on_path = settled
     assert best is not None
-    overhead, per_message, inverse_aggregate, cpu_message, inverse_cpu = (float(v) for v in best[1])
+    overhead, per_message, inverse_aggregate, cpu_message, inverse_cpu, cpu_rank = (
+        float(v) for v in best[1]
+    )
     aggregate = 1.0 / inverse_aggregate if inverse_aggregate > 0 else 64 * single
     return best[0], {
         "call_overhead_s": overhead,
         "per_message_s": per_message,
         "bandwidth_aggregate_bytes_per_s": max(aggregate, single / 4),
         "cpu_per_message_s": cpu_message,
+        "cpu_per_message_rank_s": cpu_rank,
         "cpu_bytes_per_s": 1.0 / inverse_cpu if inverse_cpu > 0 else 0.0,
         "reduce_bytes_per_s": float(reduce_bytes_per_s),
         "parallel_ranks": float(parallel_ranks),

@@ -139,7 +139,8 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
             f"  {name}: latency {_us(params['latency_s'])}, "
             f"{params['bandwidth_single_bytes_per_s'] / 1e6:.0f} MB/s single stream, "
             f"call {_us(params.get('call_overhead_s', 0.0))}, "
-            f"CPU per message {_us(params.get('cpu_per_message_s', 0.0))}, "
+            f"CPU per message {_us(params.get('cpu_per_message_s', 0.0))} "
+            f"+ {_us(params.get('cpu_per_message_rank_s', 0.0))} per further rank, "
             f"reduce {params.get('reduce_bytes_per_s', 0.0) / 1e9:.1f} GB/s, "
             f"parallel ranks {params.get('parallel_ranks', 0.0):g}"
         )

@@ -48,7 +48,8 @@ class ChannelModel:
     the servers' hourly price is spread over ``requests_per_hour`` requests.
 
     The CPU side (see :func:`afmi.model.predict.predict`): one message costs
-    ``cpu_per_message_s`` of software work (sender and receiver together) plus
+    ``cpu_per_message_s`` of software work (sender and receiver together), plus
+    ``cpu_per_message_rank_s`` for every further rank sharing the CPUs, plus
     its bytes at ``cpu_bytes_per_s``, a reduction runs at ``reduce_bytes_per_s``,
     and ``parallel_ranks`` says how many ranks' work runs at the same time
     (0: each rank has its own CPU; 1: every rank shares one event loop).
@@ -64,6 +65,7 @@ class ChannelModel:
     bandwidth_large_bytes_per_s: float = 0.0
     call_overhead_s: float = 0.0
     cpu_per_message_s: float = 0.0
+    cpu_per_message_rank_s: float = 0.0
     cpu_bytes_per_s: float = 0.0
     reduce_bytes_per_s: float = 0.0
     parallel_ranks: float = 0.0

@@ -115,7 +115,8 @@ def timing(
     The critical path is the call overhead, the algorithm's rounds
     (:meth:`ChannelModel.round_time_s`) and the reductions on it. The CPU
     bound is the work of all ranks (call overheads, every message's software
-    cost and bytes, every reduction) divided by how many ranks run at once
+    cost, which grows with the ranks sharing the CPUs, its bytes, every
+    reduction) divided by how many ranks run at once
     (:meth:`ChannelModel.parallelism`). It exists only where ranks share CPUs:
     with a CPU per rank (and for a point-to-point message) every rank's own
     work is already part of the measured latencies on the path.
@@ -134,7 +135,8 @@ def timing(
     if op == "send" or share >= size:
         return path, 0.0
     cpu = size * channel.call_overhead_s
-    cpu += (w.messages + w.deliveries) / 2 * channel.cpu_per_message_s
+    per_message = channel.cpu_per_message_s + (size - 1) * channel.cpu_per_message_rank_s
+    cpu += (w.messages + w.deliveries) / 2 * per_message
     if channel.cpu_bytes_per_s > 0:
         cpu += (w.bytes_sent + w.bytes_received) / 2 / channel.cpu_bytes_per_s
     if rate > 0:

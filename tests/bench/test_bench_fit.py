@@ -96,6 +96,7 @@ def test_shared_cpu_work_is_recovered_when_ranks_share_a_loop():
         per_message_s=5e-6,
         call_overhead_s=8e-6,
         cpu_per_message_s=25e-6,
+        cpu_per_message_rank_s=3e-6,
         cpu_bytes_per_s=4e9,
         reduce_bytes_per_s=2e9,
         parallel_ranks=1.0,
@@ -104,6 +105,7 @@ def test_shared_cpu_work_is_recovered_when_ranks_share_a_loop():
     fit = calibrate.fit_rounds("local", _WIRE, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
     assert fit["parallel_ranks"] == 1.0
     assert fit["cpu_per_message_s"] == pytest.approx(25e-6, rel=1e-3)
+    assert fit["cpu_per_message_rank_s"] == pytest.approx(3e-6, rel=1e-3)
     assert fit["cpu_bytes_per_s"] == pytest.approx(4e9, rel=1e-3)
     assert fit["call_overhead_s"] == pytest.approx(8e-6, rel=1e-3)
     _assert_reproduces(ChannelModel(name="local", **{**_WIRE, **fit}), points)

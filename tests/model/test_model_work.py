@@ -137,3 +137,13 @@ def test_every_registered_algorithm_has_exact_work():
             w = work(a.collective, a, p, 4096)
             assert (w.messages >= 1 and w.deliveries >= w.messages) or a.name == "storage_publish"
             assert w.path_reduce_bytes <= w.reduce_bytes
+
+
+def test_messages_cost_more_with_more_ranks_sharing_the_loop():
+    rd = registry.get("allreduce", "recursive_doubling")
+    flat = _model(parallel_ranks=1.0, cpu_bytes_per_s=0.0, reduce_bytes_per_s=0.0)
+    crowded = dataclasses.replace(flat, cpu_per_message_rank_s=2e-6)
+    for p in (2, 4, 8):
+        w = work("allreduce", rd, p, 64)
+        extra = timing("allreduce", 64, p, rd, crowded)[1] - timing("allreduce", 64, p, rd, flat)[1]
+        assert extra == pytest.approx((w.messages + w.deliveries) / 2 * (p - 1) * 2e-6)
