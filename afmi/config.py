@@ -206,6 +206,19 @@ class ChannelModelConfig:
     bandwidth_large_bytes_per_s: float | None = None
     #: Fixed software cost of one collective call (setting up its rounds), seconds.
     call_overhead_s: float | None = None
+    #: CPU time of one message (its sender's and receiver's software work together), seconds;
+    #: it adds up over all ranks when they share CPUs (see ``parallel_ranks``).
+    cpu_per_message_s: float | None = None
+    #: Extra CPU time of one message for every further rank sharing the CPUs (their
+    #: polling and scheduling), seconds.
+    cpu_per_message_rank_s: float | None = None
+    #: Rate at which the CPUs copy and encode message bytes, bytes per second (0: not counted).
+    cpu_bytes_per_s: float | None = None
+    #: Rate of the reduction op (numpy ``SUM``), bytes of one input per second (0: not counted).
+    reduce_bytes_per_s: float | None = None
+    #: Ranks whose work can run at the same time: 0 every rank has its own CPU (functions),
+    #: 1 all ranks share one event loop (in-process), k ranks share k cores.
+    parallel_ranks: float | None = None
     #: Price of each message written (a PUT, a RPUSH), dollars.
     price_per_request_usd: float | None = None
     #: Price of each read or poll (a GET, a LIST), dollars.

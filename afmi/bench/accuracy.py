@@ -3,7 +3,8 @@
 Two figures, both printed by ``afmi bench`` and stored in its JSON:
 
 * time: for every measured point, ``predicted / measured - 1``; the share of
-  points within +-30 % and the worst point;
+  points within +-30 % and the worst point, over all points and over the
+  points held out of the calibration (rows not marked ``fitted``);
 * choice: for every point measured on two or more channels, whether the
   ``fast`` hint picks the channel that measured fastest (and, to tell misses
   from near ties, whether the picked channel measured within 10 % of it).
@@ -69,11 +70,21 @@ def summarize(rows: list[dict[str, Any]], config: Config) -> dict[str, Any]:
             misses.append(
                 {"op": op, "ranks": ranks, "nbytes": nbytes, "picked": picked, "fastest": fastest}
             )
+    held = [e for e, r in errors if not r.get("fitted")]
+    held_within = sum(1 for e in held if e <= TOLERANCE)
+    by_channel: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for e, r in errors:
+        by_channel[r["channel"]][0] += e <= TOLERANCE
+        by_channel[r["channel"]][1] += 1
     out: dict[str, Any] = {
         "tolerance": TOLERANCE,
         "points": len(errors),
         "within_tolerance": within,
         "fraction_within": within / len(errors) if errors else None,
+        "held_out_points": len(held),
+        "held_out_within": held_within,
+        "held_out_fraction": held_within / len(held) if held else None,
+        "within_by_channel": {c: list(v) for c, v in sorted(by_channel.items())},
         "max_abs_rel_error": worst[0] if worst else None,
         "worst": _brief(worst[1]) if worst else None,
         "choice_points": judged,

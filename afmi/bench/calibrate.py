@@ -29,8 +29,10 @@ __all__ = [
     "fit_aggregate",
     "fit_rounds",
     "fit_latency_bandwidth",
+    "fit_parallel",
     "fit_per_message",
     "fit_wire",
+    "measure_reduce_rate",
     "model_file",
     "write_model_file",
 ]
@@ -162,53 +164,206 @@ def fit_aggregate(
     return min(max(peers * single / share, single / 4), peers * single)
 
 
-def fit_rounds(
-    channel: str, wire: dict[str, float], points: Sequence[tuple[str, int, int, float]]
-) -> dict[str, float]:
-    """``call_overhead_s``, ``per_message_s`` and the aggregate bandwidth from collectives.
+def _nnls(a: Any, b: Any) -> Any:
+    """Least squares with every unknown >= 0 (drop the most negative, solve again)."""
+    import numpy as np
 
-    ``points`` are ``(op, ranks, nbytes, seconds)`` measurements. With the
-    wire parameters fixed, the model of a call is linear in the three
-    unknowns (``1 / aggregate`` while the aggregate limits a round of two or
-    more messages), so a least-squares fit of the relative error finds them;
-    negative results are clamped to zero and the aggregate to at least a
-    quarter of the single-stream bandwidth.
+    n = a.shape[1]
+    norms = np.linalg.norm(a, axis=0)
+    active = [j for j in range(n) if norms[j] > 0]
+    x = np.zeros(n)
+    while active:
+        scaled = a[:, active] / norms[active]
+        sol, *_ = np.linalg.lstsq(scaled, b, rcond=None)
+        sol = sol / norms[active]
+        if (sol >= 0).all():
+            x[active] = sol
+            break
+        active.pop(int(np.argmin(sol)))
+    return x
+
+
+def measure_reduce_rate(dtype: str = "float64", nbytes: int = 1 << 23) -> float:
+    """Bytes of one input per second that ``afmi.SUM`` combines (median of 15 runs).
+
+    The default 8 MiB arrays do not fit in a cache: the rate large reductions see.
+    """
+    import statistics
+    import time
+
+    import numpy as np
+
+    from afmi.ops import SUM
+
+    count = max(nbytes // np.dtype(dtype).itemsize, 1)
+    a, b = np.ones(count, dtype=dtype), np.ones(count, dtype=dtype)
+    times = []
+    for _ in range(16):
+        t0 = time.perf_counter()
+        SUM(a, b)
+        times.append(time.perf_counter() - t0)
+    return a.nbytes / max(statistics.median(times[1:]), 1e-9)
+
+
+def fit_rounds(
+    channel: str,
+    wire: dict[str, float],
+    points: Sequence[tuple[str, int, int, float]],
+    *,
+    reduce_bytes_per_s: float = 0.0,
+    parallel_ranks: float = 0.0,
+) -> dict[str, float]:
+    """Fit the collective-call parameters; see :func:`_fit_rounds` (this drops the score)."""
+    return _fit_rounds(
+        channel,
+        wire,
+        points,
+        reduce_bytes_per_s=reduce_bytes_per_s,
+        parallel_ranks=parallel_ranks,
+    )[1]
+
+
+def fit_parallel(
+    channel: str,
+    wire: dict[str, float],
+    points: Sequence[tuple[str, int, int, float]],
+    *,
+    reduce_bytes_per_s: float,
+    cpus: int,
+) -> dict[str, float]:
+    """:func:`fit_rounds` with ``parallel_ranks`` fitted too, from 1 to ``cpus`` in quarters.
+
+    For ranks that are processes on one machine: other work on the machine
+    leaves them fewer cores than it has, and the fit finds how many.
+    """
+    best: tuple[float, dict[str, float]] | None = None
+    for quarter in range(4, 4 * max(cpus, 1) + 1):
+        scored = _fit_rounds(
+            channel,
+            wire,
+            points,
+            reduce_bytes_per_s=reduce_bytes_per_s,
+            parallel_ranks=quarter / 4,
+        )
+        if best is None or scored[0] < best[0] - 1e-12:
+            best = scored
+    assert best is not None
+    return best[1]
+
+
+def _fit_rounds(
+    channel: str,
+    wire: dict[str, float],
+    points: Sequence[tuple[str, int, int, float]],
+    *,
+    reduce_bytes_per_s: float = 0.0,
+    parallel_ranks: float = 0.0,
+) -> tuple[float, dict[str, float]]:
+    """Fit the collective-call parameters to ``(op, ranks, nbytes, seconds)`` measurements.
+
+    The wire parameters, the reduction rate and ``parallel_ranks`` are fixed.
+    The model of a call is the larger of two bounds (:func:`afmi.model.predict.timing`),
+    each linear in its unknowns: the critical path in ``call_overhead_s``,
+    ``per_message_s`` and ``1 / aggregate`` bandwidth, the shared CPU in
+    ``call_overhead_s``, ``cpu_per_message_s``, ``cpu_per_message_rank_s`` and
+    ``1 / cpu_bytes_per_s``. The fit
+    assigns every point to the bound that predicts more, solves one non-negative
+    least-squares problem of the relative error, and repeats until the assignment
+    settles (from two starts: all points on the path, all on the CPU); the
+    solution with the smallest squared relative error wins. The aggregate is
+    kept at least a quarter of the single-stream bandwidth.
     """
     import numpy as np
 
+    from afmi.model.cli import algorithm_for
     from afmi.model.params import ChannelModel
-    from afmi.model.select import candidates
+    from afmi.model.work import work
 
     single = wire["bandwidth_single_bytes_per_s"]
     values: dict[str, Any] = dict(wire)
-    base_model = ChannelModel(name=channel, bandwidth_aggregate_bytes_per_s=single, **values)
-    rows, targets = [], []
+    base = ChannelModel(
+        name=channel,
+        bandwidth_aggregate_bytes_per_s=single,
+        reduce_bytes_per_s=reduce_bytes_per_s,
+        parallel_ranks=parallel_ranks,
+        **values,
+    )
+    path_rows, cpu_rows, path_fixed, cpu_fixed, times = [], [], [], [], []
     for op, ranks, nbytes, seconds in points:
         if seconds <= 0 or ranks < 2:
             continue
-        alg = candidates(op, channel, ranks, nbytes)[0]
+        alg = algorithm_for(op, channel, ranks, nbytes)
         fixed = messages_term = bytes_term = 0.0
         for step in alg.steps(ranks, nbytes):
             if step.rounds <= 0 or step.messages <= 0:
                 continue
             fixed += step.rounds * wire["latency_s"]
             messages_term += step.rounds * (step.messages - 1)
+            wire_s = base.wire_time_s(step.nbytes)
             if step.messages == 1:
-                fixed += step.rounds * base_model.wire_time_s(step.nbytes)
+                fixed += step.rounds * wire_s
             else:
-                wire_s = base_model.wire_time_s(step.nbytes)
                 bytes_term += step.rounds * wire_s * step.messages * single
-        rows.append([1.0 / seconds, messages_term / seconds, bytes_term / seconds])
-        targets.append((seconds - fixed) / seconds)
-    if len(rows) < 3:
+        w = work(op, alg, ranks, nbytes)
+        share = base.parallelism(ranks)
+        shared = 1.0 if share < ranks else 0.0  # no CPU bound with a CPU per rank
+        reduce_s = w.reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
+        path_reduce_s = w.path_reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
+        path_rows.append([1.0, messages_term, bytes_term, 0.0, 0.0, 0.0])
+        path_fixed.append(fixed + path_reduce_s)
+        cpu_rows.append(
+            [
+                shared * ranks / share,
+                0.0,
+                0.0,
+                shared * (w.messages + w.deliveries) / 2 / share,
+                shared * (w.bytes_sent + w.bytes_received) / 2 / share,
+                shared * (w.messages + w.deliveries) / 2 * (ranks - 1) / share,
+            ]
+        )
+        cpu_fixed.append(shared * reduce_s / share)
+        times.append(seconds)
+    if len(times) < 3:
         raise ValueError("fitting the rounds needs at least 3 collective measurements")
-    solution, *_ = np.linalg.lstsq(np.array(rows), np.array(targets), rcond=None)
-    overhead, per_message, inverse_aggregate = (float(v) for v in solution)
+    t = np.array(times)
+    ap, ac = np.array(path_rows), np.array(cpu_rows)
+    fp, fc = np.array(path_fixed), np.array(cpu_fixed)
+
+    def solve(on_path: Any) -> Any:
+        a = np.where(on_path[:, None], ap, ac) / t[:, None]
+        b = (t - np.where(on_path, fp, fc)) / t
+        return _nnls(a, b)
+
+    def bounds(x: Any) -> tuple[Any, Any]:
+        return fp + ap @ x, fc + ac @ x
+
+    best: tuple[float, Any] | None = None
+    for start in (np.ones(len(t), dtype=bool), np.zeros(len(t), dtype=bool)):
+        on_path = start
+        for _ in range(30):
+            x = solve(on_path)
+            path, cpu = bounds(x)
+            score = float(np.sum((np.maximum(path, cpu) / t - 1) ** 2))
+            if best is None or score < best[0]:
+                best = (score, x)
+            settled = path >= cpu
+            if (settled == on_path).all():
+                break
+            on_path = settled
+    assert best is not None
+    overhead, per_message, inverse_aggregate, cpu_message, inverse_cpu, cpu_rank = (
+        float(v) for v in best[1]
+    )
     aggregate = 1.0 / inverse_aggregate if inverse_aggregate > 0 else 64 * single
-    return {
-        "call_overhead_s": max(overhead, 0.0),
-        "per_message_s": max(per_message, 0.0),
+    return best[0], {
+        "call_overhead_s": overhead,
+        "per_message_s": per_message,
         "bandwidth_aggregate_bytes_per_s": max(aggregate, single / 4),
+        "cpu_per_message_s": cpu_message,
+        "cpu_per_message_rank_s": cpu_rank,
+        "cpu_bytes_per_s": 1.0 / inverse_cpu if inverse_cpu > 0 else 0.0,
+        "reduce_bytes_per_s": float(reduce_bytes_per_s),
+        "parallel_ranks": float(parallel_ranks),
     }
 
 

@@ -246,22 +246,26 @@ async def _collective_main(
             await comm.barrier()
             await call(comm, buf)
 
-        async def two_barriers() -> None:
-            await comm.barrier()
-            await comm.barrier()
-
         iters = await _warm_then_count(comm, budget, nbytes, with_op)
         # A barrier before every call keeps ranks from running ahead into the
-        # next call (the model predicts one isolated call); its own time, from
-        # interleaved batches of two barriers, is taken off again.
-        paired, barriers = [], []
-        per_batch = max(iters // 5, 1)
-        for _ in range(5):
-            paired.append(await _timed(per_batch, with_op))
-            barriers.append(await _timed(per_batch, two_barriers) / 2)
-        with_call, barrier = _median(paired), _median(barriers)
-        seconds = barrier if op == "barrier" else with_call - barrier
-        out.append((nbytes, per_batch * 5, max(seconds, 0.05 * with_call)))
+        # next call (the model predicts one isolated call). Every rank stamps
+        # when it enters and leaves each call; the ranks share one clock (one
+        # machine), so a call takes from the first rank in to the last rank out.
+        stamps = []
+        for _ in range(iters):
+            await comm.barrier()
+            t0 = time.perf_counter()
+            await call(comm, buf)
+            stamps.append((t0, time.perf_counter()))
+        every = await comm.gather(stamps, root=0)
+        seconds = 0.0
+        if comm.rank == 0:
+            assert every is not None
+            spans = [
+                max(s[i][1] for s in every) - min(s[i][0] for s in every) for i in range(iters)
+            ]
+            seconds = _median(spans)
+        out.append((nbytes, iters, seconds))
     return out
 
 
@@ -295,10 +299,9 @@ def collective_latency(
 ) -> list[dict[str, Any]]:
     """Seconds per call of collective ``op`` on ``ranks`` ranks, for each payload size.
 
-    Calls run as ``barrier; call`` and are timed in batches interleaved with
-    batches of ``barrier; barrier``; a call's time is the median batch time
-    minus one barrier's (for ``barrier`` itself: half a pair). The slowest
-    rank's figure is reported.
+    Calls run as ``barrier; call``; each rank stamps when it enters and leaves
+    every call, and a call takes from the first rank's entry to the last rank's
+    exit (the ranks share one clock). The median over the calls is reported.
     """
     if op not in COLLECTIVES:
         raise ValueError(f"unknown collective {op!r}; choose from {', '.join(COLLECTIVES)}")
@@ -317,7 +320,7 @@ def collective_latency(
                 "ranks": ranks,
                 "nbytes": nbytes,
                 "iterations": per_rank[0][i][1],
-                "latency_s": max(r[i][2] for r in per_rank),
+                "latency_s": per_rank[0][i][2],
             }
         )
     return rows

@@ -493,15 +493,25 @@ def _anchors(
         )
 
 
+def _alternate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every other row by size, marked ``fitted``; the others are held out of the fit."""
+    ordered = sorted(rows, key=lambda r: r["nbytes"])
+    for i, r in enumerate(ordered):
+        r["fitted"] = i % 2 == 0
+    return ordered[::2] if len(ordered) >= 4 else ordered
+
+
 def model_accuracy(
     result: dict[str, Any], config: Config, calibrate_path: str | None = None
 ) -> dict[str, Any]:
     """Compare the model with the cross-process rows of ``result`` (annotated in place).
 
-    With ``calibrate_path`` every channel is first fitted to its own
-    cross-process rows (wire from the ping-pong, rounds from the allreduce
-    points) and the model file is written there; the accuracy is then
-    in-sample. Returns ``{"model_source", "accuracy", "calibration"}``.
+    With ``calibrate_path`` every channel is first fitted to every other size
+    of its own cross-process rows (wire from the ping-pong, the collective
+    parameters and ``parallel_ranks``, at most this machine's CPU count, from the
+    allreduce points; the reduction rate is measured here) and the model file is
+    written there; the accuracy is reported over all rows and over the held-out
+    ones. Returns ``{"model_source", "accuracy", "calibration"}``.
     """
     from afmi.bench import accuracy, calibrate
 
@@ -513,19 +523,26 @@ def model_accuracy(
     out: dict[str, Any] = {"calibration": None}
     model_config = config
     if calibrate_path:
+        import os
+
         params: dict[str, dict[str, float]] = {}
+        cpus = float(os.cpu_count() or 1)
+        reduce_rate = calibrate.measure_reduce_rate("float64")
         for ch in sorted({r["channel"] for r in rows}):
-            pp = [
-                (r["nbytes"], r["latency_s"]) for r in rows if r["channel"] == ch and "op" not in r
-            ]
+            pp = _alternate([r for r in rows if r["channel"] == ch and "op" not in r])
+            coll = [r for r in rows if r["channel"] == ch and r.get("op") == "allreduce"]
             points = [
                 ("allreduce", r["ranks"], r["nbytes"], r["latency_s"])
-                for r in rows
-                if r["channel"] == ch and r.get("op") == "allreduce"
+                for n in sorted({r["ranks"] for r in coll})
+                for r in _alternate([r for r in coll if r["ranks"] == n])
             ]
             try:
-                wire = dict(calibrate.fit_wire(pp))
-                wire.update(calibrate.fit_rounds(ch, wire, points))
+                wire = dict(calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in pp]))
+                wire.update(
+                    calibrate.fit_parallel(
+                        ch, wire, points, reduce_bytes_per_s=reduce_rate, cpus=int(cpus)
+                    )
+                )
             except ValueError as exc:
                 result["skipped"][f"calibrate {ch}"] = str(exc)
                 continue
@@ -533,13 +550,19 @@ def model_accuracy(
             params[ch] = wire
         if params:
             path = calibrate.write_model_file(calibrate_path, params)
-            out["calibration"] = {"file": str(path), "channels": params}
+            out["calibration"] = {
+                "file": str(path),
+                "channels": params,
+                "reduce_bytes_per_s": reduce_rate,
+                "cpus": cpus,
+            }
             model_config = dataclasses.replace(
                 config, model=dataclasses.replace(config.model, file=str(path))
             )
     accuracy.annotate(rows, model_config)
     out["model_source"] = (
-        f"calibrated on these cross-process rows ({out['calibration']['file']}; in-sample)"
+        f"calibrated on every other size of these rows ({out['calibration']['file']}); "
+        "the rest are held out"
         if out["calibration"]
         else f"model file {config.model.file}"
         if config.model.file

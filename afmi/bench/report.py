@@ -109,7 +109,7 @@ def format_report(results: dict[str, Any]) -> str:
             ]
             for r in sorted(coll, key=lambda r: (r["op"], r["ranks"], r["nbytes"], r["channel"]))
         ]
-        out.append("\nCollective latency (barrier + call, minus a barrier; slowest rank)")
+        out.append("\nCollective latency (median call, first rank in to last rank out)")
         out.append(
             _table(
                 ["op", "ranks", "size", "channel", "algorithm", "measured", "model", "error"], rows
@@ -127,14 +127,24 @@ def format_report(results: dict[str, Any]) -> str:
     cal = results.get("calibration")
     if cal:
         out.append(f"\nCalibrated model written to {cal['file']}")
-        for name, params in cal["channels"].items():
-            out.append(
-                f"  {name}: latency {_us(params['latency_s'])}, per message "
-                f"{_us(params['per_message_s'])}, bandwidth "
-                f"{params['bandwidth_single_bytes_per_s'] / 1e6:.0f} MB/s single, "
-                f"{params['bandwidth_aggregate_bytes_per_s'] / 1e6:.0f} MB/s aggregate"
-            )
+        out += _calibrated_lines(cal)
     return "\n".join(out)
+
+
+def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
+    """One line per calibrated channel: its wire, its CPU costs, how many ranks run at once."""
+    lines = []
+    for name, params in cal["channels"].items():
+        lines.append(
+            f"  {name}: latency {_us(params['latency_s'])}, "
+            f"{params['bandwidth_single_bytes_per_s'] / 1e6:.0f} MB/s single stream, "
+            f"call {_us(params.get('call_overhead_s', 0.0))}, "
+            f"CPU per message {_us(params.get('cpu_per_message_s', 0.0))} "
+            f"+ {_us(params.get('cpu_per_message_rank_s', 0.0))} per further rank, "
+            f"reduce {params.get('reduce_bytes_per_s', 0.0) / 1e9:.1f} GB/s, "
+            f"parallel ranks {params.get('parallel_ranks', 0.0):g}"
+        )
+    return lines
 
 
 def _ratio(x: float | None) -> str:
@@ -205,6 +215,7 @@ def format_processes(proc: dict[str, Any]) -> str:
     cal = proc.get("calibration")
     if cal:
         out.append(f"Calibrated model written to {cal['file']}")
+        out += _calibrated_lines(cal)
     return "\n".join(out)
 
 
@@ -311,6 +322,17 @@ def _accuracy_lines(title: str, acc: dict[str, Any]) -> list[str]:
         f"{acc['tolerance']:.0%} ({acc['fraction_within']:.0%}); worst "
         f"{acc['max_abs_rel_error']:.0%} at {acc['worst']}",
     ]
+    if acc.get("held_out_points") is not None and acc["held_out_points"] < acc["points"]:
+        lines.append(
+            f"  held out of the calibration: {acc['held_out_within']}/"
+            f"{acc['held_out_points']} points within {acc['tolerance']:.0%}"
+            + (f" ({acc['held_out_fraction']:.0%})" if acc["held_out_points"] else "")
+        )
+    if acc.get("within_by_channel"):
+        lines.append(
+            "  within per channel: "
+            + ", ".join(f"{c} {w}/{n}" for c, (w, n) in acc["within_by_channel"].items())
+        )
     if acc.get("choice_points"):
         lines.append(
             f"  fast choice: {acc['choice_correct']}/{acc['choice_points']} points pick the "

@@ -25,7 +25,7 @@ from afmi.channels import get_driver
 from afmi.config import Config
 from afmi.errors import ArgumentError
 
-__all__ = ["Options", "run_suite", "CHANNELS"]
+__all__ = ["Options", "calibration_sizes", "run_suite", "CHANNELS"]
 
 #: Channels the bench knows how to measure, in report order.
 CHANNELS = ("local", "direct", "redis", "s3")
@@ -112,24 +112,66 @@ def _restore(key: str, value: str | None) -> None:
         os.environ[key] = value
 
 
+def calibration_sizes(top: int) -> list[int]:
+    """Collective payloads the calibration measures: odd powers of two up to ``top``.
+
+    The sweep measures even powers of two (1, 4, 16, ...), so its collective
+    points stay out of the fit.
+    """
+    exponent = max(top, 2).bit_length() - 1
+    large = 1 << (exponent if exponent % 2 else exponent - 1)
+    return sorted({n for n in (2, 2048, large) if n <= large})
+
+
 def _calibrate_channel(
-    channel: str, rows: list[dict[str, Any]], config: Config, opts: Options, ranks: list[int]
-) -> dict[str, float]:
-    """Fit one channel: the wire from its ping-pong rows, the rounds from a few collectives."""
+    channel: str,
+    rows: list[dict[str, Any]],
+    config: Config,
+    opts: Options,
+    ranks: list[int],
+    reduce_rate: float,
+    swept: list[dict[str, Any]],
+) -> tuple[dict[str, float], list[tuple[str, int, int, float]]]:
+    """Fit one channel: the wire from every other ping-pong row (marked ``fitted``; the
+    rest are held out), the collective parameters from every other size of each swept
+    collective (``swept``, marked likewise; barriers have one size and are always
+    fitted), or, when nothing was swept, from calls of :func:`calibration_sizes`.
+
+    Fitting on the sweep's own rows keeps the fitted and the held-out points
+    measured side by side, under the same load of a shared machine. All ranks of
+    the bench share one event loop, so ``parallel_ranks`` is 1.
+    """
     budget = opts.budget()
+    ordered = sorted(rows, key=lambda r: r["nbytes"])
+    for i, r in enumerate(ordered):
+        r["fitted"] = i % 2 == 0
+    fit_rows = ordered[::2] if len(ordered) >= 4 else ordered
     params: dict[str, float] = dict(
-        calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in rows])
+        calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in fit_rows])
     )
-    large = (1 << 18) if opts.quick else min(1 << 20, opts.collective_max_bytes)
+    top = min(1 << 18, opts.collective_max_bytes) if opts.quick else opts.collective_max_bytes
     points = []
-    for op in ("barrier", "bcast", "gather", "allreduce"):
-        for n in ranks:
-            for nbytes in [0] if op == "barrier" else [1, large]:
-                seconds = measure.collective_time(channel, op, n, nbytes, config, budget)
-                points.append((op, n, nbytes, seconds))
-    params.update(calibrate.fit_rounds(channel, params, points))
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in swept:
+        groups.setdefault((r["op"], r["ranks"]), []).append(r)
+    for group in groups.values():
+        for i, r in enumerate(sorted(group, key=lambda r: r["nbytes"])):
+            if i % 2 == 0:
+                points.append((r["op"], r["ranks"], r["nbytes"], r["latency_s"]))
+    if len(points) < 3:
+        points = []
+        for op in ("barrier", "bcast", "gather", "allreduce"):
+            for n in ranks:
+                for nbytes in [0] if op == "barrier" else calibration_sizes(top):
+                    seconds = measure.collective_time(channel, op, n, nbytes, config, budget)
+                    points.append((op, n, nbytes, seconds))
+    params.update(
+        calibrate.fit_rounds(
+            channel, params, points, reduce_bytes_per_s=reduce_rate, parallel_ranks=1.0
+        )
+    )
     params["poll_interval_s"] = 0.0
-    return params
+    return params, points
 
 
 def run_suite(
@@ -173,17 +215,6 @@ def run_suite(
                 results["skipped"][ch] = f"failed: {type(exc).__name__}: {exc}"
         results["channels"] = measured
         model_config = config
-        if opts.calibrate:
-            params = {}
-            for ch in measured:
-                say(f"calibrating {ch}")
-                rows = [r for r in results["pingpong"] if r["channel"] == ch]
-                params[ch] = _calibrate_channel(ch, rows, run_config, opts, ranks)
-            path = calibrate.write_model_file(opts.calibrate, params)
-            results["calibration"] = {"file": str(path), "channels": params}
-            model_config = dataclasses.replace(
-                config, model=dataclasses.replace(config.model, file=str(path))
-            )
         if opts.collectives:
             for ch in measured:
                 for op in opts.ops:
@@ -194,6 +225,31 @@ def run_suite(
                             )
                         except Exception as exc:  # noqa: BLE001 - reported, run continues
                             results["skipped"][f"{ch} {op} n={n}"] = f"{type(exc).__name__}: {exc}"
+        fitted: set[tuple[str, str, int, int]] = set()
+        if opts.calibrate:
+            params = {}
+            used: dict[str, list[tuple[str, int, int, float]]] = {}
+            say("calibrating the reduction (SUM of uint8 arrays, as the bench's payloads)")
+            reduce_rate = calibrate.measure_reduce_rate("uint8")
+            for ch in measured:
+                say(f"calibrating {ch}")
+                rows = [r for r in results["pingpong"] if r["channel"] == ch]
+                swept = [r for r in results["collectives"] if r["channel"] == ch]
+                params[ch], points = _calibrate_channel(
+                    ch, rows, run_config, opts, ranks, reduce_rate, swept
+                )
+                fitted.update((ch, op, n, nbytes) for op, n, nbytes, _ in points)
+                used[ch] = points
+            path = calibrate.write_model_file(opts.calibrate, params)
+            results["calibration"] = {
+                "file": str(path),
+                "channels": params,
+                "reduce_bytes_per_s": reduce_rate,
+                "points": used,
+            }
+            model_config = dataclasses.replace(
+                config, model=dataclasses.replace(config.model, file=str(path))
+            )
     if opts.anchors:
         say("anchor: blocking socket ping-pong")
         try:
@@ -209,6 +265,9 @@ def run_suite(
                 results["anchors"]["mpi4py"] = anchors.mpi4py_pingpong(pp_sizes, budget)
             except Exception as exc:  # noqa: BLE001
                 results["anchors"]["mpi4py"] = {"skipped": str(exc)}
+    for row in results["collectives"]:
+        if (row["channel"], row["op"], row["ranks"], row["nbytes"]) in fitted:
+            row["fitted"] = True  # the same call was measured for the calibration
     rows = results["pingpong"] + results["collectives"]
     say("comparing with the model")
     accuracy.annotate(rows, model_config)

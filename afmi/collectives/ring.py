@@ -151,12 +151,15 @@ def _commutative_ring(args: dict[str, Any]) -> bool:
 
 
 def _ring_steps(size: int, nbytes: int, passes: int) -> list[Step]:
-    """``passes`` trips around the ring, each ``size - 1`` rounds of segmented chunks."""
+    """``passes`` trips around the ring, each ``size - 1`` rounds of one chunk.
+
+    A chunk's segments all go to the same neighbour, one after another on one
+    stream, so a round moves the whole chunk as one message would (the model's
+    per-message costs count the segments, see :mod:`afmi.model.work`).
+    """
     if size <= 1:
         return []
-    chunk = -(-nbytes // size)
-    segments = max(1, -(-chunk // SEGMENT_BYTES))
-    return [Step(passes * (size - 1), min(chunk, SEGMENT_BYTES), segments)]
+    return [Step(passes * (size - 1), -(-nbytes // size))]
 
 
 class RingAllreduce(Algorithm):

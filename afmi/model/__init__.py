@@ -2,6 +2,7 @@
 
 * :mod:`afmi.model.params` - :class:`ChannelModel` per channel, defaults, overrides.
 * :mod:`afmi.model.predict` - predicted seconds and dollars of one operation.
+* :mod:`afmi.model.work` - what all ranks of a collective call do together.
 * :mod:`afmi.model.select` - the deterministic choice by hint, and :class:`Explanation`.
 
 See docs/model.md.
@@ -16,8 +17,9 @@ from afmi.model.params import (
     load_model_file,
     model_for,
 )
-from afmi.model.predict import P2P, Prediction, predict, traffic
+from afmi.model.predict import P2P, Prediction, predict, timing, traffic
 from afmi.model.select import Explanation, Hint, as_hint, candidates, choose, explain, predict_all
+from afmi.model.work import Work, work
 
 __all__ = [
     "DEFAULTS",
@@ -27,6 +29,7 @@ __all__ = [
     "FunctionPrice",
     "Hint",
     "Prediction",
+    "Work",
     "as_hint",
     "candidates",
     "channel_models",
@@ -37,5 +40,7 @@ __all__ = [
     "model_for",
     "predict",
     "predict_all",
+    "timing",
     "traffic",
+    "work",
 ]

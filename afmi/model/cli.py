@@ -11,7 +11,7 @@ from typing import Any
 from afmi.config import Config
 from afmi.errors import AfmiError, ArgumentError
 
-__all__ = ["HELP", "add_arguments", "main", "parse_nbytes"]
+__all__ = ["HELP", "add_arguments", "algorithm_for", "explain_offline", "main", "parse_nbytes"]
 
 HELP = "predict time and dollars of an operation on each channel and algorithm"
 
@@ -80,6 +80,17 @@ def explain_offline(
         raise ArgumentError(f"--size must be a positive number of ranks, got {size!r}")
     ctx: Any = _PlanningContext(size, op)
     return plan_explanation(op, ctx, channels, nbytes, config, hint)
+
+
+def algorithm_for(op: str, channel: str, size: int, nbytes: int) -> Any:
+    """The algorithm the collectives registry runs for ``op`` on ``channel`` (no job needed)."""
+    from afmi.model.predict import P2P
+    from afmi.model.runtime import _registry_pick, sample_args
+
+    if op == "send":
+        return P2P
+    ctx: Any = _PlanningContext(size, op)
+    return _registry_pick(op, ctx, channel, sample_args(op, nbytes))
 
 
 def _hint(text: str | None) -> str | float | None:

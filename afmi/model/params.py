@@ -46,6 +46,13 @@ class ChannelModel:
     write and ``reads_per_message * price_per_read_usd`` to read, every byte
     moved ``price_per_gb_usd / 1e9``, and when ``include_infrastructure`` is set
     the servers' hourly price is spread over ``requests_per_hour`` requests.
+
+    The CPU side (see :func:`afmi.model.predict.predict`): one message costs
+    ``cpu_per_message_s`` of software work (sender and receiver together), plus
+    ``cpu_per_message_rank_s`` for every further rank sharing the CPUs, plus
+    its bytes at ``cpu_bytes_per_s``, a reduction runs at ``reduce_bytes_per_s``,
+    and ``parallel_ranks`` says how many ranks' work runs at the same time
+    (0: each rank has its own CPU; 1: every rank shares one event loop).
     """
 
     name: str
@@ -57,6 +64,11 @@ class ChannelModel:
     large_message_bytes: float = 0.0
     bandwidth_large_bytes_per_s: float = 0.0
     call_overhead_s: float = 0.0
+    cpu_per_message_s: float = 0.0
+    cpu_per_message_rank_s: float = 0.0
+    cpu_bytes_per_s: float = 0.0
+    reduce_bytes_per_s: float = 0.0
+    parallel_ranks: float = 0.0
     price_per_request_usd: float = 0.0
     price_per_read_usd: float = 0.0
     reads_per_message: float = 1.0
@@ -89,6 +101,12 @@ class ChannelModel:
             + self.wire_time_s(nbytes) * share
         )
 
+    def parallelism(self, size: int) -> float:
+        """How many of ``size`` ranks do their work at the same time."""
+        if self.parallel_ranks <= 0:
+            return float(max(size, 1))
+        return float(max(min(size, self.parallel_ranks), 1))
+
     def infrastructure_usd_per_request(self) -> float:
         """Share of the hourly server price charged to one request (0 if not included)."""
         if not self.include_infrastructure or self.infrastructure_usd_per_hour == 0:
@@ -107,6 +125,9 @@ class ChannelModel:
 #: Built-in defaults. ``direct``, ``redis`` and ``s3`` are the AWS figures of
 #: FMI's model (ms and MB/s converted to s and bytes/s, 1 MB = 10**6 bytes).
 #: ``local`` (in-process queues) is an estimate for one machine; calibrate it.
+#: Its ranks share one event loop (``parallel_ranks=1``); the other channels'
+#: ranks are functions with a CPU each. The reduction rate is a typical
+#: numpy ``SUM`` on one core.
 DEFAULTS: dict[str, ChannelModel] = {
     "local": ChannelModel(
         name="local",
@@ -114,9 +135,14 @@ DEFAULTS: dict[str, ChannelModel] = {
         per_message_s=10e-6,
         bandwidth_single_bytes_per_s=5e9,
         bandwidth_aggregate_bytes_per_s=5e9,
+        cpu_per_message_s=20e-6,
+        cpu_bytes_per_s=5e9,
+        reduce_bytes_per_s=2e9,
+        parallel_ranks=1.0,
     ),
     "direct": ChannelModel(
         name="direct",
+        reduce_bytes_per_s=2e9,
         latency_s=0.34e-3,
         per_message_s=20e-6,
         bandwidth_single_bytes_per_s=400e6,
@@ -126,6 +152,7 @@ DEFAULTS: dict[str, ChannelModel] = {
     ),
     "redis": ChannelModel(
         name="redis",
+        reduce_bytes_per_s=2e9,
         latency_s=5.2e-3,
         per_message_s=0.1e-3,
         bandwidth_single_bytes_per_s=100e6,
@@ -135,6 +162,7 @@ DEFAULTS: dict[str, ChannelModel] = {
     ),
     "s3": ChannelModel(
         name="s3",
+        reduce_bytes_per_s=2e9,
         latency_s=40.4e-3,
         per_message_s=1e-3,
         poll_interval_s=5e-3,

@@ -3,21 +3,24 @@
 The time follows the algorithm's own step structure
 (:meth:`afmi.collectives.base.Algorithm.steps`): every step is ``rounds``
 sequential rounds in which a rank sends ``messages`` messages of ``nbytes``
-bytes, and a round costs :meth:`ChannelModel.round_time_s`. The price adds
+bytes, and a round costs :meth:`ChannelModel.round_time_s`; reductions on
+that path add their bytes at the op's rate. When ranks share CPUs, the work
+of all of them (:func:`afmi.model.work.work`) runs one after another, which
+bounds the time from below as well (:func:`timing`). The price adds
 storage requests, bytes moved, the channel's infrastructure share per
 request, and the time of *every* participating function (FMI priced one).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from afmi.collectives.base import Step
 from afmi.model.params import ChannelModel, FunctionPrice
+from afmi.model.work import work
 
-__all__ = ["P2P", "Prediction", "StepModel", "predict", "traffic"]
+__all__ = ["P2P", "Prediction", "StepModel", "predict", "timing", "traffic"]
 
 
 class StepModel(Protocol):
@@ -98,43 +101,47 @@ class Prediction:
         }
 
 
-#: Messages all ranks send together in the centralised form of each collective,
-#: ``size -> (messages, payloads of nbytes moved)``; used when an algorithm does not
-#: state its own traffic through a ``traffic(size, nbytes)`` method.
-_CENTRAL: dict[str, Callable[[int], tuple[int, int]]] = {
-    "barrier": lambda n: (2 * (n - 1), 0),
-    "bcast": lambda n: (n - 1, n - 1),
-    "scatter": lambda n: (n - 1, n - 1),
-    "gather": lambda n: (n - 1, n - 1),
-    "reduce": lambda n: (n - 1, n - 1),
-    "allreduce": lambda n: (2 * (n - 1), 2 * (n - 1)),
-    "allgather": lambda n: (2 * (n - 1), (n - 1) + n * (n - 1)),
-    "reduce_scatter": lambda n: (2 * (n - 1), 2 * (n - 1)),
-    "scan": lambda n: (2 * (n - 1), 2 * (n - 1)),
-    "exscan": lambda n: (2 * (n - 1), 2 * (n - 1)),
-    "alltoall": lambda n: (n * (n - 1), n * (n - 1)),
-}
-
-
 def traffic(op: str, algorithm: StepModel, size: int, nbytes: int) -> tuple[int, int]:
-    """``(messages, bytes)`` all ranks send together for one call.
+    """``(messages, bytes)`` all ranks send together for one call (see :func:`work`)."""
+    w = work(op, algorithm, size, nbytes)
+    return w.messages, w.bytes_sent
 
-    An algorithm may say exactly with a ``traffic(size, nbytes)`` method;
-    otherwise the larger of its critical path's messages and the
-    centralised form's count is used (every algorithm moves at least that).
+
+def timing(
+    op: str, nbytes: int, size: int, algorithm: StepModel, channel: ChannelModel
+) -> tuple[float, float]:
+    """``(critical_path_s, shared_cpu_s)``: the two lower bounds of the predicted time.
+
+    The critical path is the call overhead, the algorithm's rounds
+    (:meth:`ChannelModel.round_time_s`) and the reductions on it. The CPU
+    bound is the work of all ranks (call overheads, every message's software
+    cost, which grows with the ranks sharing the CPUs, its bytes, every
+    reduction) divided by how many ranks run at once
+    (:meth:`ChannelModel.parallelism`). It exists only where ranks share CPUs:
+    with a CPU per rank (and for a point-to-point message) every rank's own
+    work is already part of the measured latencies on the path.
     """
-    own = getattr(algorithm, "traffic", None)
-    if callable(own):
-        messages, moved = own(size, nbytes)
-        return int(messages), int(moved)
-    steps = algorithm.steps(size, nbytes)
-    path_messages = sum(s.rounds * s.messages for s in steps)
-    path_bytes = sum(s.rounds * s.messages * s.nbytes for s in steps)
-    central = _CENTRAL.get(op)
-    if central is None:
-        return path_messages, path_bytes
-    messages, payloads = central(size)
-    return max(messages, path_messages), max(payloads * nbytes, path_bytes)
+    if size <= 1:
+        return 0.0, 0.0
+    path = 0.0 if op == "send" else channel.call_overhead_s
+    for step in algorithm.steps(size, nbytes):
+        if step.rounds > 0 and step.messages > 0:
+            path += step.rounds * channel.round_time_s(step.messages, step.nbytes)
+    w = work(op, algorithm, size, nbytes)
+    rate = channel.reduce_bytes_per_s
+    if rate > 0:
+        path += w.path_reduce_bytes / rate
+    share = channel.parallelism(size)
+    if op == "send" or share >= size:
+        return path, 0.0
+    cpu = size * channel.call_overhead_s
+    per_message = channel.cpu_per_message_s + (size - 1) * channel.cpu_per_message_rank_s
+    cpu += (w.messages + w.deliveries) / 2 * per_message
+    if channel.cpu_bytes_per_s > 0:
+        cpu += (w.bytes_sent + w.bytes_received) / 2 / channel.cpu_bytes_per_s
+    if rate > 0:
+        cpu += w.reduce_bytes / rate
+    return path, cpu / share
 
 
 def predict(
@@ -153,16 +160,11 @@ def predict(
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     nbytes = max(int(nbytes), 0)
-    time_s = 0.0
-    messages = moved = 0
-    if size > 1:
-        if op != "send":
-            time_s += channel.call_overhead_s
-        for step in algorithm.steps(size, nbytes):
-            if step.rounds > 0 and step.messages > 0:
-                time_s += step.rounds * channel.round_time_s(step.messages, step.nbytes)
-        messages, moved = traffic(op, algorithm, size, nbytes)
-    reads = messages * channel.reads_per_message
+    path_s, cpu_s = timing(op, nbytes, size, algorithm, channel)
+    time_s = max(path_s, cpu_s)
+    w = work(op, algorithm, size, nbytes)
+    messages, moved = w.messages, w.bytes_sent
+    reads = w.deliveries * channel.reads_per_message
     return Prediction(
         op=op,
         channel=channel.name,

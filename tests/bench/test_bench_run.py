@@ -76,6 +76,25 @@ def test_quick_run_writes_json(bench_run):
     assert 0 <= acc["within_tolerance"] <= acc["points"]
     assert acc["choice_points"] == 0 and "one channel" in acc["choice_note"]
     assert "calibrated in this run" in data["model_source"]
+    # every other ping-pong size is fitted, the rest held out; collectives are held out
+    # except the barrier, whose only size is also a calibration call
+    assert [r.get("fitted", False) for r in data["pingpong"]] == [True, False, True, False]
+    held = [r for r in data["pingpong"] + data["collectives"] if not r.get("fitted")]
+    assert acc["held_out_points"] == len(held) == 2 + len(data["collectives"]) - 1
+    assert acc["within_by_channel"]["local"][1] == acc["points"]
+    params = data["calibration"]["channels"]["local"]
+    assert params["parallel_ranks"] == 1.0  # every rank of the bench shares one loop
+    assert params["reduce_bytes_per_s"] == data["calibration"]["reduce_bytes_per_s"] > 0
+
+
+def test_calibration_sizes_stay_off_the_sweep():
+    from afmi.bench.suite import calibration_sizes
+
+    assert calibration_sizes(1 << 20) == [2, 2048, 1 << 19]
+    assert calibration_sizes(1 << 18) == [2, 2048, 1 << 17]
+    assert calibration_sizes(4096) == [2, 2048]
+    sweep = set(measure.sizes(1 << 20)[::2])
+    assert not sweep & set(calibration_sizes(1 << 20))
 
 
 def test_quick_run_prints_tables_and_progress(bench_run):

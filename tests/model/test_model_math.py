@@ -1,5 +1,6 @@
 """The model's arithmetic: units, every function priced, traffic, config layering."""
 
+import dataclasses
 import json
 
 import pytest
@@ -73,7 +74,7 @@ def test_two_regime_wire_time():
 
 
 def test_time_follows_the_algorithms_steps():
-    m = DEFAULTS["direct"]
+    m = dataclasses.replace(DEFAULTS["direct"], reduce_bytes_per_s=0.0)
     price = FunctionPrice(0.0, 1.0)
     alg = Rounds([Step(3, 1000, 1), Step(2, 10, 4)])
     p = predict("allreduce", 1000, 8, alg, m, price)

@@ -1,0 +1,149 @@
+"""Total work of a call: traffic per algorithm, reductions, and CPUs shared by ranks."""
+
+import dataclasses
+
+import pytest
+
+from afmi.collectives import registry
+from afmi.collectives.base import Step
+from afmi.model import DEFAULTS, ChannelModel, FunctionPrice, predict, timing, traffic, work
+
+FREE = FunctionPrice(0.0, 0.0)
+
+
+def _model(**kw):
+    base = dict(
+        name="x",
+        latency_s=10e-6,
+        bandwidth_single_bytes_per_s=1e9,
+        bandwidth_aggregate_bytes_per_s=1e9,
+        call_overhead_s=5e-6,
+        cpu_per_message_s=20e-6,
+        cpu_bytes_per_s=2e9,
+        reduce_bytes_per_s=1e9,
+    )
+    base.update(kw)
+    return ChannelModel(**base)
+
+
+def test_ring_and_doubling_count_every_ranks_messages():
+    ring = registry.get("allreduce", "ring")
+    # 8 ranks, 8 MiB: chunks of 1 MiB in 2 segments, 2 passes of 7 rounds on every rank
+    assert traffic("allreduce", ring, 8, 8 << 20) == (2 * 8 * 7 * 2, 2 * 7 * (8 << 20))
+    rd = registry.get("allreduce", "recursive_doubling")
+    assert traffic("allreduce", rd, 8, 100) == (8 * 3, 8 * 3 * 100)
+    # 6 ranks: 4 do 2 rounds, the 2 extra ranks send in and get the result back
+    assert traffic("allreduce", rd, 6, 100)[0] == 4 * 2 + 2 * 2
+
+
+def test_storage_algorithms_grow_with_the_ranks():
+    publish = registry.get("bcast", "storage_publish")
+    for p in (2, 4, 8):
+        w = work("bcast", publish, p, 1000)
+        assert (w.messages, w.deliveries, w.bytes_received) == (1, p - 1, (p - 1) * 1000)
+    sr = registry.get("allreduce", "scatter_reduce")
+    w4, w8 = work("allreduce", sr, 4, 1 << 20), work("allreduce", sr, 8, 1 << 20)
+    assert w8.deliveries > w4.deliveries == 2 * 4 * 3
+    # the reduced slices: (p - 1) * n in all, (p - 1) * n / p on the critical path
+    assert w8.reduce_bytes == 7 * (1 << 20) and w8.path_reduce_bytes == 7 * (1 << 17)
+    # every read of a stored payload is priced (s3 GETs)
+    s3 = DEFAULTS["s3"]
+    p2 = predict("bcast", 1000, 2, publish, s3, FREE)
+    p8 = predict("bcast", 1000, 8, publish, s3, FREE)
+    assert p8.request_usd - p2.request_usd == pytest.approx(6 * 2 * s3.price_per_read_usd)
+
+
+def test_reduction_is_on_the_critical_path():
+    linear = registry.get("allreduce", "linear")
+    fast = _model(reduce_bytes_per_s=0.0)
+    slow = _model(reduce_bytes_per_s=1e8)
+    n = 1 << 20
+    path_fast, _ = timing("allreduce", n, 4, linear, fast)
+    path_slow, _ = timing("allreduce", n, 4, linear, slow)
+    # the root combines three arrays one after another
+    assert path_slow - path_fast == pytest.approx(3 * n / 1e8)
+
+
+def test_ranks_sharing_a_cpu_add_up_their_work():
+    rd = registry.get("allreduce", "recursive_doubling")
+    own_cpu = _model(parallel_ranks=0.0)
+    one_loop = _model(parallel_ranks=1.0)
+    two_cores = _model(parallel_ranks=2.0)
+    n = 1 << 16
+    for p in (2, 4, 8):
+        path, cpu_own = timing("allreduce", n, p, rd, own_cpu)
+        _, cpu_loop = timing("allreduce", n, p, rd, one_loop)
+        _, cpu_two = timing("allreduce", n, p, rd, two_cores)
+        w = work("allreduce", rd, p, n)
+        total = (
+            p * 5e-6
+            + (w.messages + w.deliveries) / 2 * 20e-6
+            + (w.bytes_sent + w.bytes_received) / 2 / 2e9
+            + w.reduce_bytes / 1e9
+        )
+        assert cpu_loop == pytest.approx(total)
+        # two cores: shared only when there are more ranks than cores
+        assert cpu_two == (pytest.approx(total / 2) if p > 2 else 0.0)
+        # a CPU per rank: every rank's work is already in the path's latencies
+        assert cpu_own == 0.0
+        t = predict("allreduce", n, p, rd, one_loop, FREE).time_s
+        assert t == pytest.approx(max(path, cpu_loop))
+    # in one loop 8 ranks take far longer than 2; with a CPU each, log2 rounds
+    t2, t8 = (predict("allreduce", n, p, rd, one_loop, FREE).time_s for p in (2, 8))
+    assert t8 > 8 * t2
+    o2, o8 = (predict("allreduce", n, p, rd, own_cpu, FREE).time_s for p in (2, 8))
+    assert o8 < 4 * o2
+
+
+def test_a_message_has_no_cpu_bound():
+    from afmi.model import P2P
+
+    m = _model(parallel_ranks=1.0, cpu_per_message_s=1.0)
+    assert timing("send", 100, 2, P2P, m)[1] == 0
+    assert predict("send", 100, 2, P2P, m, FREE).time_s == pytest.approx(10e-6 + 100 / 1e9)
+
+
+def test_an_algorithms_own_work_wins():
+    class Mine:
+        name = "mine"
+
+        def steps(self, size, nbytes):
+            return [Step(1, nbytes, size - 1)]
+
+        def work(self, size, nbytes):
+            return work("bcast", registry.get("bcast", "linear"), size, nbytes * 3)
+
+    assert traffic("bcast", Mine(), 4, 10) == (3, 90)
+    m = dataclasses.replace(DEFAULTS["direct"])
+    assert predict("bcast", 10, 4, Mine(), m, FREE).messages == 3
+
+
+def test_local_defaults_share_one_loop():
+    assert DEFAULTS["local"].parallelism(8) == 1
+    assert DEFAULTS["direct"].parallelism(8) == 8
+
+
+def test_every_registered_algorithm_has_exact_work():
+    from afmi.model.work import has_entry
+
+    missing = [
+        (a.collective, a.name)
+        for a in registry.algorithms()
+        if not has_entry(a.collective, a.name) and not hasattr(a, "work")
+    ]
+    assert missing == []
+    for a in registry.algorithms():
+        for p in (2, 3, 8):
+            w = work(a.collective, a, p, 4096)
+            assert (w.messages >= 1 and w.deliveries >= w.messages) or a.name == "storage_publish"
+            assert w.path_reduce_bytes <= w.reduce_bytes
+
+
+def test_messages_cost_more_with_more_ranks_sharing_the_loop():
+    rd = registry.get("allreduce", "recursive_doubling")
+    flat = _model(parallel_ranks=1.0, cpu_bytes_per_s=0.0, reduce_bytes_per_s=0.0)
+    crowded = dataclasses.replace(flat, cpu_per_message_rank_s=2e-6)
+    for p in (2, 4, 8):
+        w = work("allreduce", rd, p, 64)
+        extra = timing("allreduce", 64, p, rd, crowded)[1] - timing("allreduce", 64, p, rd, flat)[1]
+        assert extra == pytest.approx((w.messages + w.deliveries) / 2 * (p - 1) * 2e-6)
