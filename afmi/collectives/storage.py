@@ -226,6 +226,14 @@ class RedisCounterBarrier(Algorithm):
         """``size`` increments and ``size - 1`` releases (requests, bytes)."""
         return (2 * size - 1, 0) if size > 1 else (0, 0)
 
+    def work(self, size: int, nbytes: int) -> Any:
+        """For the model (:mod:`afmi.model.work`): every increment and release is a
+        request written and a reply or message read; no payload, no reduction."""
+        from afmi.model.work import Work
+
+        n = 2 * size - 1 if size > 1 else 0
+        return Work(n, 0, n, 0)
+
     async def run(self, ctx: CollectiveContext) -> None:
         if ctx.size == 1:
             return
