@@ -7,7 +7,9 @@ latency (half the round trip, µs) and the bandwidth (size / one-way time) of:
 
 * ``socket``: blocking ``socket.sendall`` / ``recv_into`` a preallocated
   buffer, TCP_NODELAY (the anchor);
-* ``channel``: :class:`DirectChannel` alone (``send`` / ``on_message``);
+* ``channel``: :class:`DirectChannel` alone (``send`` / ``on_message``), large
+  messages received into one preallocated array (the channel's
+  ``destination`` hook, as a posted ``recv(out=)`` uses it);
 * ``comm``: ``await comm.send(array)`` / ``await comm.recv(out=array)`` through
   the whole stack (serialization, matching, timeouts), receiving into one
   preallocated array as the socket row does.
@@ -126,12 +128,23 @@ async def _channel_pingpong(comm: Any, sizes: list[int], quick: bool) -> Result:
             await fut
         return inbox.pop(0)
 
+    class Slot:  # what the endpoint gives for a posted receive with its own buffer
+        into: list[memoryview] = []
+
+    slot = Slot()
+
+    def destination(context: int, source: int, tag: int, seq: int, lens: list[int]) -> Any:
+        ok = context == _CONTEXT and len(lens) == 1 and lens[0] == slot.into[0].nbytes
+        return slot if ok else None
+
     ch._on_message = on_message  # take the channel over from the endpoint for this test
+    ch.destination = destination  # and receive into one array, as the socket row does
     await comm.barrier()  # both sides have taken over before the first ping
     peer = 1 - comm.rank
     result: Result = {}
     for size in sizes:
-        buf = np.zeros(size, np.uint8)
+        buf = memoryview(np.zeros(size, np.uint8))  # as encode() hands buffers on
+        slot.into = [memoryview(np.empty(size, np.uint8))]  # type: ignore[arg-type]
         warm, n = iterations(size, quick)
         for i in range(warm + n):
             if i == warm:
@@ -144,6 +157,7 @@ async def _channel_pingpong(comm: Any, sizes: list[int], quick: bool) -> Result:
                 await ch.send(peer, Message(_CONTEXT, 1, 0, i, b"\xc0", [buf]))
         result[size] = (time.perf_counter() - t0) / n / 2
     ch._on_message = original
+    ch.destination = None
     return result
 
 
