@@ -40,7 +40,7 @@ RING_ALLREDUCE_MIN_BYTES = 1 << 19
 #: On 2 ranks over a network channel, the smallest array (bytes) that runs the
 #: ring: one exchange of the whole array wins at 2 MiB (0.73 vs 0.89 ms between
 #: two processes over ``direct``, both receiving in place), the ring's pipelined
-#: 512 KiB segments from 8 MiB (6.7 vs 10.8 ms; docs/performance.md).
+#: segments from 8 MiB (6.7 vs 10.8 ms with 512 KiB segments; docs/performance.md).
 RING_ALLREDUCE_PAIR_MIN_BYTES = 1 << 23
 #: Smallest communicator on which alltoall runs pairwise rounds instead of
 #: sending everything at once (bounds the messages in flight per rank).

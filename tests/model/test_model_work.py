@@ -6,6 +6,7 @@ import pytest
 
 from afmi.collectives import registry
 from afmi.collectives.base import Step
+from afmi.collectives.ring import SEGMENT_BYTES
 from afmi.model import DEFAULTS, ChannelModel, FunctionPrice, predict, timing, traffic, work
 
 FREE = FunctionPrice(0.0, 0.0)
@@ -28,8 +29,10 @@ def _model(**kw):
 
 def test_ring_and_doubling_count_every_ranks_messages():
     ring = registry.get("allreduce", "ring")
-    # 8 ranks, 8 MiB: chunks of 1 MiB in 2 segments, 2 passes of 7 rounds on every rank
-    assert traffic("allreduce", ring, 8, 8 << 20) == (2 * 8 * 7 * 2, 2 * 7 * (8 << 20))
+    # 8 ranks, 4 segments' worth per rank: chunks of 4 segments' bytes cut into 4
+    # messages, 2 passes of 7 rounds on every rank
+    n = 8 * 4 * SEGMENT_BYTES
+    assert traffic("allreduce", ring, 8, n) == (2 * 8 * 7 * 4, 2 * 7 * n)
     rd = registry.get("allreduce", "recursive_doubling")
     assert traffic("allreduce", rd, 8, 100) == (8 * 3, 8 * 3 * 100)
     # 6 ranks: 4 do 2 rounds, the 2 extra ranks send in and get the result back
