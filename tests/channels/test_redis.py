@@ -349,3 +349,28 @@ async def test_receives_over_storage_alone_do_not_spin(redis_url):
     assert await afmi.launch_local(_spin, 2, channel="redis", config=config(redis_url)) == [0, 0]
     both = await afmi.launch_local(_spin, 2, channel=["local", "redis"], config=config(redis_url))
     assert both == [afmi.Config().spin] * 2
+
+
+async def _allreduce_out(comm):
+    x = np.arange(300_000, dtype=np.float64) * (comm.rank + 1)
+    out = np.zeros_like(x)
+    got = await comm.allreduce(x, out=out)
+    assert got is out
+    buf = np.zeros(50_000)
+    if comm.rank == 0:
+        await comm.send(np.full(50_000, 7.0), 1)
+    elif comm.rank == 1:
+        assert await comm.recv(0, out=buf) is buf
+        assert (buf == 7.0).all()
+    return float(out[-1])
+
+
+async def test_receives_into_caller_arrays_over_redis(redis_url):
+    # Redis never lands data in place (no destination hook): out= still works, by copy,
+    # for the storage allreduce algorithms and for point-to-point.
+    job = new_job()
+    got = await afmi.launch_local(
+        _allreduce_out, 3, channel="redis", config=config(redis_url), job=job, timeout=60
+    )
+    assert got == [299_999.0 * 6] * 3
+    assert await job_keys(redis_url, job) == []
