@@ -18,12 +18,16 @@ The model file is a config file holding only a ``model`` table, so both
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import platform
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from afmi.config import Config
 
 __all__ = [
     "fit_aggregate",
@@ -398,3 +402,23 @@ def write_model_file(path: str | Path, channels: dict[str, dict[str, float]]) ->
         p.write_text(json.dumps(content, indent=2) + "\n")
     Config.from_file(p)
     return p
+
+
+def write_and_use(
+    path: str | Path,
+    channels: dict[str, dict[str, float]],
+    reduce_bytes_per_s: float,
+    config: Config,
+    **extra: Any,
+) -> tuple[dict[str, Any], Config]:
+    """Write the fitted ``channels`` to ``path``; return the bench's JSON summary of
+    the calibration and ``config`` switched to the new model file."""
+    written = write_model_file(path, channels)
+    summary = {
+        "file": str(written),
+        "channels": channels,
+        "reduce_bytes_per_s": reduce_bytes_per_s,
+        **extra,
+    }
+    model = dataclasses.replace(config.model, file=str(written))
+    return summary, dataclasses.replace(config, model=model)

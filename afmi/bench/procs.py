@@ -549,15 +549,8 @@ def model_accuracy(
             wire["poll_interval_s"] = 0.0
             params[ch] = wire
         if params:
-            path = calibrate.write_model_file(calibrate_path, params)
-            out["calibration"] = {
-                "file": str(path),
-                "channels": params,
-                "reduce_bytes_per_s": reduce_rate,
-                "cpus": cpus,
-            }
-            model_config = dataclasses.replace(
-                config, model=dataclasses.replace(config.model, file=str(path))
+            out["calibration"], model_config = calibrate.write_and_use(
+                calibrate_path, params, reduce_rate, config, cpus=cpus
             )
     accuracy.annotate(rows, model_config)
     out["model_source"] = (

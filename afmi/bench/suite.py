@@ -240,15 +240,8 @@ def run_suite(
                 )
                 fitted.update((ch, op, n, nbytes) for op, n, nbytes, _ in points)
                 used[ch] = points
-            path = calibrate.write_model_file(opts.calibrate, params)
-            results["calibration"] = {
-                "file": str(path),
-                "channels": params,
-                "reduce_bytes_per_s": reduce_rate,
-                "points": used,
-            }
-            model_config = dataclasses.replace(
-                config, model=dataclasses.replace(config.model, file=str(path))
+            results["calibration"], model_config = calibrate.write_and_use(
+                opts.calibrate, params, reduce_rate, config, points=used
             )
     if opts.anchors:
         say("anchor: blocking socket ping-pong")
