@@ -67,9 +67,25 @@ def block_bounds(n: int, parts: int) -> list[int]:
     return out
 
 
-def _segments(lo: int, hi: int, itemsize: int) -> list[tuple[int, int]]:
+def _segments(bounds: list[int], chunk: int, itemsize: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the segments chunk ``chunk`` of ``bounds`` is cut into."""
+    lo, hi = bounds[chunk], bounds[chunk + 1]
     per = max(1, SEGMENT_BYTES // max(itemsize, 1))
     return [(a, min(a + per, hi)) for a in range(lo, hi, per)] or [(lo, hi)]
+
+
+def _receives(
+    rank: int, size: int, bounds: list[int], itemsize: int, lag: int
+) -> list[tuple[bool, int, int]]:
+    """``(last step?, start, stop)`` of every segment a ring phase receives, in order.
+
+    Step ``s`` of the phase receives chunk ``rank - s - lag`` from the left neighbour.
+    """
+    return [
+        (s == size - 2, a, b)
+        for s in range(size - 1)
+        for a, b in _segments(bounds, (rank - s - lag) % size, itemsize)
+    ]
 
 
 async def _reduce_scatter(
@@ -92,17 +108,10 @@ async def _reduce_scatter(
     # place in ``out`` is free until the allgather refills it: post every receive
     # now, into that place, so channels that can receive each segment in place
     # (no fresh buffer, no copy). Step 0 sends straight from src.
-    plan = [
-        (s == size - 2, a, b)
-        for s in range(size - 1)
-        for a, b in _segments(
-            bounds[(rank - s - 2) % size], bounds[(rank - s - 2) % size + 1], itemsize
-        )
-    ]
+    plan = _receives(rank, size, bounds, itemsize, lag=2)
     tickets = ctx.post_into(left, [out[a:b] for _, a, b in plan])
     try:
-        first = (rank - 1) % size
-        for a, b in _segments(bounds[first], bounds[first + 1], itemsize):
+        for a, b in _segments(bounds, (rank - 1) % size, itemsize):
             await ctx.send(src[a:b], right)
         for (last, a, b), ticket in zip(plan, tickets):
             seg = out[a:b]
@@ -121,17 +130,12 @@ async def _allgather_into(
     size, rank = ctx.size, ctx.rank
     left, right = (rank - 1) % size, (rank + 1) % size
     itemsize = out.dtype.itemsize
-    plan = [
-        (t == size - 2, a, b)
-        for t in range(size - 1)
-        for a, b in _segments(
-            bounds[(rank - t - 1) % size], bounds[(rank - t - 1) % size + 1], itemsize
-        )
-    ]
-    # Every segment is received straight into its place (see _reduce_scatter).
+    # Step t receives chunk rank - t - 1, each segment straight into its place (see
+    # _reduce_scatter).
+    plan = _receives(rank, size, bounds, itemsize, lag=1)
     tickets = ctx.post_into(left, [out[a:b] for _, a, b in plan], 1)
     try:
-        for a, b in _segments(bounds[rank], bounds[rank + 1], itemsize):
+        for a, b in _segments(bounds, rank, itemsize):
             await ctx.send(out[a:b], right, 1)
         for (last, a, b), ticket in zip(plan, tickets):
             await ctx.wait_into(ticket, out[a:b])
