@@ -149,14 +149,6 @@ class CollectiveContext:
                 self._ep.engine.cancel(ticket)
                 fut.cancel()
 
-    async def recv_into(self, source: int, out: Any, sub: int = 0) -> None:
-        """Receive an array from ``source`` into ``out`` (see :meth:`post_into`)."""
-        (ticket,) = self.post_into(source, [out], sub)
-        try:
-            await self.wait_into(ticket, out)
-        finally:
-            self.withdraw([ticket])
-
     async def recv(self, source: int, sub: int = 0) -> Any:
         """Receive and decode the message from ``source``."""
         return self._ep.decode(await self.recv_raw(source, sub))

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import numpy as np
-
 from afmi.collectives.base import Algorithm, CollectiveContext, Step
 from afmi.collectives.combine import combine
 from afmi.collectives.tree import ceil_log2
@@ -46,17 +44,6 @@ class DisseminationBarrier(Algorithm):
             await ctx.sendrecv(None, (rank + dist) % size, (rank - dist) % size, sub=k)
 
 
-def _fits(out: Any, x: Any) -> bool:
-    return (
-        isinstance(out, np.ndarray)
-        and isinstance(x, np.ndarray)
-        and out.shape == x.shape
-        and out.dtype == x.dtype
-        and out.flags.c_contiguous
-        and out.flags.writeable
-    )
-
-
 async def recursive_doubling_allreduce(ctx: CollectiveContext, x: Any, op: Op, sub: int = 0) -> Any:
     """Allreduce in rank order; a non-power-of-two size folds its first ranks in pairs first.
 
@@ -85,10 +72,10 @@ async def recursive_doubling_allreduce(ctx: CollectiveContext, x: Any, op: Op, s
     while mask < p:
         vpartner = vrank ^ mask
         partner = vpartner * 2 + 1 if vpartner < rem else vpartner + rem
-        if not owned and _fits(ctx.out, acc):
-            # The caller's result array (allreduce(out=)) is free: receive the
-            # partner's array straight into it and combine there (on 2 ranks the
-            # whole allreduce then allocates nothing).
+        if not owned and ctx.out is not None:
+            # The caller's result array (allreduce(out=), checked against x by the
+            # communicator) is free: receive the partner's array straight into it
+            # and combine there (on 2 ranks the whole allreduce allocates nothing).
             other = ctx.out
             (ticket,) = ctx.post_into(partner, [other], sub + 1)
             try:
