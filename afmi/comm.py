@@ -295,10 +295,7 @@ class Communicator:
         tag = self._check_tag(tag, allow_any=True)
         into = None
         if out is not None:
-            if not isinstance(out, np.ndarray):
-                raise ArgumentError(f"out= must be a numpy array, got {type(out).__name__}")
-            if not out.flags.c_contiguous or not out.flags.writeable:
-                raise ArgumentError("out= must be a C-contiguous, writable array")
+            self._check_target(out)
             into = [memoryview(out.reshape(-1).view(np.uint8))]  # type: ignore[arg-type]
         return self._ep.post(self._p2p, src, tag, into)
 
@@ -593,6 +590,14 @@ class Communicator:
         return self._icollective("allreduce", x=x, op=self._op(op), out=out)
 
     @staticmethod
+    def _check_target(out: Any) -> None:
+        """An ``out=`` array must be a C-contiguous, writable numpy array."""
+        if not isinstance(out, np.ndarray):
+            raise ArgumentError(f"out= must be a numpy array, got {type(out).__name__}")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ArgumentError("out= must be a C-contiguous, writable array")
+
+    @staticmethod
     def _check_out(x: Any, out: Any) -> None:
         if out is None:
             return
@@ -606,8 +611,7 @@ class Communicator:
                 f"out= must match x: x is {x.dtype}{list(x.shape)}, out is "
                 f"{out.dtype}{list(out.shape)}"
             )
-        if not out.flags.c_contiguous or not out.flags.writeable:
-            raise ArgumentError("out= must be a C-contiguous, writable array")
+        Communicator._check_target(out)
         if np.shares_memory(x, out):
             raise ArgumentError("out= must not share memory with x (afmi has no in-place mode)")
 
