@@ -120,15 +120,22 @@ def format_report(results: dict[str, Any]) -> str:
             out.append(f"\nanchor {name} skipped: {value['skipped']}")
     for name, reason in results.get("skipped", {}).items():
         out.append(f"channel {name} skipped: {reason}")
+    out += _model_lines(results, "Model accuracy", "configured model", "\n")
+    return "\n".join(out)
+
+
+def _model_lines(results: dict[str, Any], title: str, source: str, gap: str) -> list[str]:
+    """The model's accuracy on a run's rows and the calibrated model it wrote, if any."""
+    out: list[str] = []
     acc = results.get("accuracy")
     if acc and acc.get("points"):
-        source = results.get("model_source", "configured model")
-        out += _accuracy_lines(f"\nModel accuracy ({source}):", acc)
+        source = results.get("model_source", source)
+        out += _accuracy_lines(f"\n{title} ({source}):", acc)
     cal = results.get("calibration")
     if cal:
-        out.append(f"\nCalibrated model written to {cal['file']}")
+        out.append(f"{gap}Calibrated model written to {cal['file']}")
         out += _calibrated_lines(cal)
-    return "\n".join(out)
+    return out
 
 
 def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
@@ -208,14 +215,7 @@ def format_processes(proc: dict[str, Any]) -> str:
         out.append(_table(headers, rows))
     for name, reason in proc.get("skipped", {}).items():
         out.append(f"{name} skipped: {reason}")
-    acc = proc.get("accuracy")
-    if acc and acc.get("points"):
-        source = proc.get("model_source", "model")
-        out += _accuracy_lines(f"\nModel accuracy on these rows ({source}):", acc)
-    cal = proc.get("calibration")
-    if cal:
-        out.append(f"Calibrated model written to {cal['file']}")
-        out += _calibrated_lines(cal)
+    out += _model_lines(proc, "Model accuracy on these rows", "model", "")
     return "\n".join(out)
 
 
