@@ -99,6 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="--processes: run every job N times, keep each point's fastest (best of N)",
     )
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=None,
+        help="in process: measure the sweep in N passes, each point keeping the median of "
+        "its passes (default 3; quick: 1)",
+    )
     parser.add_argument("--no-pingpong", action="store_true", help="skip the ping-pong sweep")
     parser.add_argument("--no-collectives", action="store_true", help="skip collectives")
     parser.add_argument("--no-anchors", action="store_true", help="skip socket/mpi4py anchors")
@@ -167,6 +174,7 @@ def main(args: argparse.Namespace) -> int:
             calibrate=args.calibrate,
             start_servers=not args.no_servers,
             seconds_per_point=args.seconds_per_point,
+            passes=args.passes,
         )
         progress = Progress(enabled=not args.quiet)
         try:

@@ -25,7 +25,7 @@ from afmi.channels import get_driver
 from afmi.config import Config
 from afmi.errors import ArgumentError
 
-__all__ = ["Options", "calibration_sizes", "run_suite", "CHANNELS"]
+__all__ = ["Options", "calibration_sizes", "merge_passes", "run_suite", "CHANNELS"]
 
 #: Channels the bench knows how to measure, in report order.
 CHANNELS = ("local", "direct", "redis", "s3")
@@ -47,13 +47,37 @@ class Options:
     calibrate: str | None = None  # model file to write
     start_servers: bool = True
     seconds_per_point: float | None = None
+    #: Passes over the whole sweep; each point keeps the median of its passes
+    #: (None: 3, or 1 with ``quick``).
+    passes: int | None = None
+
+    def pass_count(self) -> int:
+        """How many passes the sweep makes."""
+        if self.passes is None:
+            return 1 if self.quick else 3
+        if self.passes < 1:
+            raise ArgumentError(f"passes must be at least 1, got {self.passes}")
+        return self.passes
 
     def budget(self) -> measure.Budget:
-        """The per-point budget for these options."""
+        """The budget of every point (all its passes together)."""
         b = measure.Budget.quick() if self.quick else measure.Budget(seconds_per_point=0.5)
         if self.seconds_per_point is not None:
             b = dataclasses.replace(b, seconds_per_point=self.seconds_per_point)
         return b
+
+    def pass_budget(self) -> measure.Budget:
+        """The budget of one pass: the point's budget shared among the passes."""
+        b, n = self.budget(), self.pass_count()
+        if n == 1:
+            return b
+        return dataclasses.replace(
+            b,
+            seconds_per_point=b.seconds_per_point / n,
+            iters_small=max(b.iters_small // n, 1),
+            iters_large=max(b.iters_large // n, 1),
+            min_iters=max(b.min_iters // n, 1),
+        )
 
 
 def _with(config: Config, section: str, values: dict[str, Any]) -> Config:
@@ -174,6 +198,88 @@ def _calibrate_channel(
     return params, points
 
 
+def _sweep(
+    opts: Options,
+    channels: list[str],
+    config: Config,
+    pp_sizes: list[int],
+    coll_sizes: list[int],
+    ranks: list[int],
+    skipped: dict[str, str],
+    say: Callable[[str], None],
+) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Measure the ping-pongs and collectives in :meth:`Options.pass_count` passes.
+
+    Every pass runs the whole sweep with a share of each point's budget
+    (:meth:`Options.pass_budget`), so each point is measured in several windows
+    spread over the run; it keeps the median of its passes
+    (:func:`merge_passes`). On a shared machine whose cores change speed from
+    one second to the next this keeps one slow window from moving a point, and
+    keeps points that are compared (fitted and held out, one channel against
+    another) measured under the same conditions. Returns the channels that
+    could be measured and the ping-pong and collective rows.
+    """
+    passes = opts.pass_count()
+    budget = opts.pass_budget()
+    measured = list(channels)
+    failed: set[tuple[str, str, int]] = set()
+    runs: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for number in range(passes):
+        prefix = f"pass {number + 1}/{passes}: " if passes > 1 else ""
+
+        def tell(message: str, prefix: str = prefix) -> None:
+            say(prefix + message)
+
+        for ch in list(measured):
+            if not (opts.pingpong or opts.calibrate):
+                break
+            try:
+                rows = measure.pingpong(ch, pp_sizes, config, budget, tell)
+            except Exception as exc:  # noqa: BLE001 - one broken channel must not end the run
+                skipped[ch] = f"failed: {type(exc).__name__}: {exc}"
+                measured.remove(ch)
+                continue
+            for row in rows:
+                runs.setdefault(("send", ch, 2, row["nbytes"]), []).append(row)
+        if not opts.collectives:
+            continue
+        for ch in measured:
+            for op in opts.ops:
+                for n in ranks:
+                    if (ch, op, n) in failed:
+                        continue
+                    try:
+                        rows = measure.collective_latency(
+                            ch, op, n, coll_sizes, config, budget, tell
+                        )
+                    except Exception as exc:  # noqa: BLE001 - reported, run continues
+                        skipped[f"{ch} {op} n={n}"] = f"{type(exc).__name__}: {exc}"
+                        failed.add((ch, op, n))
+                        continue
+                    for row in rows:
+                        runs.setdefault((op, ch, n, row["nbytes"]), []).append(row)
+    merged = [merge_passes(rows) for key, rows in runs.items() if key[1] in measured]
+    pingpong = [r for r in merged if "op" not in r]
+    collectives = [
+        r for r in merged if "op" in r and (r["channel"], r["op"], r["ranks"]) not in failed
+    ]
+    return measured, pingpong, collectives
+
+
+def merge_passes(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One point from its passes: the median time (the upper median of an even count),
+    the iterations of all passes, and every pass's time in ``pass_latencies_s``."""
+    times = sorted(r["latency_s"] for r in rows)
+    out = dict(rows[0])
+    out["latency_s"] = times[len(times) // 2]
+    out["iterations"] = sum(int(r["iterations"]) for r in rows)
+    out["pass_latencies_s"] = [r["latency_s"] for r in rows]
+    if "bandwidth_bytes_per_s" in out:
+        n, t = out["nbytes"], out["latency_s"]
+        out["bandwidth_bytes_per_s"] = n / t if t > 0 else 0.0
+    return out
+
+
 def run_suite(
     opts: Options, config: Config | None = None, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
@@ -181,6 +287,7 @@ def run_suite(
     config = config or Config()
     say = progress or (lambda _m: None)
     budget = opts.budget()
+    opts.pass_count()  # a bad count fails before any server starts
     max_pp = min(opts.max_bytes, 1 << 20) if opts.quick else opts.max_bytes
     pp_sizes = measure.sizes(max_pp, opts.quick)
     coll_sizes = [8, 4096, 1 << 18] if opts.quick else measure.sizes(opts.collective_max_bytes)[::2]
@@ -205,26 +312,14 @@ def run_suite(
         run_config,
     ):
         results["channels"] = channels
-        measured: list[str] = []
-        for ch in channels:
-            try:
-                if opts.pingpong or opts.calibrate:
-                    results["pingpong"] += measure.pingpong(ch, pp_sizes, run_config, budget, say)
-                measured.append(ch)
-            except Exception as exc:  # noqa: BLE001 - one broken channel must not end the run
-                results["skipped"][ch] = f"failed: {type(exc).__name__}: {exc}"
+        measured, pingpong, collectives = _sweep(
+            opts, channels, run_config, pp_sizes, coll_sizes, ranks, results["skipped"], say
+        )
         results["channels"] = measured
+        results["passes"] = opts.pass_count()
+        results["pingpong"] = pingpong
+        results["collectives"] = collectives
         model_config = config
-        if opts.collectives:
-            for ch in measured:
-                for op in opts.ops:
-                    for n in ranks:
-                        try:
-                            results["collectives"] += measure.collective_latency(
-                                ch, op, n, coll_sizes, run_config, budget, say
-                            )
-                        except Exception as exc:  # noqa: BLE001 - reported, run continues
-                            results["skipped"][f"{ch} {op} n={n}"] = f"{type(exc).__name__}: {exc}"
         fitted: set[tuple[str, str, int, int]] = set()
         if opts.calibrate:
             params = {}

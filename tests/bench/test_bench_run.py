@@ -22,7 +22,9 @@ TINY = [
     "--collective-max-size",
     "4KiB",
     "--seconds-per-point",
-    "0.02",
+    "0.04",
+    "--passes",
+    "2",
 ]
 
 
@@ -64,10 +66,15 @@ def test_quick_run_writes_json(bench_run):
     assert data["channels"] == ["local"]
     assert data["quick"] is True
     assert [r["nbytes"] for r in data["pingpong"]] == [1, 16, 256, 4096]
+    assert data["passes"] == 2
     for r in data["pingpong"]:
         assert r["channel"] == "local"
         assert r["latency_s"] > 0 and r["bandwidth_bytes_per_s"] > 0 and r["iterations"] >= 2
         assert r["predicted_s"] > 0
+    for r in data["pingpong"] + data["collectives"]:
+        # two passes measured every point; it keeps the upper of the two
+        assert len(r["pass_latencies_s"]) == 2
+        assert r["latency_s"] == max(r["pass_latencies_s"])
     ops = {(r["op"], r["ranks"]) for r in data["collectives"]}
     assert ops == {("barrier", 2), ("allreduce", 2)}
     assert all(r["latency_s"] > 0 and r["algorithm"] for r in data["collectives"])
@@ -156,6 +163,43 @@ def test_sizes_and_budget():
     b = measure.Budget()
     assert b.plan(8192) == (100, 1000) and b.plan(8193) == (10, 100)
     assert b.cap(1000, 0.01) == 100 and b.cap(1000, 10.0) == b.min_iters
+
+
+def test_passes_share_the_budget_and_merge_to_the_median():
+    from afmi.bench.suite import Options, merge_passes
+    from afmi.errors import ArgumentError
+
+    assert Options().pass_count() == 3 and Options(quick=True).pass_count() == 1
+    one, three = Options(passes=1).pass_budget(), Options(passes=3).pass_budget()
+    assert three.seconds_per_point == pytest.approx(one.seconds_per_point / 3)
+    assert three.iters_small == one.iters_small // 3 and three.min_iters == 1
+    with pytest.raises(ArgumentError, match="passes must be at least 1"):
+        Options(passes=0).pass_count()
+    rows = [
+        {
+            "channel": "local",
+            "nbytes": 100,
+            "iterations": 4,
+            "latency_s": t,
+            "bandwidth_bytes_per_s": 0.0,
+        }
+        for t in (3e-6, 1e-6, 2e-6)
+    ]
+    point = merge_passes(rows)
+    assert point["latency_s"] == 2e-6 and point["iterations"] == 12
+    assert point["pass_latencies_s"] == [3e-6, 1e-6, 2e-6]
+    assert point["bandwidth_bytes_per_s"] == pytest.approx(100 / 2e-6)
+
+
+def test_bench_rejects_bad_passes(subprocess_env):
+    res = subprocess.run(
+        [sys.executable, "-m", "afmi", "bench", "--channels", "local", "--passes", "0"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2 and "passes must be at least 1" in res.stderr
 
 
 def test_bench_rejects_unknown_channels(subprocess_env):
