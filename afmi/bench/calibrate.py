@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "fit_aggregate",
+    "fit_fetch",
     "fit_rounds",
     "fit_latency_bandwidth",
     "fit_parallel",
@@ -38,8 +39,23 @@ __all__ = [
     "fit_wire",
     "measure_reduce_rate",
     "model_file",
+    "split_fitted",
     "write_model_file",
 ]
+
+
+def split_fitted(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark every other row by size ``fitted`` and return those; the rest are held out.
+
+    The alternation is counted from the largest size, which is always fitted, so
+    the held-out sizes lie inside the fitted range (the smallest may be held out:
+    small messages cost their latency, which the next size up fixes). With fewer
+    than 4 rows all are fitted.
+    """
+    ordered = sorted(rows, key=lambda r: r["nbytes"], reverse=True)
+    for i, r in enumerate(ordered):
+        r["fitted"] = i % 2 == 0 or len(ordered) < 4
+    return sorted((r for r in ordered if r["fitted"]), key=lambda r: r["nbytes"])
 
 
 def fit_latency_bandwidth(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
@@ -77,6 +93,9 @@ def _wire(params: dict[str, float], n: float) -> float:
     limit = params["large_message_bytes"]
     x = min(n, limit) if limit > 0 else n
     t = params["latency_s"] + x / params["bandwidth_single_bytes_per_s"]
+    inline = params.get("inline_max_bytes", 0.0)
+    if inline <= 0 or n > inline:
+        t += params.get("fetch_s", 0.0)
     if limit > 0 and n > limit:
         t += (n - limit) / params["bandwidth_large_bytes_per_s"]
     return t
@@ -87,8 +106,11 @@ def _score(params: dict[str, float], pts: list[tuple[float, float]]) -> tuple[fl
     return max(errs), sum(e * e for e in errs)
 
 
-def fit_wire(points: Sequence[tuple[float, float]]) -> dict[str, float]:
+def fit_wire(points: Sequence[tuple[float, float]], fetch: bool = False) -> dict[str, float]:
     """Latency, bandwidth and (when it helps) a second bandwidth for large messages.
+
+    With ``fetch`` (a channel whose small messages travel inline and larger ones
+    need a fetch of their own, as S3's), the fit is :func:`fit_fetch` instead.
 
     Tries one bandwidth for all sizes, then every measured size as the
     threshold of a continuous two-piece line (small messages fit as in
@@ -96,6 +118,8 @@ def fit_wire(points: Sequence[tuple[float, float]]) -> dict[str, float]:
     own bandwidth), and keeps the fit with the smallest worst relative error.
     The second regime is kept only if it lowers that error by 5 points.
     """
+    if fetch:
+        return fit_fetch(points)
     pts = sorted((float(n), float(t)) for n, t in points if t > 0)
     latency, single = fit_latency_bandwidth(pts)
     best = {
@@ -128,6 +152,45 @@ def fit_wire(points: Sequence[tuple[float, float]]) -> dict[str, float]:
         if score[0] < best_score[0] - 0.05 or (
             best["large_message_bytes"] > 0 and score < best_score
         ):
+            best, best_score = cand, score
+    return best
+
+
+def fit_fetch(points: Sequence[tuple[float, float]]) -> dict[str, float]:
+    """Latency, one bandwidth, and the step a fetch adds above the inline size.
+
+    Fits ``t = latency_s + [n > inline_max_bytes] * fetch_s + n / bandwidth`` by
+    the relative least squares of :func:`fit_latency_bandwidth`, with every
+    measured size tried as ``inline_max_bytes``; the fit with the smallest worst
+    relative error wins (no step, ``fetch_s`` 0, when none improves on it by 5
+    points).
+    """
+    import numpy as np
+
+    pts = sorted((float(n), float(t)) for n, t in points if t > 0)
+    latency, single = fit_latency_bandwidth(pts)
+    best = {
+        "latency_s": latency,
+        "bandwidth_single_bytes_per_s": single,
+        "large_message_bytes": 0.0,
+        "bandwidth_large_bytes_per_s": single,
+        "inline_max_bytes": 0.0,
+        "fetch_s": 0.0,
+    }
+    best_score = _score(best, pts)
+    ns = np.array([n for n, _ in pts])
+    ts = np.array([t for _, t in pts])
+    sizes = sorted({n for n, _ in pts})
+    for limit in sizes[1:-1]:
+        a = np.stack([np.ones_like(ns), (ns > limit).astype(float), ns], axis=1) / ts[:, None]
+        lat, step, inverse = (float(v) for v in _nnls(a, np.ones_like(ts)))
+        if lat <= 0 or step <= 0:
+            continue
+        cand = dict(best, latency_s=lat, inline_max_bytes=float(limit), fetch_s=step)
+        bandwidth = 1.0 / inverse if inverse > 0 else 1e15
+        cand["bandwidth_single_bytes_per_s"] = cand["bandwidth_large_bytes_per_s"] = bandwidth
+        score = _score(cand, pts)
+        if score[0] < best_score[0] - 0.05 or (best["fetch_s"] > 0 and score < best_score):
             best, best_score = cand, score
     return best
 
@@ -216,15 +279,26 @@ def fit_rounds(
     *,
     reduce_bytes_per_s: float = 0.0,
     parallel_ranks: float = 0.0,
+    poll_backoff: float | None = 0.0,
 ) -> dict[str, float]:
-    """Fit the collective-call parameters; see :func:`_fit_rounds` (this drops the score)."""
-    return _fit_rounds(
-        channel,
-        wire,
-        points,
-        reduce_bytes_per_s=reduce_bytes_per_s,
-        parallel_ranks=parallel_ranks,
-    )[1]
+    """Fit the collective-call parameters; see :func:`_fit_rounds` (this drops the score).
+
+    With ``poll_backoff=None`` the backoff is fitted too, from 0 to 2 in eighths
+    (for channels whose receivers poll with a growing interval, as S3's do).
+    """
+    choices = [k / 8 for k in range(17)] if poll_backoff is None else [poll_backoff]
+    scored = [
+        _fit_rounds(
+            channel,
+            wire,
+            points,
+            reduce_bytes_per_s=reduce_bytes_per_s,
+            parallel_ranks=parallel_ranks,
+            poll_backoff=b,
+        )
+        for b in choices
+    ]
+    return min(scored, key=lambda sc: sc[0])[1]
 
 
 def fit_parallel(
@@ -262,6 +336,7 @@ def _fit_rounds(
     *,
     reduce_bytes_per_s: float = 0.0,
     parallel_ranks: float = 0.0,
+    poll_backoff: float = 0.0,
 ) -> tuple[float, dict[str, float]]:
     """Fit the collective-call parameters to ``(op, ranks, nbytes, seconds)`` measurements.
 
@@ -285,6 +360,7 @@ def _fit_rounds(
 
     single = wire["bandwidth_single_bytes_per_s"]
     values: dict[str, Any] = dict(wire)
+    values.pop("poll_backoff", None)
     base = ChannelModel(
         name=channel,
         bandwidth_aggregate_bytes_per_s=single,
@@ -297,23 +373,31 @@ def _fit_rounds(
         if seconds <= 0 or ranks < 2:
             continue
         alg = algorithm_for(op, channel, ranks, nbytes)
-        fixed = messages_term = bytes_term = 0.0
+        # every round, in order, as (fixed seconds, further messages, bytes term)
+        rounds = []
         for step in alg.steps(ranks, nbytes):
             if step.rounds <= 0 or step.messages <= 0:
                 continue
-            fixed += step.rounds * wire["latency_s"]
-            messages_term += step.rounds * (step.messages - 1)
             wire_s = base.wire_time_s(step.nbytes)
-            if step.messages == 1:
-                fixed += step.rounds * wire_s
-            else:
-                bytes_term += step.rounds * wire_s * step.messages * single
+            lone = step.messages == 1
+            one = (
+                base.message_latency_s(step.nbytes) + (wire_s if lone else 0.0),
+                float(step.messages - 1),
+                0.0 if lone else wire_s * step.messages * single,
+            )
+            rounds += [one] * step.rounds
+        # with backing-off pollers, round j of R counts (1 + b) ** (R - 1 - j) times
+        growth = 1.0 + poll_backoff
+        weights = [growth ** (len(rounds) - 1 - j) for j in range(len(rounds))]
+        fixed = sum(w * r[0] for w, r in zip(weights, rounds))
+        messages_term = sum(w * r[1] for w, r in zip(weights, rounds))
+        bytes_term = sum(w * r[2] for w, r in zip(weights, rounds))
         w = work(op, alg, ranks, nbytes)
         share = base.parallelism(ranks)
         shared = 1.0 if share < ranks else 0.0  # no CPU bound with a CPU per rank
         reduce_s = w.reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         path_reduce_s = w.path_reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
-        path_rows.append([1.0, messages_term, bytes_term, 0.0, 0.0, 0.0])
+        path_rows.append([growth ** len(rounds), messages_term, bytes_term, 0.0, 0.0, 0.0])
         path_fixed.append(fixed + path_reduce_s)
         cpu_rows.append(
             [
@@ -325,7 +409,8 @@ def _fit_rounds(
                 shared * (w.messages + w.deliveries) / 2 * (ranks - 1) / share,
             ]
         )
-        cpu_fixed.append(shared * reduce_s / share)
+        fetch_s = w.deliveries * base.fetch_s if base.fetch_s > 0 and base.fetches(nbytes) else 0.0
+        cpu_fixed.append(shared * (reduce_s + fetch_s) / share)
         times.append(seconds)
     if len(times) < 3:
         raise ValueError("fitting the rounds needs at least 3 collective measurements")
@@ -368,6 +453,7 @@ def _fit_rounds(
         "cpu_bytes_per_s": 1.0 / inverse_cpu if inverse_cpu > 0 else 0.0,
         "reduce_bytes_per_s": float(reduce_bytes_per_s),
         "parallel_ranks": float(parallel_ranks),
+        "poll_backoff": float(poll_backoff),
     }
 
 

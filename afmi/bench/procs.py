@@ -493,14 +493,6 @@ def _anchors(
         )
 
 
-def _alternate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every other row by size, marked ``fitted``; the others are held out of the fit."""
-    ordered = sorted(rows, key=lambda r: r["nbytes"])
-    for i, r in enumerate(ordered):
-        r["fitted"] = i % 2 == 0
-    return ordered[::2] if len(ordered) >= 4 else ordered
-
-
 def model_accuracy(
     result: dict[str, Any], config: Config, calibrate_path: str | None = None
 ) -> dict[str, Any]:
@@ -529,12 +521,12 @@ def model_accuracy(
         cpus = float(os.cpu_count() or 1)
         reduce_rate = calibrate.measure_reduce_rate("float64")
         for ch in sorted({r["channel"] for r in rows}):
-            pp = _alternate([r for r in rows if r["channel"] == ch and "op" not in r])
+            pp = calibrate.split_fitted([r for r in rows if r["channel"] == ch and "op" not in r])
             coll = [r for r in rows if r["channel"] == ch and r.get("op") == "allreduce"]
             points = [
                 ("allreduce", r["ranks"], r["nbytes"], r["latency_s"])
                 for n in sorted({r["ranks"] for r in coll})
-                for r in _alternate([r for r in coll if r["ranks"] == n])
+                for r in calibrate.split_fitted([r for r in coll if r["ranks"] == n])
             ]
             try:
                 wire = dict(calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in pp]))

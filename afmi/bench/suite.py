@@ -166,12 +166,12 @@ def _calibrate_channel(
     the bench share one event loop, so ``parallel_ranks`` is 1.
     """
     budget = opts.budget()
-    ordered = sorted(rows, key=lambda r: r["nbytes"])
-    for i, r in enumerate(ordered):
-        r["fitted"] = i % 2 == 0
-    fit_rows = ordered[::2] if len(ordered) >= 4 else ordered
+    fit_rows = calibrate.split_fitted(rows)
+    from afmi.model.params import model_for
+
+    fetch = model_for(channel, config).inline_max_bytes > 0  # small messages ride inline
     params: dict[str, float] = dict(
-        calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in fit_rows])
+        calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in fit_rows], fetch)
     )
     top = min(1 << 18, opts.collective_max_bytes) if opts.quick else opts.collective_max_bytes
     points = []
@@ -179,9 +179,8 @@ def _calibrate_channel(
     for r in swept:
         groups.setdefault((r["op"], r["ranks"]), []).append(r)
     for group in groups.values():
-        for i, r in enumerate(sorted(group, key=lambda r: r["nbytes"])):
-            if i % 2 == 0:
-                points.append((r["op"], r["ranks"], r["nbytes"], r["latency_s"]))
+        for r in calibrate.split_fitted([dict(r) for r in group]):
+            points.append((r["op"], r["ranks"], r["nbytes"], r["latency_s"]))
     if len(points) < 3:
         points = []
         for op in ("barrier", "bcast", "gather", "allreduce"):
@@ -189,9 +188,15 @@ def _calibrate_channel(
                 for nbytes in [0] if op == "barrier" else calibration_sizes(top):
                     seconds = measure.collective_time(channel, op, n, nbytes, config, budget)
                     points.append((op, n, nbytes, seconds))
+    polls = model_for(channel, config).poll_backoff > 0  # fit how its pollers back off
     params.update(
         calibrate.fit_rounds(
-            channel, params, points, reduce_bytes_per_s=reduce_rate, parallel_ranks=1.0
+            channel,
+            params,
+            points,
+            reduce_bytes_per_s=reduce_rate,
+            parallel_ranks=1.0,
+            poll_backoff=None if polls else 0.0,
         )
     )
     params["poll_interval_s"] = 0.0

@@ -113,7 +113,8 @@ def timing(
     """``(critical_path_s, shared_cpu_s)``: the two lower bounds of the predicted time.
 
     The critical path is the call overhead, the algorithm's rounds
-    (:meth:`ChannelModel.round_time_s`) and the reductions on it. The CPU
+    (:meth:`ChannelModel.round_time_s`, stretched by ``poll_backoff`` where
+    pollers back off) and the reductions on it. The CPU
     bound is the work of all ranks (call overheads, every message's software
     cost, which grows with the ranks sharing the CPUs, its bytes, every
     reduction) divided by how many ranks run at once
@@ -124,9 +125,15 @@ def timing(
     if size <= 1:
         return 0.0, 0.0
     path = 0.0 if op == "send" else channel.call_overhead_s
+    growth = 1.0 + channel.poll_backoff
     for step in algorithm.steps(size, nbytes):
         if step.rounds > 0 and step.messages > 0:
-            path += step.rounds * channel.round_time_s(step.messages, step.nbytes)
+            round_s = channel.round_time_s(step.messages, step.nbytes)
+            if growth == 1.0:
+                path += step.rounds * round_s
+            else:  # receivers that waited longer see their message later
+                for _ in range(step.rounds):
+                    path = path * growth + round_s
     w = work(op, algorithm, size, nbytes)
     rate = channel.reduce_bytes_per_s
     if rate > 0:
@@ -137,6 +144,8 @@ def timing(
     cpu = size * channel.call_overhead_s
     per_message = channel.cpu_per_message_s + (size - 1) * channel.cpu_per_message_rank_s
     cpu += (w.messages + w.deliveries) / 2 * per_message
+    if channel.fetch_s > 0 and channel.fetches(nbytes):
+        cpu += w.deliveries * channel.fetch_s  # a fetch is work of the client and server
     if channel.cpu_bytes_per_s > 0:
         cpu += (w.bytes_sent + w.bytes_received) / 2 / channel.cpu_bytes_per_s
     if rate > 0:
@@ -164,7 +173,10 @@ def predict(
     time_s = max(path_s, cpu_s)
     w = work(op, algorithm, size, nbytes)
     messages, moved = w.messages, w.bytes_sent
-    reads = w.deliveries * channel.reads_per_message
+    per_message = channel.reads_per_message
+    if not channel.fetches(nbytes):
+        per_message = max(per_message - 1, 0.0)  # no GET: the message rode in the key
+    reads = w.deliveries * per_message
     return Prediction(
         op=op,
         channel=channel.name,

@@ -111,6 +111,53 @@ def test_shared_cpu_work_is_recovered_when_ranks_share_a_loop():
     _assert_reproduces(ChannelModel(name="local", **{**_WIRE, **fit}), points)
 
 
+def test_the_fetch_step_of_inline_messages_is_found():
+    # S3-like: messages up to 256 B ride in the key, larger ones pay a GET of 50 ms
+    def t(n):
+        return 33e-3 + (50e-3 if n > 256 else 0.0) + n / 1e8
+
+    fit = calibrate.fit_wire([(n, t(n)) for n in SIZES], fetch=True)
+    assert fit["inline_max_bytes"] == 256
+    assert fit["fetch_s"] == pytest.approx(50e-3, rel=1e-3)
+    assert fit["latency_s"] == pytest.approx(33e-3, rel=1e-3)
+    model = ChannelModel(name="s3", bandwidth_aggregate_bytes_per_s=1e9, **fit)
+    for n in SIZES:
+        assert model.round_time_s(1, n) == pytest.approx(t(n), rel=1e-3)
+    # without a step the fit keeps none
+    flat = calibrate.fit_wire([(n, 33e-3 + n / 1e8) for n in SIZES], fetch=True)
+    assert flat["fetch_s"] == 0
+
+
+def test_fetches_and_backoff_are_fitted_for_storage_collectives():
+    # One loop drives every rank and the server takes the fetches: the CPU bound
+    # counts every fetch, and receivers that waited longer see messages later.
+    wire = {
+        **_WIRE,
+        "latency_s": 30e-3,
+        "bandwidth_single_bytes_per_s": 1e8,
+        "bandwidth_large_bytes_per_s": 1e8,
+        "inline_max_bytes": 256.0,
+        "fetch_s": 40e-3,
+    }
+    truth = ChannelModel(
+        name="s3",
+        **wire,
+        bandwidth_aggregate_bytes_per_s=1e8,
+        call_overhead_s=5e-3,
+        cpu_per_message_s=20e-3,
+        reduce_bytes_per_s=2e9,
+        parallel_ranks=1.0,
+        poll_backoff=0.5,
+    )
+    points = _collective_points(truth)
+    fit = calibrate.fit_rounds(
+        "s3", wire, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0, poll_backoff=None
+    )
+    assert fit["poll_backoff"] == 0.5
+    assert fit["cpu_per_message_s"] == pytest.approx(20e-3, rel=1e-3)
+    _assert_reproduces(ChannelModel(name="s3", **{**wire, **fit}), points)
+
+
 def test_reduce_rate_is_measured():
     rate = calibrate.measure_reduce_rate("float64", 1 << 16)
     assert 1e6 < rate < 1e13

@@ -17,6 +17,7 @@ from afmi.model import (
     predict,
     traffic,
 )
+from afmi.model.predict import timing
 
 
 class Rounds:
@@ -32,7 +33,9 @@ class Rounds:
 
 
 def test_defaults_are_fmi_aws_figures_in_seconds_and_bytes():
-    assert DEFAULTS["s3"].latency_s == pytest.approx(40.4e-3)
+    # FMI's 40.4 ms is a fetched message's; afmi's small ones ride in the key (no GET)
+    assert DEFAULTS["s3"].latency_s + DEFAULTS["s3"].fetch_s == pytest.approx(40.4e-3)
+    assert DEFAULTS["s3"].message_latency_s(16) < DEFAULTS["s3"].message_latency_s(1 << 20)
     assert DEFAULTS["s3"].bandwidth_single_bytes_per_s == 50e6
     assert DEFAULTS["s3"].price_per_request_usd == 5.4e-6
     assert DEFAULTS["s3"].price_per_read_usd == 4.3e-7
@@ -58,6 +61,47 @@ def test_round_time_formula():
     assert m.round_time_s(1, 1000) == pytest.approx(1e-3 + 1e-3 + 1e-3)
     # four messages: aggregate (2 MB/s) limits: 4000 bytes / 2e6
     assert m.round_time_s(4, 1000) == pytest.approx(1e-3 + 1e-3 + 3e-4 + 2e-3)
+
+
+def test_messages_above_the_inline_size_pay_a_fetch():
+    m = ChannelModel(
+        name="x",
+        latency_s=1e-3,
+        bandwidth_single_bytes_per_s=1e9,
+        bandwidth_aggregate_bytes_per_s=1e9,
+        inline_max_bytes=400,
+        fetch_s=5e-3,
+    )
+    assert not m.fetches(400) and m.fetches(401)
+    assert m.round_time_s(1, 400) == pytest.approx(1e-3 + 400 / 1e9)
+    assert m.round_time_s(1, 401) == pytest.approx(1e-3 + 5e-3 + 401 / 1e9)
+    # a channel that sends nothing inline fetches every message
+    always = ChannelModel(
+        name="y",
+        latency_s=1e-3,
+        bandwidth_single_bytes_per_s=1e9,
+        bandwidth_aggregate_bytes_per_s=1e9,
+        fetch_s=2e-3,
+    )
+    assert always.fetches(0) and always.message_latency_s(0) == pytest.approx(3e-3)
+
+
+def test_backing_off_pollers_stretch_later_rounds():
+    steps = Rounds([Step(3, 10, 1)])
+    base = dict(
+        name="x",
+        latency_s=1e-3,
+        bandwidth_single_bytes_per_s=1e12,
+        bandwidth_aggregate_bytes_per_s=1e12,
+    )
+    flat = ChannelModel(**base)
+    stretched = ChannelModel(**base, poll_backoff=0.5)
+    r = flat.round_time_s(1, 10)
+    assert timing("bcast", 10, 4, steps, flat)[0] == pytest.approx(3 * r)
+    # T1 = r, T2 = 1.5 T1 + r, T3 = 1.5 T2 + r
+    assert timing("bcast", 10, 4, steps, stretched)[0] == pytest.approx((1.5 * 2.5 + 1) * r)
+    # a lone message's wait is already in the measured latency
+    assert timing("send", 10, 2, P2P, stretched)[0] == pytest.approx(r)
 
 
 def test_two_regime_wire_time():
@@ -103,8 +147,10 @@ def test_memory_scales_the_function_price():
 
 def test_storage_requests_and_infrastructure_are_priced():
     price = FunctionPrice(0.0, 1.0)
-    s3 = predict("send", 10, 2, P2P, DEFAULTS["s3"], price)
-    assert s3.request_usd == pytest.approx(5.4e-6 + 2 * 4.3e-7)
+    s3 = predict("send", 10_000, 2, P2P, DEFAULTS["s3"], price)
+    assert s3.request_usd == pytest.approx(5.4e-6 + 2 * 4.3e-7)  # PUT, then LIST and GET
+    inline = predict("send", 10, 2, P2P, DEFAULTS["s3"], price)
+    assert inline.request_usd == pytest.approx(5.4e-6 + 4.3e-7)  # rides in the key: no GET
     assert s3.infrastructure_usd == 0
     redis = predict("send", 10, 2, P2P, DEFAULTS["redis"], price)
     assert redis.request_usd == 0
