@@ -225,3 +225,13 @@ def test_cores_left_to_processes_are_fitted():
     assert fit["parallel_ranks"] == 1.5
     assert fit["cpu_per_message_s"] == pytest.approx(40e-6, rel=1e-3)
     _assert_reproduces(ChannelModel(name="direct", **{**_WIRE, **fit}), points)
+
+
+def test_the_largest_size_is_always_fitted():
+    rows = [{"nbytes": 1 << e} for e in range(0, 19, 2)]  # 10 sizes, 1 B .. 256 KiB
+    fitted = calibrate.split_fitted(rows)
+    assert [r["nbytes"] for r in fitted] == [4, 64, 1024, 16384, 1 << 18]
+    held = [r["nbytes"] for r in rows if not r["fitted"]]
+    assert held == [1, 16, 256, 4096, 65536]  # inside the fitted range but for 1 B
+    few = [{"nbytes": n} for n in (8, 4096)]
+    assert calibrate.split_fitted(few) == few and all(r["fitted"] for r in few)
