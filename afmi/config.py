@@ -214,6 +214,9 @@ class ChannelModelConfig:
     bandwidth_large_bytes_per_s: float | None = None
     #: Fixed software cost of one collective call (setting up its rounds), seconds.
     call_overhead_s: float | None = None
+    #: Extra fixed cost of a collective call that carries data (checking and wrapping the
+    #: payload, allocating the result): every collective but a barrier, seconds.
+    payload_overhead_s: float | None = None
     #: CPU time of one message (its sender's and receiver's software work together), seconds;
     #: it adds up over all ranks when they share CPUs (see ``parallel_ranks``).
     cpu_per_message_s: float | None = None

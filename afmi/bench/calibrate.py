@@ -343,8 +343,10 @@ def _fit_rounds(
     The wire parameters, the reduction rate and ``parallel_ranks`` are fixed.
     The model of a call is the larger of two bounds (:func:`afmi.model.predict.timing`),
     each linear in its unknowns: the critical path in ``call_overhead_s``,
+    ``payload_overhead_s`` (calls but barriers),
     ``per_message_s`` and ``1 / aggregate`` bandwidth, the shared CPU in
-    ``call_overhead_s``, ``cpu_per_message_s``, ``cpu_per_message_rank_s`` and
+    ``call_overhead_s``, ``payload_overhead_s``, ``cpu_per_message_s``,
+    ``cpu_per_message_rank_s`` and
     ``1 / cpu_bytes_per_s``. The fit
     assigns every point to the bound that predicts more, solves one non-negative
     least-squares problem of the relative error, and repeats until the assignment
@@ -355,7 +357,7 @@ def _fit_rounds(
     import numpy as np
 
     from afmi.model.cli import algorithm_for
-    from afmi.model.params import ChannelModel
+    from afmi.model.params import NO_PAYLOAD, ChannelModel
     from afmi.model.work import work
 
     single = wire["bandwidth_single_bytes_per_s"]
@@ -397,7 +399,18 @@ def _fit_rounds(
         shared = 1.0 if share < ranks else 0.0  # no CPU bound with a CPU per rank
         reduce_s = w.reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         path_reduce_s = w.path_reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
-        path_rows.append([growth ** len(rounds), messages_term, bytes_term, 0.0, 0.0, 0.0])
+        data = 0.0 if op in NO_PAYLOAD else 1.0  # a barrier carries no payload
+        path_rows.append(
+            [
+                growth ** len(rounds),
+                messages_term,
+                bytes_term,
+                0.0,
+                0.0,
+                0.0,
+                data * growth ** len(rounds),
+            ]
+        )
         path_fixed.append(fixed + path_reduce_s)
         cpu_rows.append(
             [
@@ -407,6 +420,7 @@ def _fit_rounds(
                 shared * (w.messages + w.deliveries) / 2 / share,
                 shared * (w.bytes_sent + w.bytes_received) / 2 / share,
                 shared * (w.messages + w.deliveries) / 2 * (ranks - 1) / share,
+                shared * data * ranks / share,
             ]
         )
         fetch_s = w.deliveries * base.fetch_s if base.fetch_s > 0 and base.fetches(nbytes) else 0.0
@@ -416,6 +430,9 @@ def _fit_rounds(
         raise ValueError("fitting the rounds needs at least 3 collective measurements")
     t = np.array(times)
     ap, ac = np.array(path_rows), np.array(cpu_rows)
+    if ap[:, 6].all() or not ap[:, 6].any():
+        # without both barriers and calls with data the two overheads are one unknown
+        ap[:, 6] = ac[:, 6] = 0.0
     fp, fc = np.array(path_fixed), np.array(cpu_fixed)
 
     def solve(on_path: Any) -> Any:
@@ -440,12 +457,13 @@ def _fit_rounds(
                 break
             on_path = settled
     assert best is not None
-    overhead, per_message, inverse_aggregate, cpu_message, inverse_cpu, cpu_rank = (
+    overhead, per_message, inverse_aggregate, cpu_message, inverse_cpu, cpu_rank, payload = (
         float(v) for v in best[1]
     )
     aggregate = 1.0 / inverse_aggregate if inverse_aggregate > 0 else 64 * single
     return best[0], {
         "call_overhead_s": overhead,
+        "payload_overhead_s": payload,
         "per_message_s": per_message,
         "bandwidth_aggregate_bytes_per_s": max(aggregate, single / 4),
         "cpu_per_message_s": cpu_message,

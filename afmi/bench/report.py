@@ -142,14 +142,24 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
     """One line per calibrated channel: its wire, its CPU costs, how many ranks run at once."""
     lines = []
     for name, params in cal["channels"].items():
+        fetch = ""
+        if params.get("fetch_s", 0.0) > 0:
+            fetch = (
+                f" (+{_us(params['fetch_s'])} to fetch a message over "
+                f"{params.get('inline_max_bytes', 0.0):.0f} B)"
+            )
+        backoff = ""
+        if params.get("poll_backoff", 0.0) > 0:
+            backoff = f", poll backoff {params['poll_backoff']:g}"
         lines.append(
-            f"  {name}: latency {_us(params['latency_s'])}, "
+            f"  {name}: latency {_us(params['latency_s'])}{fetch}, "
             f"{params['bandwidth_single_bytes_per_s'] / 1e6:.0f} MB/s single stream, "
-            f"call {_us(params.get('call_overhead_s', 0.0))}, "
+            f"call {_us(params.get('call_overhead_s', 0.0))} "
+            f"+ {_us(params.get('payload_overhead_s', 0.0))} with a payload, "
             f"CPU per message {_us(params.get('cpu_per_message_s', 0.0))} "
             f"+ {_us(params.get('cpu_per_message_rank_s', 0.0))} per further rank, "
             f"reduce {params.get('reduce_bytes_per_s', 0.0) / 1e9:.1f} GB/s, "
-            f"parallel ranks {params.get('parallel_ranks', 0.0):g}"
+            f"parallel ranks {params.get('parallel_ranks', 0.0):g}{backoff}"
         )
     return lines
 

@@ -45,11 +45,12 @@ class ChannelModel:
     (m - 1) * per_message_s + x(n) * s`` seconds, where
     ``s = 1`` for a lone message and ``s = m * single / min(m * single,
     bandwidth_aggregate_bytes_per_s)`` otherwise; a collective call adds
-    ``call_overhead_s`` once. A receiver whose poller backs off while it waits
-    sees a message later the longer it has waited: with ``poll_backoff`` ``b``
-    the time of a call's rounds grows as ``T_k = (1 + b) * T_(k-1) +
-    round_k`` (a lone message, whose cost the latency already holds, is not
-    stretched). Every message costs ``price_per_request_usd`` to
+    :meth:`call_s` once (``call_overhead_s``, plus ``payload_overhead_s`` for
+    a call that carries data, every one but a barrier). A receiver whose
+    poller backs off while it waits sees a message later the longer it has
+    waited: with ``poll_backoff`` ``b`` the time of a call's rounds grows as
+    ``T_k = (1 + b) * T_(k-1) + round_k`` (a lone message, whose cost the
+    latency already holds, is not stretched). Every message costs ``price_per_request_usd`` to
     write and ``reads_per_message * price_per_read_usd`` to read (one read less
     when it needs no fetch of its own, see :meth:`fetches`), every byte
     moved ``price_per_gb_usd / 1e9``, and when ``include_infrastructure`` is set
@@ -75,6 +76,7 @@ class ChannelModel:
     large_message_bytes: float = 0.0
     bandwidth_large_bytes_per_s: float = 0.0
     call_overhead_s: float = 0.0
+    payload_overhead_s: float = 0.0
     cpu_per_message_s: float = 0.0
     cpu_per_message_rank_s: float = 0.0
     cpu_bytes_per_s: float = 0.0
@@ -120,6 +122,12 @@ class ChannelModel:
             + (m - 1) * self.per_message_s
             + self.wire_time_s(nbytes) * share
         )
+
+    def call_s(self, op: str) -> float:
+        """Fixed software cost of one call of collective ``op`` on one rank."""
+        if op == "send":
+            return 0.0
+        return self.call_overhead_s + (0.0 if op in NO_PAYLOAD else self.payload_overhead_s)
 
     def parallelism(self, size: int) -> float:
         """How many of ``size`` ranks do their work at the same time."""
@@ -201,6 +209,9 @@ DEFAULTS: dict[str, ChannelModel] = {
         reads_per_message=2.0,
     ),
 }
+
+#: Collectives whose calls carry no data (no ``payload_overhead_s``).
+NO_PAYLOAD = frozenset({"barrier"})
 
 _FIELDS = [f.name for f in dataclasses.fields(ChannelModelConfig)]
 

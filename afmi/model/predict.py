@@ -124,7 +124,7 @@ def timing(
     """
     if size <= 1:
         return 0.0, 0.0
-    path = 0.0 if op == "send" else channel.call_overhead_s
+    path = channel.call_s(op)
     growth = 1.0 + channel.poll_backoff
     for step in algorithm.steps(size, nbytes):
         if step.rounds > 0 and step.messages > 0:
@@ -141,7 +141,7 @@ def timing(
     share = channel.parallelism(size)
     if op == "send" or share >= size:
         return path, 0.0
-    cpu = size * channel.call_overhead_s
+    cpu = size * channel.call_s(op)
     per_message = channel.cpu_per_message_s + (size - 1) * channel.cpu_per_message_rank_s
     cpu += (w.messages + w.deliveries) / 2 * per_message
     if channel.fetch_s > 0 and channel.fetches(nbytes):

@@ -95,6 +95,7 @@ def test_shared_cpu_work_is_recovered_when_ranks_share_a_loop():
         bandwidth_aggregate_bytes_per_s=5e9,
         per_message_s=5e-6,
         call_overhead_s=8e-6,
+        payload_overhead_s=30e-6,
         cpu_per_message_s=25e-6,
         cpu_per_message_rank_s=3e-6,
         cpu_bytes_per_s=4e9,
@@ -108,6 +109,7 @@ def test_shared_cpu_work_is_recovered_when_ranks_share_a_loop():
     assert fit["cpu_per_message_rank_s"] == pytest.approx(3e-6, rel=1e-3)
     assert fit["cpu_bytes_per_s"] == pytest.approx(4e9, rel=1e-3)
     assert fit["call_overhead_s"] == pytest.approx(8e-6, rel=1e-3)
+    assert fit["payload_overhead_s"] == pytest.approx(30e-6, rel=1e-3)  # seen beside barriers
     _assert_reproduces(ChannelModel(name="local", **{**_WIRE, **fit}), points)
 
 

@@ -86,6 +86,24 @@ def test_messages_above_the_inline_size_pay_a_fetch():
     assert always.fetches(0) and always.message_latency_s(0) == pytest.approx(3e-3)
 
 
+def test_calls_that_carry_data_pay_the_payload_overhead():
+    m = ChannelModel(
+        name="x",
+        latency_s=1e-3,
+        bandwidth_single_bytes_per_s=1e12,
+        bandwidth_aggregate_bytes_per_s=1e12,
+        call_overhead_s=2e-4,
+        payload_overhead_s=3e-4,
+    )
+    assert m.call_s("barrier") == pytest.approx(2e-4)
+    assert m.call_s("allreduce") == pytest.approx(5e-4)
+    assert m.call_s("send") == 0
+    steps = Rounds([Step(1, 8, 1)])
+    r = m.round_time_s(1, 8)
+    assert timing("barrier", 8, 2, steps, m)[0] == pytest.approx(2e-4 + r)
+    assert timing("bcast", 8, 2, steps, m)[0] == pytest.approx(5e-4 + r)
+
+
 def test_backing_off_pollers_stretch_later_rounds():
     steps = Rounds([Step(3, 10, 1)])
     base = dict(
