@@ -138,6 +138,24 @@ async def case_large_array(run: Runner) -> None:
     _expect(out[1] is True, "large array corrupted")
 
 
+async def _writable(comm: Communicator) -> Any:
+    if comm.rank == 0:
+        await comm.send(np.arange(10), 1)
+        await comm.send(np.arange(100_000), 1)  # 800 kB: chunked where a channel chunks
+        return None
+    small, large = await comm.recv(0), await comm.recv(0)
+    small += 1  # raises if the channel handed out a read-only view
+    large += 1
+    return int(small[0]), int(large[-1])
+
+
+@_case
+async def case_received_arrays_are_writable(run: Runner) -> None:
+    """Received arrays, small and large, belong to the receiver and can be changed in place."""
+    out = await run(_writable, 2)
+    _expect(out[1] == (1, 100_000), f"received arrays after += 1: {out[1]}")
+
+
 PAYLOADS: list[Any] = [
     None,
     True,

@@ -225,22 +225,6 @@ async def test_missing_bucket_setting_is_a_clear_error():
         await S3Channel.open(0, 1, "j", Config().channels.s3)
 
 
-async def _writable(comm):
-    if comm.rank == 0:
-        await comm.send(np.arange(10), 1)
-        await comm.send(np.arange(100_000), 1)
-        return None
-    small, large = await comm.recv(0), await comm.recv(0)
-    small += 1
-    large += 1
-    return int(small[0]), int(large[-1])
-
-
-async def test_received_arrays_are_writable(s3):
-    out = await afmi.launch_local(_writable, 2, channel="s3", config=config(s3), job=new_job())
-    assert out[1] == (1, 100_000)
-
-
 async def test_connect_reads_config_and_env(s3):
     job = new_job()
     cfg = config(s3, bucket="not-this-one", endpoint_url="http://127.0.0.1:1")
