@@ -106,6 +106,17 @@ def _score(params: dict[str, float], pts: list[tuple[float, float]]) -> tuple[fl
     return max(errs), sum(e * e for e in errs)
 
 
+def _one_rate(pts: list[tuple[float, float]]) -> dict[str, float]:
+    """The wire parameters of :func:`fit_latency_bandwidth`: one rate for all sizes."""
+    latency, single = fit_latency_bandwidth(pts)
+    return {
+        "latency_s": latency,
+        "bandwidth_single_bytes_per_s": single,
+        "large_message_bytes": 0.0,
+        "bandwidth_large_bytes_per_s": single,
+    }
+
+
 def fit_wire(points: Sequence[tuple[float, float]], fetch: bool = False) -> dict[str, float]:
     """Latency, bandwidth and (when it helps) a second bandwidth for large messages.
 
@@ -121,13 +132,7 @@ def fit_wire(points: Sequence[tuple[float, float]], fetch: bool = False) -> dict
     if fetch:
         return fit_fetch(points)
     pts = sorted((float(n), float(t)) for n, t in points if t > 0)
-    latency, single = fit_latency_bandwidth(pts)
-    best = {
-        "latency_s": latency,
-        "bandwidth_single_bytes_per_s": single,
-        "large_message_bytes": 0.0,
-        "bandwidth_large_bytes_per_s": single,
-    }
+    best = _one_rate(pts)
     best_score = _score(best, pts)
     sizes = sorted({n for n, _ in pts})
     for limit in sizes[2:-1]:
@@ -168,15 +173,7 @@ def fit_fetch(points: Sequence[tuple[float, float]]) -> dict[str, float]:
     import numpy as np
 
     pts = sorted((float(n), float(t)) for n, t in points if t > 0)
-    latency, single = fit_latency_bandwidth(pts)
-    best = {
-        "latency_s": latency,
-        "bandwidth_single_bytes_per_s": single,
-        "large_message_bytes": 0.0,
-        "bandwidth_large_bytes_per_s": single,
-        "inline_max_bytes": 0.0,
-        "fetch_s": 0.0,
-    }
+    best = {**_one_rate(pts), "inline_max_bytes": 0.0, "fetch_s": 0.0}
     best_score = _score(best, pts)
     ns = np.array([n for n, _ in pts])
     ts = np.array([t for _, t in pts])
