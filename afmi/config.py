@@ -195,9 +195,6 @@ class ChannelModelConfig:
     per_message_s: float | None = None
     #: Mean wait of a poller before it sees a new message is half of this, seconds.
     poll_interval_s: float | None = None
-    #: How much later a backing-off poller sees a message, per second its receiver has
-    #: waited: a call's rounds grow as ``T_k = (1 + poll_backoff) * T_(k-1) + round_k``.
-    poll_backoff: float | None = None
     #: Messages up to this size need no fetch of their own (S3: they ride in the object
     #: key); 0: every message is fetched, bytes.
     inline_max_bytes: float | None = None

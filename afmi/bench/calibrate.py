@@ -276,26 +276,15 @@ def fit_rounds(
     *,
     reduce_bytes_per_s: float = 0.0,
     parallel_ranks: float = 0.0,
-    poll_backoff: float | None = 0.0,
 ) -> dict[str, float]:
-    """Fit the collective-call parameters; see :func:`_fit_rounds` (this drops the score).
-
-    With ``poll_backoff=None`` the backoff is fitted too, from 0 to 2 in eighths
-    (for channels whose receivers poll with a growing interval, as S3's do).
-    """
-    choices = [k / 8 for k in range(17)] if poll_backoff is None else [poll_backoff]
-    scored = [
-        _fit_rounds(
-            channel,
-            wire,
-            points,
-            reduce_bytes_per_s=reduce_bytes_per_s,
-            parallel_ranks=parallel_ranks,
-            poll_backoff=b,
-        )
-        for b in choices
-    ]
-    return min(scored, key=lambda sc: sc[0])[1]
+    """Fit the collective-call parameters; see :func:`_fit_rounds` (this drops the score)."""
+    return _fit_rounds(
+        channel,
+        wire,
+        points,
+        reduce_bytes_per_s=reduce_bytes_per_s,
+        parallel_ranks=parallel_ranks,
+    )[1]
 
 
 def fit_parallel(
@@ -333,7 +322,6 @@ def _fit_rounds(
     *,
     reduce_bytes_per_s: float = 0.0,
     parallel_ranks: float = 0.0,
-    poll_backoff: float = 0.0,
 ) -> tuple[float, dict[str, float]]:
     """Fit the collective-call parameters to ``(op, ranks, nbytes, seconds)`` measurements.
 
@@ -359,7 +347,6 @@ def _fit_rounds(
 
     single = wire["bandwidth_single_bytes_per_s"]
     values: dict[str, Any] = dict(wire)
-    values.pop("poll_backoff", None)
     base = ChannelModel(
         name=channel,
         bandwidth_aggregate_bytes_per_s=single,
@@ -372,42 +359,24 @@ def _fit_rounds(
         if seconds <= 0 or ranks < 2:
             continue
         alg = algorithm_for(op, channel, ranks, nbytes)
-        # every round, in order, as (fixed seconds, further messages, bytes term)
-        rounds = []
+        fixed = messages_term = bytes_term = 0.0
         for step in alg.steps(ranks, nbytes):
             if step.rounds <= 0 or step.messages <= 0:
                 continue
+            fixed += step.rounds * base.message_latency_s(step.nbytes)
+            messages_term += step.rounds * (step.messages - 1)
             wire_s = base.wire_time_s(step.nbytes)
-            lone = step.messages == 1
-            one = (
-                base.message_latency_s(step.nbytes) + (wire_s if lone else 0.0),
-                float(step.messages - 1),
-                0.0 if lone else wire_s * step.messages * single,
-            )
-            rounds += [one] * step.rounds
-        # with backing-off pollers, round j of R counts (1 + b) ** (R - 1 - j) times
-        growth = 1.0 + poll_backoff
-        weights = [growth ** (len(rounds) - 1 - j) for j in range(len(rounds))]
-        fixed = sum(w * r[0] for w, r in zip(weights, rounds))
-        messages_term = sum(w * r[1] for w, r in zip(weights, rounds))
-        bytes_term = sum(w * r[2] for w, r in zip(weights, rounds))
+            if step.messages == 1:
+                fixed += step.rounds * wire_s
+            else:
+                bytes_term += step.rounds * wire_s * step.messages * single
         w = work(op, alg, ranks, nbytes)
         share = base.parallelism(ranks)
         shared = 1.0 if share < ranks else 0.0  # no CPU bound with a CPU per rank
         reduce_s = w.reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         path_reduce_s = w.path_reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         data = 0.0 if op in NO_PAYLOAD else 1.0  # a barrier carries no payload
-        path_rows.append(
-            [
-                growth ** len(rounds),
-                messages_term,
-                bytes_term,
-                0.0,
-                0.0,
-                0.0,
-                data * growth ** len(rounds),
-            ]
-        )
+        path_rows.append([1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data])
         path_fixed.append(fixed + path_reduce_s)
         cpu_rows.append(
             [
@@ -468,7 +437,6 @@ def _fit_rounds(
         "cpu_bytes_per_s": 1.0 / inverse_cpu if inverse_cpu > 0 else 0.0,
         "reduce_bytes_per_s": float(reduce_bytes_per_s),
         "parallel_ranks": float(parallel_ranks),
-        "poll_backoff": float(poll_backoff),
     }
 
 

@@ -148,9 +148,6 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
                 f" (+{_us(params['fetch_s'])} to fetch a message over "
                 f"{params.get('inline_max_bytes', 0.0):.0f} B)"
             )
-        backoff = ""
-        if params.get("poll_backoff", 0.0) > 0:
-            backoff = f", poll backoff {params['poll_backoff']:g}"
         lines.append(
             f"  {name}: latency {_us(params['latency_s'])}{fetch}, "
             f"{params['bandwidth_single_bytes_per_s'] / 1e6:.0f} MB/s single stream, "
@@ -159,7 +156,7 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
             f"CPU per message {_us(params.get('cpu_per_message_s', 0.0))} "
             f"+ {_us(params.get('cpu_per_message_rank_s', 0.0))} per further rank, "
             f"reduce {params.get('reduce_bytes_per_s', 0.0) / 1e9:.1f} GB/s, "
-            f"parallel ranks {params.get('parallel_ranks', 0.0):g}{backoff}"
+            f"parallel ranks {params.get('parallel_ranks', 0.0):g}"
         )
     return lines
 

@@ -165,10 +165,10 @@ def _calibrate_channel(
     measured side by side, under the same load of a shared machine. All ranks of
     the bench share one event loop, so ``parallel_ranks`` is 1.
     """
-    budget = opts.budget()
-    fit_rows = calibrate.split_fitted(rows)
     from afmi.model.params import model_for
 
+    budget = opts.budget()
+    fit_rows = calibrate.split_fitted(rows)
     fetch = model_for(channel, config).inline_max_bytes > 0  # small messages ride inline
     params: dict[str, float] = dict(
         calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in fit_rows], fetch)
@@ -188,15 +188,9 @@ def _calibrate_channel(
                 for nbytes in [0] if op == "barrier" else calibration_sizes(top):
                     seconds = measure.collective_time(channel, op, n, nbytes, config, budget)
                     points.append((op, n, nbytes, seconds))
-    polls = model_for(channel, config).poll_backoff > 0  # fit how its pollers back off
     params.update(
         calibrate.fit_rounds(
-            channel,
-            params,
-            points,
-            reduce_bytes_per_s=reduce_rate,
-            parallel_ranks=1.0,
-            poll_backoff=None if polls else 0.0,
+            channel, params, points, reduce_bytes_per_s=reduce_rate, parallel_ranks=1.0
         )
     )
     params["poll_interval_s"] = 0.0

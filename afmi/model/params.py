@@ -46,15 +46,12 @@ class ChannelModel:
     ``s = 1`` for a lone message and ``s = m * single / min(m * single,
     bandwidth_aggregate_bytes_per_s)`` otherwise; a collective call adds
     :meth:`call_s` once (``call_overhead_s``, plus ``payload_overhead_s`` for
-    a call that carries data, every one but a barrier). A receiver whose
-    poller backs off while it waits sees a message later the longer it has
-    waited: with ``poll_backoff`` ``b`` the time of a call's rounds grows as
-    ``T_k = (1 + b) * T_(k-1) + round_k`` (a lone message, whose cost the
-    latency already holds, is not stretched). Every message costs ``price_per_request_usd`` to
-    write and ``reads_per_message * price_per_read_usd`` to read (one read less
-    when it needs no fetch of its own, see :meth:`fetches`), every byte
-    moved ``price_per_gb_usd / 1e9``, and when ``include_infrastructure`` is set
-    the servers' hourly price is spread over ``requests_per_hour`` requests.
+    a call that carries data, every one but a barrier). Every message costs
+    ``price_per_request_usd`` to write and ``reads_per_message *
+    price_per_read_usd`` to read (one read less when it needs no fetch of its
+    own, see :meth:`fetches`), every byte moved ``price_per_gb_usd / 1e9``,
+    and when ``include_infrastructure`` is set the servers' hourly price is
+    spread over ``requests_per_hour`` requests.
 
     The CPU side (see :func:`afmi.model.predict.predict`): one message costs
     ``cpu_per_message_s`` of software work (sender and receiver together), plus
@@ -70,7 +67,6 @@ class ChannelModel:
     bandwidth_aggregate_bytes_per_s: float
     per_message_s: float = 0.0
     poll_interval_s: float = 0.0
-    poll_backoff: float = 0.0
     inline_max_bytes: float = 0.0
     fetch_s: float = 0.0
     large_message_bytes: float = 0.0
@@ -195,9 +191,6 @@ DEFAULTS: dict[str, ChannelModel] = {
         # 400 bytes ride in the object key (channels.s3.key_payload_bytes) and need
         # no GET: a third of the overhead is put on the fetch (an estimate).
         latency_s=27e-3,
-        # Pollers double their interval while nothing arrives: a message that
-        # comes after a wait of W is seen about W / 4 later (an estimate).
-        poll_backoff=0.25,
         inline_max_bytes=400,
         fetch_s=13.4e-3,
         per_message_s=1e-3,

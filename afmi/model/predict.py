@@ -113,8 +113,7 @@ def timing(
     """``(critical_path_s, shared_cpu_s)``: the two lower bounds of the predicted time.
 
     The critical path is the call overhead, the algorithm's rounds
-    (:meth:`ChannelModel.round_time_s`, stretched by ``poll_backoff`` where
-    pollers back off) and the reductions on it. The CPU
+    (:meth:`ChannelModel.round_time_s`) and the reductions on it. The CPU
     bound is the work of all ranks (call overheads, every message's software
     cost, which grows with the ranks sharing the CPUs, its bytes, every
     reduction) divided by how many ranks run at once
@@ -125,15 +124,9 @@ def timing(
     if size <= 1:
         return 0.0, 0.0
     path = channel.call_s(op)
-    growth = 1.0 + channel.poll_backoff
     for step in algorithm.steps(size, nbytes):
         if step.rounds > 0 and step.messages > 0:
-            round_s = channel.round_time_s(step.messages, step.nbytes)
-            if growth == 1.0:
-                path += step.rounds * round_s
-            else:  # receivers that waited longer see their message later
-                for _ in range(step.rounds):
-                    path = path * growth + round_s
+            path += step.rounds * channel.round_time_s(step.messages, step.nbytes)
     w = work(op, algorithm, size, nbytes)
     rate = channel.reduce_bytes_per_s
     if rate > 0:

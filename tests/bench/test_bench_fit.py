@@ -130,9 +130,9 @@ def test_the_fetch_step_of_inline_messages_is_found():
     assert flat["fetch_s"] == 0
 
 
-def test_fetches_and_backoff_are_fitted_for_storage_collectives():
+def test_collectives_with_fetched_messages_are_fitted():
     # One loop drives every rank and the server takes the fetches: the CPU bound
-    # counts every fetch, and receivers that waited longer see messages later.
+    # counts every fetch, the critical path every fetch on it.
     wire = {
         **_WIRE,
         "latency_s": 30e-3,
@@ -149,14 +149,11 @@ def test_fetches_and_backoff_are_fitted_for_storage_collectives():
         cpu_per_message_s=20e-3,
         reduce_bytes_per_s=2e9,
         parallel_ranks=1.0,
-        poll_backoff=0.5,
     )
     points = _collective_points(truth)
-    fit = calibrate.fit_rounds(
-        "s3", wire, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0, poll_backoff=None
-    )
-    assert fit["poll_backoff"] == 0.5
+    fit = calibrate.fit_rounds("s3", wire, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
     assert fit["cpu_per_message_s"] == pytest.approx(20e-3, rel=1e-3)
+    assert fit["call_overhead_s"] == pytest.approx(5e-3, rel=1e-3)
     _assert_reproduces(ChannelModel(name="s3", **{**wire, **fit}), points)
 
 

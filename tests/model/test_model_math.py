@@ -104,22 +104,26 @@ def test_calls_that_carry_data_pay_the_payload_overhead():
     assert timing("bcast", 8, 2, steps, m)[0] == pytest.approx(5e-4 + r)
 
 
-def test_backing_off_pollers_stretch_later_rounds():
-    steps = Rounds([Step(3, 10, 1)])
-    base = dict(
+def test_fetches_are_cpu_work_where_ranks_share_cpus():
+    # one loop drives every rank and the server: a fetch is CPU time of its reader
+    m = ChannelModel(
         name="x",
         latency_s=1e-3,
         bandwidth_single_bytes_per_s=1e12,
         bandwidth_aggregate_bytes_per_s=1e12,
+        inline_max_bytes=400,
+        fetch_s=5e-3,
+        cpu_per_message_s=1e-3,
+        parallel_ranks=1.0,
     )
-    flat = ChannelModel(**base)
-    stretched = ChannelModel(**base, poll_backoff=0.5)
-    r = flat.round_time_s(1, 10)
-    assert timing("bcast", 10, 4, steps, flat)[0] == pytest.approx(3 * r)
-    # T1 = r, T2 = 1.5 T1 + r, T3 = 1.5 T2 + r
-    assert timing("bcast", 10, 4, steps, stretched)[0] == pytest.approx((1.5 * 2.5 + 1) * r)
-    # a lone message's wait is already in the measured latency
-    assert timing("send", 10, 2, P2P, stretched)[0] == pytest.approx(r)
+    steps = Rounds([Step(2, 10, 1)])
+    inline_cpu = timing("bcast", 10, 4, steps, m)[1]
+    fetched_cpu = timing("bcast", 1000, 4, Rounds([Step(2, 1000, 1)]), m)[1]
+    # a 4-rank bcast delivers 3 messages (at least, for any algorithm): 3 fetches more
+    assert fetched_cpu - inline_cpu == pytest.approx(3 * 5e-3, rel=1e-6)
+    # with a CPU per rank there is no shared-CPU bound at all
+    own = dataclasses.replace(m, parallel_ranks=0.0)
+    assert timing("bcast", 1000, 4, steps, own)[1] == 0
 
 
 def test_two_regime_wire_time():
