@@ -63,38 +63,29 @@ def test_round_time_formula():
     assert m.round_time_s(4, 1000) == pytest.approx(1e-3 + 1e-3 + 3e-4 + 2e-3)
 
 
-def test_messages_above_the_inline_size_pay_a_fetch():
-    m = ChannelModel(
+def _model(bandwidth=1e12, **values):
+    """A channel of 1 ms latency and one bandwidth, with ``values`` on top."""
+    return ChannelModel(
         name="x",
         latency_s=1e-3,
-        bandwidth_single_bytes_per_s=1e9,
-        bandwidth_aggregate_bytes_per_s=1e9,
-        inline_max_bytes=400,
-        fetch_s=5e-3,
+        bandwidth_single_bytes_per_s=bandwidth,
+        bandwidth_aggregate_bytes_per_s=bandwidth,
+        **values,
     )
+
+
+def test_messages_above_the_inline_size_pay_a_fetch():
+    m = _model(1e9, inline_max_bytes=400, fetch_s=5e-3)
     assert not m.fetches(400) and m.fetches(401)
     assert m.round_time_s(1, 400) == pytest.approx(1e-3 + 400 / 1e9)
     assert m.round_time_s(1, 401) == pytest.approx(1e-3 + 5e-3 + 401 / 1e9)
     # a channel that sends nothing inline fetches every message
-    always = ChannelModel(
-        name="y",
-        latency_s=1e-3,
-        bandwidth_single_bytes_per_s=1e9,
-        bandwidth_aggregate_bytes_per_s=1e9,
-        fetch_s=2e-3,
-    )
+    always = _model(1e9, fetch_s=2e-3)
     assert always.fetches(0) and always.message_latency_s(0) == pytest.approx(3e-3)
 
 
 def test_calls_that_carry_data_pay_the_payload_overhead():
-    m = ChannelModel(
-        name="x",
-        latency_s=1e-3,
-        bandwidth_single_bytes_per_s=1e12,
-        bandwidth_aggregate_bytes_per_s=1e12,
-        call_overhead_s=2e-4,
-        payload_overhead_s=3e-4,
-    )
+    m = _model(call_overhead_s=2e-4, payload_overhead_s=3e-4)
     assert m.call_s("barrier") == pytest.approx(2e-4)
     assert m.call_s("allreduce") == pytest.approx(5e-4)
     assert m.call_s("send") == 0
@@ -106,16 +97,7 @@ def test_calls_that_carry_data_pay_the_payload_overhead():
 
 def test_fetches_are_cpu_work_where_ranks_share_cpus():
     # one loop drives every rank and the server: a fetch is CPU time of its reader
-    m = ChannelModel(
-        name="x",
-        latency_s=1e-3,
-        bandwidth_single_bytes_per_s=1e12,
-        bandwidth_aggregate_bytes_per_s=1e12,
-        inline_max_bytes=400,
-        fetch_s=5e-3,
-        cpu_per_message_s=1e-3,
-        parallel_ranks=1.0,
-    )
+    m = _model(inline_max_bytes=400, fetch_s=5e-3, cpu_per_message_s=1e-3, parallel_ranks=1.0)
     steps = Rounds([Step(2, 10, 1)])
     inline_cpu = timing("bcast", 10, 4, steps, m)[1]
     fetched_cpu = timing("bcast", 1000, 4, Rounds([Step(2, 1000, 1)]), m)[1]
