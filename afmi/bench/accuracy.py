@@ -7,7 +7,10 @@ Two figures, both printed by ``afmi bench`` and stored in its JSON:
   points held out of the calibration (rows not marked ``fitted``);
 * choice: for every point measured on two or more channels, whether the
   ``fast`` hint picks the channel that measured fastest (and, to tell misses
-  from near ties, whether the picked channel measured within 10 % of it).
+  from near ties, whether the picked channel measured within 10 % of it);
+* noise: for rows measured in several passes, how far a point's passes lay
+  apart (median per channel), and how many points outside the tolerance moved
+  by more than the tolerance between their own passes.
 """
 
 from __future__ import annotations
@@ -96,7 +99,34 @@ def summarize(rows: list[dict[str, Any]], config: Config) -> dict[str, Any]:
     }
     if not judged:
         out["choice_note"] = "only one channel measured: the fast choice cannot be judged"
+    out.update(_noise(errors))
     return out
+
+
+def _spread(row: dict[str, Any]) -> float | None:
+    """How far a point's passes lay apart: slowest / fastest - 1 (None for one pass)."""
+    times = [t for t in row.get("pass_latencies_s", ()) if t > 0]
+    return max(times) / min(times) - 1 if len(times) > 1 else None
+
+
+def _noise(errors: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
+    """The measurement's own noise, for rows measured in several passes: the median
+    spread of a point's passes per channel, and how many points outside the
+    tolerance moved by more than it between their own passes."""
+    spreads: dict[str, list[float]] = defaultdict(list)
+    noisy_misses = 0
+    for e, r in errors:
+        spread = _spread(r)
+        if spread is None:
+            continue
+        spreads[r["channel"]].append(spread)
+        noisy_misses += e > TOLERANCE and spread > TOLERANCE
+    if not spreads:
+        return {}
+    return {
+        "pass_spread_by_channel": {c: sorted(v)[len(v) // 2] for c, v in sorted(spreads.items())},
+        "misses_noisier_than_tolerance": noisy_misses,
+    }
 
 
 def _brief(row: dict[str, Any]) -> dict[str, Any]:

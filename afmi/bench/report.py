@@ -340,6 +340,14 @@ def _accuracy_lines(title: str, acc: dict[str, Any]) -> list[str]:
             "  within per channel: "
             + ", ".join(f"{c} {w}/{n}" for c, (w, n) in acc["within_by_channel"].items())
         )
+    if acc.get("pass_spread_by_channel"):
+        misses = acc["points"] - acc["within_tolerance"]
+        lines.append(
+            "  measurement noise: a point's passes lay apart by a median of "
+            + ", ".join(f"{v:.0%} ({c})" for c, v in acc["pass_spread_by_channel"].items())
+            + f"; {acc['misses_noisier_than_tolerance']} of the {misses} points outside "
+            f"{acc['tolerance']:.0%} moved by more than that between their own passes"
+        )
     if acc.get("choice_points"):
         lines.append(
             f"  fast choice: {acc['choice_correct']}/{acc['choice_points']} points pick the "

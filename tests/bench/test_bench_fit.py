@@ -206,6 +206,28 @@ def test_accuracy_summary_judges_time_and_choice():
     assert acc["within_tolerance"] >= 1 and acc["max_abs_rel_error"] > 0.3
 
 
+def test_accuracy_reports_the_noise_of_the_passes():
+    from afmi.bench.accuracy import annotate, summarize
+
+    cfg = Config()
+    base = {"channel": "local", "nbytes": 1}
+    rows = [
+        # predicted 20 us: one miss whose passes lay 100 % apart, one whose lay 5 % apart
+        {**base, "latency_s": 40e-6, "pass_latencies_s": [20e-6, 40e-6, 40e-6]},
+        {**base, "latency_s": 40e-6, "pass_latencies_s": [40e-6, 42e-6, 40e-6]},
+        {**base, "latency_s": 20e-6, "pass_latencies_s": [20e-6, 21e-6, 22e-6]},
+    ]
+    annotate(rows, cfg)
+    acc = summarize(rows, cfg)
+    assert acc["points"] - acc["within_tolerance"] == 2
+    assert acc["misses_noisier_than_tolerance"] == 1
+    assert acc["pass_spread_by_channel"] == {"local": pytest.approx(0.1)}  # the median
+    # rows of one pass report no noise
+    single = [{**base, "latency_s": 40e-6}]
+    annotate(single, cfg)
+    assert "pass_spread_by_channel" not in summarize(single, cfg)
+
+
 def test_cores_left_to_processes_are_fitted():
     # 4 and 8 processes on a machine where other work leaves them 1.5 cores
     truth = ChannelModel(

@@ -67,6 +67,7 @@ def test_quick_run_writes_json(bench_run):
     assert data["quick"] is True
     assert [r["nbytes"] for r in data["pingpong"]] == [1, 16, 256, 4096]
     assert data["passes"] == 2
+    assert set(data["accuracy"]["pass_spread_by_channel"]) == {"local"}
     for r in data["pingpong"]:
         assert r["channel"] == "local"
         assert r["latency_s"] > 0 and r["bandwidth_bytes_per_s"] > 0 and r["iterations"] >= 2
@@ -110,6 +111,7 @@ def test_quick_run_prints_tables_and_progress(bench_run):
     assert "Ping-pong (half round trip" in res.stdout
     assert "Collective latency" in res.stdout
     assert "Model accuracy" in res.stdout
+    assert "measurement noise: a point's passes lay apart" in res.stdout  # two passes
     assert "ping-pong local" in res.stderr  # progress goes to stderr
     assert "skipped" not in res.stdout  # only local was asked for
 
