@@ -90,8 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--processes",
         action="store_true",
-        help="one process per rank (afmi run): ping-pong and allreduce over direct/redis beside "
-        "a blocking socket and mpi4py over TCP (default channels direct,redis; ranks 2,4)",
+        help="one process per rank (afmi run): ping-pong and the --ops collectives over "
+        "direct/redis beside a blocking socket and mpi4py over TCP (default channels "
+        "direct,redis; ranks 2,4)",
     )
     parser.add_argument(
         "--repeat",
@@ -218,6 +219,7 @@ def _processes(args: argparse.Namespace) -> int:
             anchors=not args.no_anchors,
             repeat=args.repeat,
             seconds_per_point=args.seconds_per_point,
+            ops=args.ops,
         )
         progress = Progress(enabled=not args.quiet)
         try:

@@ -4,7 +4,11 @@
 
 * ping-pong between two rank processes (half round trip, 1 B .. ``--max-size``);
 * ``allreduce`` of float64 arrays (SUM) on each ``--ranks`` count, back-to-back
-  calls after a barrier, the slowest rank's figure.
+  calls after a barrier, the slowest rank's figure;
+* the other collectives of ``--ops`` (barrier, bcast, gather) on each
+  ``--ranks`` count, timed as the in-process bench times them
+  (:func:`afmi.bench.measure.collective_latency`: a barrier before every call,
+  first rank in to last rank out on the machine's one monotonic clock).
 
 Each job is started with :func:`afmi.runtime.process.run_processes` (what
 ``afmi run`` does); its ranks run :func:`rank_main` (``python -m
@@ -64,6 +68,8 @@ class ProcsOptions:
     repeat: int = 1  # best of N
     seconds_per_point: float | None = None
     timeout: float = 600.0  # per job
+    #: Collectives to time (sizes of ``allreduce_sizes``; a barrier has one, 0 B).
+    ops: list[str] = field(default_factory=lambda: ["barrier", "bcast", "allreduce", "gather"])
 
     def budget(self) -> measure.Budget:
         """Per-point budget (as in the in-process bench)."""
@@ -101,6 +107,16 @@ class ProcsOptions:
             raise ArgumentError(f"--ranks must be counts of 2 or more, got {self.ranks}")
         if self.repeat < 1:
             raise ArgumentError(f"--repeat must be at least 1, got {self.repeat}")
+        for op in self.ops:
+            if op not in measure.COLLECTIVES:
+                raise ArgumentError(
+                    f"--ops: the bench times {', '.join(measure.COLLECTIVES)}; not {op!r}"
+                )
+
+    def collective_sizes(self) -> dict[str, list[int]]:
+        """Payload sizes of every collective in ``ops`` but allreduce (barrier: 0 B)."""
+        sizes = self.allreduce_sizes()
+        return {op: [0] if op == "barrier" else sizes for op in self.ops if op != "allreduce"}
 
 
 # -- the rank side -------------------------------------------------------------------------------
@@ -141,8 +157,13 @@ async def _rank(plan: dict[str, Any], out_path: str) -> None:
         if comm.size == 2 and plan["pingpong"]:
             pingpong = await measure._pingpong_main(comm, plan["pingpong"], budget)
         allreduce = await _allreduce_main(comm, plan["allreduce"], budget)
+        collectives = {}
+        for op, sizes in plan.get("collectives", {}).items():
+            collectives[op] = await measure._collective_main(comm, op, sizes, budget)
         if comm.rank == 0:
-            text = json.dumps({"pingpong": pingpong, "allreduce": allreduce})
+            text = json.dumps(
+                {"pingpong": pingpong, "allreduce": allreduce, "collectives": collectives}
+            )
             Path(out_path).write_text(text)  # noqa: ASYNC240 - once, after the measurements
 
 
@@ -164,11 +185,15 @@ def rank_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _plan(
-    pingpong: Sequence[int], allreduce: Sequence[int], budget: measure.Budget
+    pingpong: Sequence[int],
+    allreduce: Sequence[int],
+    budget: measure.Budget,
+    collectives: dict[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     return {
         "pingpong": list(pingpong),
         "allreduce": list(allreduce),
+        "collectives": {op: list(sizes) for op, sizes in (collectives or {}).items()},
         "budget": dataclasses.asdict(budget),
     }
 
@@ -181,10 +206,13 @@ def afmi_job(
     budget: measure.Budget,
     config: Config | None = None,
     timeout: float = 600.0,
+    collectives: dict[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Run one job of ``ranks`` processes on ``channel``; rank 0's figures as a dict.
 
-    Returns ``{"pingpong": [(nbytes, iters, seconds)...], "allreduce": [...]}``.
+    Returns ``{"pingpong": [(nbytes, iters, seconds)...], "allreduce": [...],
+    "collectives": {op: [...]}}``; ``collectives`` names the other collectives to
+    time and their sizes.
 
     Raises:
         RuntimeError: a rank failed (the message has the end of its output).
@@ -196,7 +224,7 @@ def afmi_job(
     with tempfile.TemporaryDirectory(prefix="afmi-bench-") as tmp:
         plan_path = Path(tmp, "plan.json")
         out_path = Path(tmp, "out.json")
-        plan_path.write_text(json.dumps(_plan(pingpong, allreduce, budget)))
+        plan_path.write_text(json.dumps(_plan(pingpong, allreduce, budget, collectives)))
         if config is not None:
             cfg_path = Path(tmp, "config.json")
             cfg_path.write_text(json.dumps(config.to_dict()))
@@ -317,10 +345,12 @@ def _pp_row(channel: str, nbytes: int, iters: int, half: float) -> dict[str, Any
     }
 
 
-def _ar_row(channel: str, ranks: int, nbytes: int, iters: int, seconds: float) -> dict[str, Any]:
+def _ar_row(
+    channel: str, ranks: int, nbytes: int, iters: int, seconds: float, op: str = "allreduce"
+) -> dict[str, Any]:
     return {
         "channel": channel,
-        "op": "allreduce",
+        "op": op,
         "ranks": ranks,
         "processes": ranks,
         "nbytes": nbytes,
@@ -335,6 +365,7 @@ def _best(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[st
         return new
     key: Callable[[dict[str, Any]], tuple[Any, ...]] = lambda r: (  # noqa: E731
         r["channel"],
+        r.get("op", "send"),
         r.get("ranks", 2),
         r["nbytes"],
     )
@@ -343,7 +374,7 @@ def _best(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[st
         old = by.get(key(r))
         if old is None or r["latency_s"] < old["latency_s"]:
             by[key(r)] = r
-    return sorted(by.values(), key=lambda r: (r["channel"], r.get("ranks", 2), r["nbytes"]))
+    return sorted(by.values(), key=key)
 
 
 def ratios(pingpong: list[dict[str, Any]], allreduce: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -381,7 +412,8 @@ def run_procs(
     """Run the cross-process bench; returns the ``processes`` part of the bench JSON.
 
     Keys: ``pingpong`` and ``allreduce`` (rows of every channel and anchor),
-    ``ratios``, ``skipped`` (reason per channel or anchor), ``sizes``, ``repeat``.
+    ``collectives`` (the other collectives' rows, afmi channels only), ``ratios``,
+    ``skipped`` (reason per channel or anchor), ``sizes``, ``repeat``.
     """
     from afmi.bench.suite import _environment
 
@@ -390,7 +422,8 @@ def run_procs(
     say = progress or (lambda _m: None)
     budget = opts.budget()
     pp_sizes = opts.pingpong_sizes()
-    ar_sizes = opts.allreduce_sizes()
+    ar_sizes = opts.allreduce_sizes() if "allreduce" in opts.ops else []
+    coll_sizes = opts.collective_sizes()
     result: dict[str, Any] = {
         "ranks": opts.ranks,
         "repeat": opts.repeat,
@@ -398,6 +431,7 @@ def run_procs(
         "allreduce_sizes": ar_sizes,
         "pingpong": [],
         "allreduce": [],
+        "collectives": [],
         "skipped": {},
     }
     counts: dict[tuple[str, int, int], int] = {}  # (kind, ranks, nbytes) -> iterations used
@@ -421,6 +455,7 @@ def run_procs(
                             budget,
                             run_config,
                             opts.timeout,
+                            coll_sizes,
                         )
                     except Exception as exc:  # noqa: BLE001 - one broken channel must not end the run
                         result["skipped"][ch] = f"{type(exc).__name__}: {exc}"
@@ -433,6 +468,12 @@ def run_procs(
                         counts[("ar", n, r["nbytes"])] = r["iterations"]
                     result["pingpong"] = _best(result["pingpong"], pp)
                     result["allreduce"] = _best(result["allreduce"], ar)
+                    other = [
+                        _ar_row(ch, n, *p, op=op)
+                        for op, points in data.get("collectives", {}).items()
+                        for p in points
+                    ]
+                    result["collectives"] = _best(result["collectives"], other)
             if opts.anchors:
                 _anchors(opts, budget, pp_sizes, ar_sizes, counts, result, say, round_)
     result["channels"] = [c for c in opts.channels if c not in result["skipped"]]
@@ -501,7 +542,7 @@ def model_accuracy(
     With ``calibrate_path`` every channel is first fitted to every other size
     of its own cross-process rows (wire from the ping-pong, the collective
     parameters and ``parallel_ranks``, at most this machine's CPU count, from the
-    allreduce points; the reduction rate is measured here) and the model file is
+    collective points; the reduction rate is measured here) and the model file is
     written there; the accuracy is reported over all rows and over the held-out
     ones. Returns ``{"model_source", "accuracy", "calibration"}``.
     """
@@ -509,7 +550,7 @@ def model_accuracy(
 
     rows = [
         r
-        for r in result["pingpong"] + result["allreduce"]
+        for r in result["pingpong"] + result["allreduce"] + result.get("collectives", [])
         if r["channel"] not in ("socket", "mpi4py")
     ]
     out: dict[str, Any] = {"calibration": None}
@@ -522,11 +563,13 @@ def model_accuracy(
         reduce_rate = calibrate.measure_reduce_rate("float64")
         for ch in sorted({r["channel"] for r in rows}):
             pp = calibrate.split_fitted([r for r in rows if r["channel"] == ch and "op" not in r])
-            coll = [r for r in rows if r["channel"] == ch and r.get("op") == "allreduce"]
+            coll = [r for r in rows if r["channel"] == ch and "op" in r]
             points = [
-                ("allreduce", r["ranks"], r["nbytes"], r["latency_s"])
-                for n in sorted({r["ranks"] for r in coll})
-                for r in calibrate.split_fitted([r for r in coll if r["ranks"] == n])
+                (op, r["ranks"], r["nbytes"], r["latency_s"])
+                for op, n in sorted({(r["op"], r["ranks"]) for r in coll})
+                for r in calibrate.split_fitted(
+                    [r for r in coll if r["op"] == op and r["ranks"] == n]
+                )
             ]
             try:
                 wire = dict(calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in pp]))

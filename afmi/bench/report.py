@@ -165,6 +165,26 @@ def _ratio(x: float | None) -> str:
     return f"{x:.2f}" if x is not None else "-"
 
 
+def _other_collectives(proc: dict[str, Any]) -> list[str]:
+    """The table of a cross-process run's barrier, bcast and gather rows, beside the model."""
+    rows_in = proc.get("collectives", [])
+    if not rows_in:
+        return []
+    by = {(r["channel"], r["op"], r["ranks"], r["nbytes"]): r for r in rows_in}
+    chans = [c for c in proc.get("channels", []) if any(r["channel"] == c for r in rows_in)]
+    model = any("predicted_s" in r for r in rows_in)
+    headers = ["op", "ranks", "size", *chans] + ([f"{c} model" for c in chans] if model else [])
+    rows = []
+    for op, n, s in sorted({(r["op"], r["ranks"], r["nbytes"]) for r in rows_in}):
+        row = [op, str(n), _size(s)]
+        row += [_us(by[(c, op, n, s)]["latency_s"]) if (c, op, n, s) in by else "-" for c in chans]
+        if model:
+            row += [_us(by.get((c, op, n, s), {}).get("predicted_s")) for c in chans]
+        rows.append(row)
+    title = "\nOther collectives, one process per rank (median call, first rank in to last out)"
+    return [title, _table(headers, rows)]
+
+
 def format_processes(proc: dict[str, Any]) -> str:
     """The terminal tables of a cross-process run (``afmi bench --processes``)."""
     out: list[str] = []
@@ -220,6 +240,7 @@ def format_processes(proc: dict[str, Any]) -> str:
             rows.append(row)
         out.append("\nAllreduce of float64 (SUM), one process per rank, slowest rank")
         out.append(_table(headers, rows))
+    out += _other_collectives(proc)
     for name, reason in proc.get("skipped", {}).items():
         out.append(f"{name} skipped: {reason}")
     out += _model_lines(proc, "Model accuracy on these rows", "model", "")

@@ -48,6 +48,7 @@ def test_cli_run_writes_json_and_skips_mpi_without_mpiexec(tmp_path, subprocess_
     assert res.returncode == 0, res.stderr
     assert "Ping-pong between 2 processes" in res.stdout
     assert "Allreduce of float64" in res.stdout
+    assert "Other collectives, one process per rank" in res.stdout
     data = json.loads(out.read_text())["processes"]
     assert data["channels"] == ["direct"]
     assert MISSING_MPI in data["skipped"]["mpi4py"]
@@ -61,7 +62,11 @@ def test_cli_run_writes_json_and_skips_mpi_without_mpiexec(tmp_path, subprocess_
     vs_socket = [r["vs_socket"] for r in data["ratios"] if r["op"] == "pingpong"]
     assert len(vs_socket) == 4 and all(v > 0 for v in vs_socket)
     assert not any("vs_mpi4py" in r for r in data["ratios"])
-    assert data["accuracy"]["points"] == 5
+    # the other collectives of the default --ops, timed first rank in to last rank out
+    other = [(r["op"], r["ranks"], r["nbytes"]) for r in data["collectives"]]
+    assert other == [("barrier", 2, 0), ("bcast", 2, 8), ("gather", 2, 8)]
+    assert all(r["latency_s"] > 0 and r["predicted_s"] > 0 for r in data["collectives"])
+    assert data["accuracy"]["points"] == 4 + 1 + 3
 
 
 @pytest.mark.skipif(procs.mpi4py_unavailable() is not None, reason="mpi4py/mpiexec missing")
@@ -95,6 +100,14 @@ def test_afmi_job_with_four_ranks_has_no_pingpong():
     assert all(row[1] >= 2 and row[2] > 0 for row in data["allreduce"])
 
 
+def test_afmi_job_times_the_other_collectives():
+    data = procs.afmi_job("direct", 3, [], [], BUDGET, collectives={"barrier": [0], "gather": [64]})
+    assert data["allreduce"] == []
+    assert [row[0] for row in data["collectives"]["barrier"]] == [0]
+    assert [row[0] for row in data["collectives"]["gather"]] == [64]
+    assert all(row[1] >= 1 and row[2] > 0 for rows in data["collectives"].values() for row in rows)
+
+
 def test_failing_rank_is_reported():
     from afmi.config import Config
     from afmi.testing.servers import free_port
@@ -111,6 +124,7 @@ def test_failing_rank_is_reported():
         ({"channels": ["local"]}, "one process"),
         ({"ranks": [1, 2]}, "--ranks"),
         ({"repeat": 0}, "--repeat"),
+        ({"ops": ["scan"]}, "--ops: the bench times barrier"),
     ],
 )
 def test_bad_options_say_what_to_change(kwargs, message):
@@ -136,6 +150,12 @@ def test_sizes():
     assert full.pingpong_sizes()[0] == 1 and full.pingpong_sizes()[-1] == 64 << 20
     assert full.allreduce_sizes() == [8 << (2 * i) for i in range(11)] + [1 << 24]
     assert procs.ProcsOptions(quick=True).allreduce_sizes() == [8, 1 << 16, 1 << 20]
+    quick = procs.ProcsOptions(quick=True).collective_sizes()
+    assert quick == {
+        "barrier": [0],
+        "bcast": [8, 1 << 16, 1 << 20],
+        "gather": [8, 1 << 16, 1 << 20],
+    }
 
 
 def test_best_of_n_and_ratios():
