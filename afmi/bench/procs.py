@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,7 +188,7 @@ def _plan(
     pingpong: Sequence[int],
     allreduce: Sequence[int],
     budget: measure.Budget,
-    collectives: dict[str, Sequence[int]] | None = None,
+    collectives: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     return {
         "pingpong": list(pingpong),
@@ -206,7 +206,7 @@ def afmi_job(
     budget: measure.Budget,
     config: Config | None = None,
     timeout: float = 600.0,
-    collectives: dict[str, Sequence[int]] | None = None,
+    collectives: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Run one job of ``ranks`` processes on ``channel``; rank 0's figures as a dict.
 
@@ -469,9 +469,9 @@ def run_procs(
                     result["pingpong"] = _best(result["pingpong"], pp)
                     result["allreduce"] = _best(result["allreduce"], ar)
                     other = [
-                        _ar_row(ch, n, *p, op=op)
+                        _ar_row(ch, n, nbytes, iters, seconds, op=op)
                         for op, points in data.get("collectives", {}).items()
-                        for p in points
+                        for nbytes, iters, seconds in points
                     ]
                     result["collectives"] = _best(result["collectives"], other)
             if opts.anchors:
