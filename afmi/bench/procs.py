@@ -345,7 +345,7 @@ def _pp_row(channel: str, nbytes: int, iters: int, half: float) -> dict[str, Any
     }
 
 
-def _ar_row(
+def _coll_row(
     channel: str, ranks: int, nbytes: int, iters: int, seconds: float, op: str = "allreduce"
 ) -> dict[str, Any]:
     return {
@@ -461,7 +461,7 @@ def run_procs(
                         result["skipped"][ch] = f"{type(exc).__name__}: {exc}"
                         break
                     pp = [_pp_row(ch, *p) for p in data["pingpong"]]
-                    ar = [_ar_row(ch, n, *p) for p in data["allreduce"]]
+                    ar = [_coll_row(ch, n, *p) for p in data["allreduce"]]
                     for r in pp:
                         counts[("pp", 2, r["nbytes"])] = r["iterations"]
                     for r in ar:
@@ -469,7 +469,7 @@ def run_procs(
                     result["pingpong"] = _best(result["pingpong"], pp)
                     result["allreduce"] = _best(result["allreduce"], ar)
                     other = [
-                        _ar_row(ch, n, nbytes, iters, seconds, op=op)
+                        _coll_row(ch, n, nbytes, iters, seconds, op=op)
                         for op, points in data.get("collectives", {}).items()
                         for nbytes, iters, seconds in points
                     ]
@@ -530,7 +530,7 @@ def _anchors(
             result["pingpong"], [_pp_row("mpi4py", *p) for p in data["pingpong"]]
         )
         result["allreduce"] = _best(
-            result["allreduce"], [_ar_row("mpi4py", n, *p) for p in data["allreduce"]]
+            result["allreduce"], [_coll_row("mpi4py", n, *p) for p in data["allreduce"]]
         )
 
 
