@@ -15,6 +15,7 @@ Two figures, both printed by ``afmi bench`` and stored in its JSON:
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from typing import Any
 
@@ -124,7 +125,9 @@ def _noise(errors: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
     if not spreads:
         return {}
     return {
-        "pass_spread_by_channel": {c: sorted(v)[len(v) // 2] for c, v in sorted(spreads.items())},
+        "pass_spread_by_channel": {
+            c: statistics.median_high(v) for c, v in sorted(spreads.items())
+        },
         "misses_noisier_than_tolerance": noisy_misses,
     }
 

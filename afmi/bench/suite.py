@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import os
 import platform
+import statistics
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -268,9 +269,8 @@ def _sweep(
 def merge_passes(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One point from its passes: the median time (the upper median of an even count),
     the iterations of all passes, and every pass's time in ``pass_latencies_s``."""
-    times = sorted(r["latency_s"] for r in rows)
     out = dict(rows[0])
-    out["latency_s"] = times[len(times) // 2]
+    out["latency_s"] = statistics.median_high(r["latency_s"] for r in rows)
     out["iterations"] = sum(int(r["iterations"]) for r in rows)
     out["pass_latencies_s"] = [r["latency_s"] for r in rows]
     if "bandwidth_bytes_per_s" in out:
