@@ -10,10 +10,11 @@ sent to the others so every rank runs the same count.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -98,11 +99,20 @@ async def _timed(iters: int, one: Callable[[], Any]) -> float:
 
 
 async def _warm_then_count(comm: Communicator, budget: Budget, nbytes: int, one: Any) -> int:
-    """Run the warm-up (``await one()`` per iteration) and agree on the timed count.
+    """Run the warm-up (``await one()`` per iteration) and agree on the timed count."""
+    count, _ = await _warm_then_plan(comm, budget, nbytes, one)
+    return count
+
+
+async def _warm_then_plan(
+    comm: Communicator, budget: Budget, nbytes: int, one: Any
+) -> tuple[int, float]:
+    """Run the warm-up and agree on ``(timed iterations, rank 0's seconds per iteration)``.
 
     One iteration first tells rank 0 how slow the point is; it then sends every
     rank the number of further warm-up iterations (at most a quarter of the
-    time budget) and, after them, the number of timed iterations.
+    time budget) and, after them, the number of timed iterations with the
+    warm-up's seconds per iteration.
     """
     warm, iters = budget.plan(nbytes)
     t0 = time.perf_counter()
@@ -114,8 +124,9 @@ async def _warm_then_count(comm: Communicator, budget: Budget, nbytes: int, one:
     for _ in range(more):
         await one()
     per_iter = (time.perf_counter() - t0) / more if more else first
-    count = budget.cap(iters, per_iter) if comm.rank == 0 else 0
-    return int(await comm.bcast(count, root=0))
+    plan = (budget.cap(iters, per_iter), per_iter) if comm.rank == 0 else None
+    count, per_iter = await comm.bcast(plan, root=0)
+    return int(count), float(per_iter)
 
 
 async def _pingpong_main(comm: Communicator, nbytes_list: list[int], budget: Budget) -> Any:
@@ -233,11 +244,114 @@ COLLECTIVES: dict[str, Callable[[Communicator, Any], Any]] = {
     "gather": lambda comm, buf: comm.gather(buf, root=0),
 }
 
+#: Seconds before a scheduled start that a waiting rank stops sleeping and polls
+#: the event loop instead (a rank woken from a sleep answers tens of µs late here).
+SPIN_BEFORE_START_S = 0.001
+
+
+class StartLine(Protocol):
+    """How the ranks of a collective measurement start each timed call together.
+
+    The model predicts one call that every rank enters at the same instant, so
+    the bench starts every rank at one instant, on the machine's one monotonic
+    clock, and a call lasts from that instant to the last rank's exit. (A
+    barrier before each call would not do: ranks leave a barrier one after
+    another, up to a message latency apart, and that skew would be charged to
+    the call: a gather, whose root waits for the last rank, looked twice as slow
+    as a bcast with the same messages.)
+    """
+
+    async def agree(self, comm: Communicator, iters: int, per_iter_s: float) -> None:
+        """Called by every rank once before the timed calls of one point."""
+
+    async def start(self, comm: Communicator, i: int) -> tuple[float, bool]:
+        """Wait for the start of call ``i``: ``(start instant, whether this rank was late)``."""
+
+
+class LoopStartLine:
+    """Start line for ranks that are tasks of one event loop (the in-process bench).
+
+    The last rank to arrive releases all of them in the same loop iteration: no
+    rank is late and none polls while it waits.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._arrived = 0
+        self._released: asyncio.Event | None = None
+        self._instant = 0.0
+
+    async def agree(self, comm: Communicator, iters: int, per_iter_s: float) -> None:
+        """Nothing to agree on: arrival is the signal."""
+
+    async def start(self, comm: Communicator, i: int) -> tuple[float, bool]:
+        """Wait until every rank has arrived at call ``i``."""
+        if self._released is None:
+            self._released = asyncio.Event()
+        released = self._released
+        self._arrived += 1
+        if self._arrived == self._size:
+            self._arrived = 0
+            self._released = None
+            self._instant = time.perf_counter()
+            released.set()
+        else:
+            await released.wait()
+        return self._instant, False
+
+
+class ClockStartLine:
+    """Start line for ranks in separate processes of one machine (``--processes``).
+
+    Rank 0 sets a timetable: call ``i`` starts at ``first + i * slot`` on
+    ``time.perf_counter`` (the machine's monotonic clock, shared by its
+    processes), with ``slot`` twice the warm-up's time per call (barrier and
+    call) plus :data:`SPIN_BEFORE_START_S`. A rank sleeps until just before its
+    start, then polls the loop until the instant. A rank still busy with the
+    previous call at a start is late; calls that any rank was late for are not
+    counted.
+    """
+
+    def __init__(self) -> None:
+        self._first = 0.0
+        self._slot = 0.0
+
+    def slot_s(self, per_iter_s: float) -> float:
+        """Seconds between two starts, from the warm-up's seconds per call."""
+        return 2 * per_iter_s + SPIN_BEFORE_START_S
+
+    async def agree(self, comm: Communicator, iters: int, per_iter_s: float) -> None:
+        """Rank 0 sends the timetable; every rank receives it before the first start."""
+        plan = None
+        if comm.rank == 0:
+            slot = self.slot_s(per_iter_s)
+            plan = (time.perf_counter() + 2 * slot + 0.01, slot)
+        first, slot = await comm.bcast(plan, root=0)
+        self._first, self._slot = float(first), float(slot)
+
+    async def start(self, comm: Communicator, i: int) -> tuple[float, bool]:
+        """Wait for call ``i``'s start instant."""
+        at = self._first + i * self._slot
+        now = time.perf_counter()
+        if now > at:
+            return at, True
+        if at - now > SPIN_BEFORE_START_S:
+            await asyncio.sleep(at - now - SPIN_BEFORE_START_S)
+        while time.perf_counter() < at:  # noqa: ASYNC110 - a spin on the clock, not a flag
+            await asyncio.sleep(0)
+        return at, False
+
 
 async def _collective_main(
-    comm: Communicator, op: str, nbytes_list: list[int], budget: Budget
-) -> list[tuple[int, int, float]]:
+    comm: Communicator,
+    op: str,
+    nbytes_list: list[int],
+    budget: Budget,
+    line: StartLine | None = None,
+) -> list[tuple[int, int, float, int]]:
+    """Time ``op`` per size: ``(nbytes, iterations, median seconds, late calls)`` on rank 0."""
     call = COLLECTIVES[op]
+    line = line or ClockStartLine()
     out = []
     for nbytes in nbytes_list:
         buf = _payload(nbytes)
@@ -246,27 +360,38 @@ async def _collective_main(
             await comm.barrier()
             await call(comm, buf)
 
-        iters = await _warm_then_count(comm, budget, nbytes, with_op)
-        # A barrier before every call keeps ranks from running ahead into the
-        # next call (the model predicts one isolated call). Every rank stamps
-        # when it enters and leaves each call; the ranks share one clock (one
-        # machine), so a call takes from the first rank in to the last rank out.
+        iters, per_iter = await _warm_then_plan(comm, budget, nbytes, with_op)
+        await line.agree(comm, iters, per_iter)
         stamps = []
-        for _ in range(iters):
-            await comm.barrier()
-            t0 = time.perf_counter()
+        for i in range(iters):
+            t0, late = await line.start(comm, i)
             await call(comm, buf)
-            stamps.append((t0, time.perf_counter()))
+            stamps.append((t0, time.perf_counter(), late))
         every = await comm.gather(stamps, root=0)
-        seconds = 0.0
+        seconds, late_calls = 0.0, 0
         if comm.rank == 0:
             assert every is not None
-            spans = [
-                max(s[i][1] for s in every) - min(s[i][0] for s in every) for i in range(iters)
-            ]
+            spans, late_calls = _spans(every, iters)
             seconds = _median(spans)
-        out.append((nbytes, iters, seconds))
+        out.append((nbytes, iters, seconds, late_calls))
     return out
+
+
+def _spans(every: list[Any], iters: int) -> tuple[list[float], int]:
+    """Each call's start to its last rank's exit, leaving out calls a rank was late for.
+
+    Returns the spans and how many calls were left out (if every call was late,
+    all are kept: a slow point still gets a figure, and the count says so).
+    """
+    spans, late = [], 0
+    for i in range(iters):
+        if any(s[i][2] for s in every):
+            late += 1
+            continue
+        spans.append(max(s[i][1] for s in every) - every[0][i][0])
+    if not spans:
+        spans = [max(s[i][1] for s in every) - every[0][i][0] for i in range(iters)]
+    return spans, late
 
 
 def _median(values: list[float]) -> float:
@@ -299,9 +424,9 @@ def collective_latency(
 ) -> list[dict[str, Any]]:
     """Seconds per call of collective ``op`` on ``ranks`` ranks, for each payload size.
 
-    Calls run as ``barrier; call``; each rank stamps when it enters and leaves
-    every call, and a call takes from the first rank's entry to the last rank's
-    exit (the ranks share one clock). The median over the calls is reported.
+    Every rank enters each timed call at the same instant (:class:`LoopStartLine`:
+    the last rank to arrive releases them all), and a call lasts from that
+    instant to the last rank's exit. The median over the calls is reported.
     """
     if op not in COLLECTIVES:
         raise ValueError(f"unknown collective {op!r}; choose from {', '.join(COLLECTIVES)}")
@@ -310,7 +435,8 @@ def collective_latency(
     if progress:
         progress(f"{op} {channel} {ranks} ranks")
     sizes_used = [0] if op == "barrier" else list(nbytes_list)
-    per_rank = _run(_collective_main, ranks, channel, config, op, sizes_used, budget)
+    line = LoopStartLine(ranks)
+    per_rank = _run(_collective_main, ranks, channel, config, op, sizes_used, budget, line)
     rows = []
     for i, nbytes in enumerate(sizes_used):
         rows.append(
@@ -321,6 +447,7 @@ def collective_latency(
                 "nbytes": nbytes,
                 "iterations": per_rank[0][i][1],
                 "latency_s": per_rank[0][i][2],
+                "late_calls": per_rank[0][i][3],
             }
         )
     return rows

@@ -7,8 +7,9 @@
   calls after a barrier, the slowest rank's figure;
 * the other collectives of ``--ops`` (barrier, bcast, gather) on each
   ``--ranks`` count, timed as the in-process bench times them
-  (:func:`afmi.bench.measure.collective_latency`: a barrier before every call,
-  first rank in to last rank out on the machine's one monotonic clock).
+  (:class:`afmi.bench.measure.ClockStartLine`: every rank enters each call at
+  one instant of the machine's monotonic clock, and a call lasts until the
+  last rank's exit).
 
 Each job is started with :func:`afmi.runtime.process.run_processes` (what
 ``afmi run`` does); its ranks run :func:`rank_main` (``python -m
@@ -346,9 +347,15 @@ def _pp_row(channel: str, nbytes: int, iters: int, half: float) -> dict[str, Any
 
 
 def _coll_row(
-    channel: str, ranks: int, nbytes: int, iters: int, seconds: float, op: str = "allreduce"
+    channel: str,
+    ranks: int,
+    nbytes: int,
+    iters: int,
+    seconds: float,
+    op: str = "allreduce",
+    late: int | None = None,
 ) -> dict[str, Any]:
-    return {
+    row: dict[str, Any] = {
         "channel": channel,
         "op": op,
         "ranks": ranks,
@@ -357,6 +364,9 @@ def _coll_row(
         "iterations": iters,
         "latency_s": seconds,
     }
+    if late is not None:
+        row["late_calls"] = late
+    return row
 
 
 def _best(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -469,9 +479,9 @@ def run_procs(
                     result["pingpong"] = _best(result["pingpong"], pp)
                     result["allreduce"] = _best(result["allreduce"], ar)
                     other = [
-                        _coll_row(ch, n, nbytes, iters, seconds, op=op)
+                        _coll_row(ch, n, nbytes, iters, seconds, op=op, late=late)
                         for op, points in data.get("collectives", {}).items()
-                        for nbytes, iters, seconds in points
+                        for nbytes, iters, seconds, late in points
                     ]
                     result["collectives"] = _best(result["collectives"], other)
             if opts.anchors:

@@ -268,11 +268,14 @@ def _sweep(
 
 def merge_passes(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One point from its passes: the median time (the upper median of an even count),
-    the iterations of all passes, and every pass's time in ``pass_latencies_s``."""
+    the iterations and late calls of all passes, and every pass's time in
+    ``pass_latencies_s``."""
     out = dict(rows[0])
     out["latency_s"] = statistics.median_high(r["latency_s"] for r in rows)
     out["iterations"] = sum(int(r["iterations"]) for r in rows)
     out["pass_latencies_s"] = [r["latency_s"] for r in rows]
+    if "late_calls" in out:
+        out["late_calls"] = sum(int(r.get("late_calls", 0)) for r in rows)
     if "bandwidth_bytes_per_s" in out:
         n, t = out["nbytes"], out["latency_s"]
         out["bandwidth_bytes_per_s"] = n / t if t > 0 else 0.0

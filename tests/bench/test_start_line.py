@@ -1,0 +1,86 @@
+"""The bench's start lines: every rank enters a timed collective at one instant."""
+
+import asyncio
+import time
+
+import afmi
+from afmi.bench import measure
+
+
+async def _arrive_unevenly(comm, line, calls):
+    """Each rank arrives ``rank`` ms late at every call; returns (instant, late, resumed)."""
+    await line.agree(comm, calls, 0.002)
+    out = []
+    for i in range(calls):
+        await asyncio.sleep(0.001 * comm.rank)
+        arrived = time.perf_counter()
+        instant, late = await line.start(comm, i)
+        out.append((instant, late, arrived, time.perf_counter()))
+    return out
+
+
+def _same_instant_for_everyone(per_rank):
+    for i in range(len(per_rank[0])):
+        instants = {r[i][0] for r in per_rank}
+        assert len(instants) == 1, f"call {i}: ranks got different start instants {instants}"
+
+
+def test_loop_start_line_releases_all_ranks_after_the_last_arrives():
+    line = measure.LoopStartLine(4)
+    per_rank = afmi.run_local(_arrive_unevenly, 4, line, 3)
+    _same_instant_for_everyone(per_rank)
+    for i in range(3):
+        last_arrival = max(r[i][2] for r in per_rank)
+        assert per_rank[0][i][0] >= last_arrival  # the instant is the last arrival's
+        assert all(r[i][3] >= last_arrival for r in per_rank)  # nobody left before it
+        assert not any(r[i][1] for r in per_rank)
+
+
+def test_clock_start_line_starts_everyone_at_the_timetable_instant():
+    per_rank = afmi.run_local(_arrive_unevenly, 3, measure.ClockStartLine(), 4)
+    _same_instant_for_everyone(per_rank)
+    slot = measure.ClockStartLine().slot_s(0.002)
+    for i in range(1, 4):
+        assert abs(per_rank[0][i][0] - per_rank[0][i - 1][0] - slot) < 1e-9
+    for r in per_rank:
+        for instant, late, _arrived, resumed in r:
+            assert not late
+            assert resumed >= instant  # no rank starts before the instant
+
+
+async def _busy_through_the_start(comm, line):
+    await line.agree(comm, 2, 0.001)
+    first = await line.start(comm, 0)
+    if comm.rank == 1:
+        time.sleep(0.05)  # blocks the loop well past the next start (slot 3 ms)
+    second = await line.start(comm, 1)
+    return first[1], second[1]
+
+
+def test_clock_start_line_marks_a_rank_busy_at_the_start_late():
+    per_rank = afmi.run_local(_busy_through_the_start, 2, measure.ClockStartLine())
+    assert per_rank[0] == (False, True) or per_rank[1] == (False, True)
+    assert not per_rank[0][0] and not per_rank[1][0]
+
+
+def test_spans_leave_out_late_calls_and_start_at_the_instant():
+    # two ranks, three calls: (start instant, exit, late)
+    every = [
+        [(10.0, 10.5, False), (20.0, 20.2, False), (30.0, 30.1, False)],
+        [(10.0, 10.7, False), (20.0, 21.0, True), (30.0, 30.4, False)],
+    ]
+    spans, late = measure._spans(every, 3)
+    assert late == 1
+    assert [round(s, 6) for s in spans] == [0.7, 0.4]
+    # every call late: all are kept, the count says so
+    all_late = [[(1.0, 1.5, True)], [(1.0, 1.25, True)]]
+    assert measure._spans(all_late, 1) == ([0.5], 1)
+
+
+def test_collective_latency_reports_late_calls():
+    rows = measure.collective_latency(
+        "local", "gather", 3, [64], budget=measure.Budget(5, 5, 1, 1, 0.05, 3)
+    )
+    (row,) = rows
+    assert row["latency_s"] > 0 and row["iterations"] >= 3
+    assert row["late_calls"] == 0  # one loop: the last arrival releases everyone
