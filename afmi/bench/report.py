@@ -109,7 +109,7 @@ def format_report(results: dict[str, Any]) -> str:
             ]
             for r in sorted(coll, key=lambda r: (r["op"], r["ranks"], r["nbytes"], r["channel"]))
         ]
-        out.append("\nCollective latency (median call, every rank starting at one instant, to the last rank out)")
+        out.append("\nCollective latency (median call, one start instant to the last rank out)")
         out.append(
             _table(
                 ["op", "ranks", "size", "channel", "algorithm", "measured", "model", "error"], rows
@@ -181,7 +181,7 @@ def _other_collectives(proc: dict[str, Any]) -> list[str]:
         if model:
             row += [_us(by.get((c, op, n, s), {}).get("predicted_s")) for c in chans]
         rows.append(row)
-    title = "\nOther collectives, one process per rank (median call, one start instant to the last rank out)"
+    title = "\nOther collectives, one process per rank (median call, start instant to last out)"
     return [title, _table(headers, rows)]
 
 

@@ -48,8 +48,9 @@ class Options:
     calibrate: str | None = None  # model file to write
     start_servers: bool = True
     seconds_per_point: float | None = None
-    #: Passes over the whole sweep; each point keeps the median of its passes
-    #: (None: 3, or 1 with ``quick``).
+    #: Passes over the whole sweep; each point keeps its fastest pass, or the
+    #: median of its passes when they timed few calls (:func:`merge_passes`;
+    #: None: 3 passes, or 1 with ``quick``).
     passes: int | None = None
 
     def pass_count(self) -> int:
@@ -212,8 +213,8 @@ def _sweep(
 
     Every pass runs the whole sweep with a share of each point's budget
     (:meth:`Options.pass_budget`), so each point is measured in several windows
-    spread over the run; it keeps the median of its passes
-    (:func:`merge_passes`). On a shared machine whose cores change speed from
+    spread over the run; it keeps its fastest pass, or the median of passes that
+    timed only a call or two (:func:`merge_passes`). On a shared machine whose cores change speed from
     one second to the next this keeps one slow window from moving a point, and
     keeps points that are compared (fitted and held out, one channel against
     another) measured under the same conditions. Returns the channels that
@@ -266,14 +267,30 @@ def _sweep(
     return measured, pingpong, collectives
 
 
+#: A point whose every pass timed at least this many calls keeps its fastest pass.
+BEST_PASS_MIN_CALLS = 3
+
+
 def merge_passes(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """One point from its passes: the median time (the upper median of an even count),
-    the iterations and late calls of all passes, and every pass's time in
-    ``pass_latencies_s``."""
+    """One point from its passes, with the iterations and late calls of all of them and
+    every pass's time in ``pass_latencies_s``.
+
+    The point's time is its fastest pass (best of N, as ``--processes --repeat N``
+    keeps) when every pass timed at least :data:`BEST_PASS_MIN_CALLS` calls: a
+    pass's time is then a median over calls, and what slows one pass more than
+    another is a slow window of the machine, which only ever adds time. Points
+    timed with fewer calls per pass (S3 collectives get one) keep the median of
+    their passes (the upper median of an even count): their passes are single
+    calls, and the fastest single call is a lucky draw of the polling, not the
+    machine at its quietest.
+    """
     out = dict(rows[0])
-    out["latency_s"] = statistics.median_high(r["latency_s"] for r in rows)
+    times = [r["latency_s"] for r in rows]
+    best = all(int(r["iterations"]) >= BEST_PASS_MIN_CALLS for r in rows)
+    out["latency_s"] = min(times) if best else statistics.median_high(times)
+    out["pass_estimate"] = "fastest" if best else "median"
     out["iterations"] = sum(int(r["iterations"]) for r in rows)
-    out["pass_latencies_s"] = [r["latency_s"] for r in rows]
+    out["pass_latencies_s"] = times
     if "late_calls" in out:
         out["late_calls"] = sum(int(r.get("late_calls", 0)) for r in rows)
     if "bandwidth_bytes_per_s" in out:
