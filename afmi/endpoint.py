@@ -134,6 +134,8 @@ class Endpoint:
         #: Receives with buffers of their own that may still be pending; while there
         #: are none, channels are not asked for a destination (no cost per message).
         self._into_pending = 0
+        #: Channels told when a receive begins to wait (those that override ``awaited``).
+        self._pollers = [ch for ch in channels.values() if type(ch).awaited is not Channel.awaited]
         for ch in channels.values():
             ch.start(self._on_message, self._on_failure)
 
@@ -220,6 +222,8 @@ class Endpoint:
             fut.set_result(ticket.message)
         else:
             fut.add_done_callback(functools.partial(self._waiter_done, ticket=ticket))
+            for ch in self._pollers:
+                ch.awaited()
             if into is not None:
                 self._into_pending += 1
                 if self._into_pending == 1:

@@ -3,6 +3,7 @@
     python -m afmi.bench.storage_pingpong redis   # afmi redis channel vs raw redis-py RPUSH/BLPOP
     python -m afmi.bench.storage_pingpong redis --processes   # ... and with one process per side
     python -m afmi.bench.storage_pingpong s3      # afmi s3 channel on a private moto server
+    python -m afmi.bench.storage_pingpong s3 --after-silence 0.1 1 3   # first message after
 
 Run from the repository root (PYTHONPATH=.). Redis: the server on 127.0.0.1:6379
 or AFMI_TEST_REDIS_URL. Ping-pong between two ranks in one process (and, with
@@ -186,6 +187,53 @@ async def bench_s3() -> None:
             print(f"{nbytes:>9} {half * 1e3:>7.1f} ms {rate:>7.1f}  {per}", flush=True)
 
 
+async def _after_silence(comm: afmi.Communicator, silence: float) -> float:
+    """Both ranks compute (sleep) ``silence`` s; rank 0 then sends and rank 1 receives.
+
+    Returns, on rank 1, seconds from rank 0's send to rank 1's receipt (one clock).
+    """
+    stamp = [0.0]
+    await comm.barrier()
+    await asyncio.sleep(silence)
+    if comm.rank == 0:
+        stamp[0] = time.perf_counter()
+        await comm.send(stamp[0], 1)
+        return 0.0
+    sent = await comm.recv(0)
+    return time.perf_counter() - float(sent)
+
+
+async def bench_s3_silence(silences: list[float], rounds: int = 5) -> None:
+    """Latency of the first message after a silence, with and without the poller's wake-up.
+
+    "without" replaces :meth:`S3Channel.awaited` by the no-op of the base class for
+    the run (what afmi did before it told pollers about waiting receives). The two
+    alternate round by round, so both see the same machine.
+    """
+    from afmi.channels.base import Channel
+    from afmi.channels.s3 import S3Channel
+
+    woken = S3Channel.awaited
+    with s3_server() as server:
+        os.environ.update(server.env())
+        cfg = {"channels": {"s3": server.config()}}
+        print(f"{'silence':>8} {'with wake-up':>13} {'without':>9}  (median of {rounds} rounds)")
+        for silence in silences:
+            got: dict[str, list[float]] = {"with": [], "without": []}
+            for _ in range(rounds):
+                for mode in ("with", "without"):
+                    S3Channel.awaited = woken if mode == "with" else Channel.awaited  # type: ignore[method-assign]
+                    try:
+                        out = await afmi.launch_local(
+                            _after_silence, 2, silence, channel="s3", config=cfg
+                        )
+                    finally:
+                        S3Channel.awaited = woken  # type: ignore[method-assign]
+                    got[mode].append(out[1])
+            w, wo = statistics.median(got["with"]), statistics.median(got["without"])
+            print(f"{silence:>7.2f}s {w * 1e3:>10.1f} ms {wo * 1e3:>6.1f} ms", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_child"]:
@@ -194,12 +242,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("channel", nargs="?", choices=["redis", "s3"], default="redis")
     parser.add_argument("--processes", action="store_true", help="redis: also one process per side")
-    parser.add_argument("--rounds", type=int, default=ROUNDS, help="redis: rounds per row")
+    parser.add_argument(
+        "--rounds", type=int, default=ROUNDS, help="rounds per row (redis; s3 --after-silence)"
+    )
     parser.add_argument("--sizes", type=int, nargs="+", help="redis: bytes (default 1 1MiB 16MiB)")
+    parser.add_argument(
+        "--after-silence",
+        type=float,
+        nargs="+",
+        metavar="SECONDS",
+        help="s3: time the first message after these silences, with and without the wake-up",
+    )
     args = parser.parse_args(argv)
     loop = afmi.launch.new_event_loop()
     if args.channel == "redis":
         loop.run_until_complete(bench_redis(args.processes, args.rounds, args.sizes))
+    elif args.after_silence:
+        loop.run_until_complete(bench_s3_silence(args.after_silence, args.rounds))
     else:
         loop.run_until_complete(bench_s3())
 

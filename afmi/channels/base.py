@@ -86,6 +86,14 @@ class Channel(abc.ABC):
         self._on_message = on_message
         self._on_failure = on_failure
 
+    def awaited(self) -> None:  # noqa: B027 - optional hook, a no-op unless overridden
+        """A receive of this rank has begun to wait for a message not yet arrived.
+
+        Optional, for channels that poll: the S3 channel cuts a backed-off poll
+        interval short. Called from the event loop's thread; must not block.
+        The endpoint calls it only on channels that override it.
+        """
+
     @abc.abstractmethod
     async def send(self, dest: int, msg: Message) -> None:
         """Send ``msg`` to world rank ``dest`` (never to self)."""

@@ -17,7 +17,9 @@ Object keys (all under ``{prefix}/{job}/``):
 
 Each rank runs one poller that lists only its own mailbox prefix: it polls
 every ``poll_min`` seconds, doubling the interval while nothing arrives up
-to ``poll_max``, and drops back to ``poll_min`` as soon as something does.
+to ``poll_max``, and drops back to ``poll_min`` as soon as something does,
+or as soon as a receive of its rank begins to wait (:meth:`S3Channel.awaited`:
+the backed-off poller lists at once).
 Objects are deleted as soon as they are read; on close a rank deletes
 whatever is still in its mailbox. Large bodies use multipart upload
 (``multipart_threshold``); a failed or cancelled multipart upload is
@@ -108,7 +110,9 @@ class S3Channel(Channel):
         self._order: dict[int, collections.deque[list[Any]]] = {}
         self._closed = False
         self._failed = False
+        #: Set by :meth:`awaited` to cut a backed-off poll interval short.
         self._wake = asyncio.Event()
+        self._interval = cfg.poll_min
         self.requests = collections.Counter[str]({k: 0 for k in _REQUESTS})
         self._stats = collections.Counter[str]()
 
@@ -289,7 +293,6 @@ class S3Channel(Channel):
 
     async def _poll(self) -> None:
         prefix = self.mailbox(self.rank)
-        interval = self._cfg.poll_min
         try:
             while True:
                 number = self._lists
@@ -302,14 +305,41 @@ class S3Channel(Channel):
                         if number >= after and key not in shown:
                             del self._deleted[key]
                 if fresh:
-                    interval = self._cfg.poll_min
+                    self._interval = self._cfg.poll_min
                     self._take(fresh)
                     continue
                 self._stats["idle_polls"] += 1
-                await asyncio.sleep(interval)
-                interval = min(interval * 2, self._cfg.poll_max)
+                await self._idle(self._interval)
         except Exception as exc:  # noqa: BLE001 - any failure ends the channel, reported once
             self._report(self._broken(exc, None))
+
+    async def _idle(self, interval: float) -> None:
+        """Wait ``interval`` before the next LIST, or less if :meth:`awaited` says so.
+
+        A full wait doubles the next interval (up to ``poll_max``); a wait cut
+        short by a receive that began to wait drops it back to ``poll_min``.
+        """
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(interval):
+                await self._wake.wait()
+        except TimeoutError:
+            self._interval = min(interval * 2, self._cfg.poll_max)
+        else:
+            self._stats["wakeups"] += 1
+            self._interval = self._cfg.poll_min
+
+    def awaited(self) -> None:
+        """A receive of this rank began to wait: poll now if the poller is backing off.
+
+        A rank that computed for a while has a poller that lists only every few
+        hundred milliseconds (up to ``poll_max``); without this, its next receive
+        would wait out that interval even when the message is already stored.
+        While the poller lists every ``poll_min`` this does nothing, so a rank
+        receiving in a loop pays no extra LISTs.
+        """
+        if self._interval > self._cfg.poll_min:
+            self._wake.set()
 
     def _take(self, keys: list[str]) -> None:
         inline_done: list[str] = []
@@ -439,7 +469,14 @@ class S3Channel(Channel):
 
     def stats(self) -> dict[str, Any]:
         """Messages and bytes, and S3 requests by type (``put``, ``get``, ``list``, ...)."""
-        keys = ("messages_sent", "bytes_sent", "messages_received", "bytes_received", "idle_polls")
+        keys = (
+            "messages_sent",
+            "bytes_sent",
+            "messages_received",
+            "bytes_received",
+            "idle_polls",
+            "wakeups",
+        )
         out: dict[str, Any] = {k: self._stats[k] for k in keys}
         out["requests"] = dict(self.requests)
         return out

@@ -169,6 +169,39 @@ async def test_adaptive_polling_backs_off_while_idle(s3):
     assert 3 <= lists <= 20
 
 
+async def _idle_then_exchange(comm, idle):
+    await asyncio.sleep(idle)  # both pollers back off meanwhile
+    if comm.rank == 0:
+        await comm.send("after a long compute", 1)
+        return None
+    got = await comm.recv(0, timeout=1.0)
+    channel = comm.endpoint.channels["s3"]
+    return got, channel.stats()["wakeups"]
+
+
+async def test_a_waiting_receive_cuts_a_backed_off_poll_short(s3):
+    # poll intervals 0.05, 0.1, ... 0.8 s end at 1.55 s; the next LIST would be
+    # 1.6 s later, at 3.15 s, long after the 1 s receive timeout (2.7 s).
+    job = new_job()
+    cfg = config(s3, poll_min=0.05, poll_max=60.0)
+    out = await afmi.launch_local(
+        _idle_then_exchange, 2, 1.7, channel="s3", config=cfg, job=job, timeout=30
+    )
+    got, wakeups = out[1]
+    assert got == "after a long compute"
+    assert wakeups >= 1
+    assert await job_objects(s3, job) == []
+
+
+async def test_a_receive_while_polling_fast_does_not_wake_the_poller(s3):
+    job = new_job()
+    cfg = config(s3, poll_min=0.05, poll_max=0.05)  # never backs off
+    out = await afmi.launch_local(
+        _idle_then_exchange, 2, 0.3, channel="s3", config=cfg, job=job, timeout=30
+    )
+    assert out[1] == ("after a long compute", 0)
+
+
 async def test_missing_bucket_names_endpoint(s3):
     cfg = config(s3, bucket="no-such-bucket-afmi").channels.s3
     with pytest.raises(afmi.ChannelError, match=r"no-such-bucket-afmi.*does not exist") as info:
