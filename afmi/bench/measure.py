@@ -24,6 +24,9 @@ from afmi.launch import launch_local, new_event_loop
 
 __all__ = [
     "Budget",
+    "ClockStartLine",
+    "LoopStartLine",
+    "StartLine",
     "collective_latency",
     "fanout_time",
     "burst_time",

@@ -208,28 +208,34 @@ def _sweep(
     ranks: list[int],
     skipped: dict[str, str],
     say: Callable[[str], None],
-) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+) -> _Swept:
     """Measure the ping-pongs and collectives in :meth:`Options.pass_count` passes.
 
     Every pass runs the whole sweep with a share of each point's budget
     (:meth:`Options.pass_budget`), so each point is measured in several windows
-    spread over the run; it keeps its fastest pass, or the median of passes that
-    timed only a call or two (:func:`merge_passes`). On a shared machine whose cores change speed from
-    one second to the next this keeps one slow window from moving a point, and
-    keeps points that are compared (fitted and held out, one channel against
-    another) measured under the same conditions. Returns the channels that
-    could be measured and the ping-pong and collective rows.
+    spread over the run; it keeps its fastest pass, or the median of passes
+    that timed only a call or two (:func:`merge_passes`). On a shared machine
+    whose cores change speed from one second to the next this keeps one slow
+    window from moving a point, and keeps points that are compared (fitted and
+    held out, one channel against another) measured under the same conditions.
+    With ``--calibrate`` every pass also times the reduction, on arrays of the
+    sweep's largest collective size, and the fastest pass's rate is kept.
     """
     passes = opts.pass_count()
     budget = opts.pass_budget()
     measured = list(channels)
     failed: set[tuple[str, str, int]] = set()
     runs: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    rates: list[float] = []
     for number in range(passes):
         prefix = f"pass {number + 1}/{passes}: " if passes > 1 else ""
 
         def tell(message: str, prefix: str = prefix) -> None:
             say(prefix + message)
+
+        if opts.calibrate:
+            tell("the reduction (SUM of uint8 arrays, as the bench's payloads)")
+            rates.append(calibrate.measure_reduce_rate("uint8", max(coll_sizes, default=1 << 18)))
 
         for ch in list(measured):
             if not (opts.pingpong or opts.calibrate):
@@ -264,7 +270,19 @@ def _sweep(
     collectives = [
         r for r in merged if "op" in r and (r["channel"], r["op"], r["ranks"]) not in failed
     ]
-    return measured, pingpong, collectives
+    return _Swept(measured, pingpong, collectives, max(rates, default=0.0))
+
+
+@dataclasses.dataclass
+class _Swept:
+    """What :func:`_sweep` measured."""
+
+    #: The channels that could be measured.
+    channels: list[str]
+    pingpong: list[dict[str, Any]]
+    collectives: list[dict[str, Any]]
+    #: Bytes per second the fastest pass reduced (0 without ``--calibrate``).
+    reduce_bytes_per_s: float
 
 
 #: A point whose every pass timed at least this many calls keeps its fastest pass.
@@ -331,26 +349,26 @@ def run_suite(
         run_config,
     ):
         results["channels"] = channels
-        measured, pingpong, collectives = _sweep(
+        swept = _sweep(
             opts, channels, run_config, pp_sizes, coll_sizes, ranks, results["skipped"], say
         )
+        measured = swept.channels
         results["channels"] = measured
         results["passes"] = opts.pass_count()
-        results["pingpong"] = pingpong
-        results["collectives"] = collectives
+        results["pingpong"] = swept.pingpong
+        results["collectives"] = swept.collectives
         model_config = config
         fitted: set[tuple[str, str, int, int]] = set()
         if opts.calibrate:
             params = {}
             used: dict[str, list[tuple[str, int, int, float]]] = {}
-            say("calibrating the reduction (SUM of uint8 arrays, as the bench's payloads)")
-            reduce_rate = calibrate.measure_reduce_rate("uint8")
+            reduce_rate = swept.reduce_bytes_per_s
             for ch in measured:
                 say(f"calibrating {ch}")
                 rows = [r for r in results["pingpong"] if r["channel"] == ch]
-                swept = [r for r in results["collectives"] if r["channel"] == ch]
+                calls = [r for r in results["collectives"] if r["channel"] == ch]
                 params[ch], points = _calibrate_channel(
-                    ch, rows, run_config, opts, ranks, reduce_rate, swept
+                    ch, rows, run_config, opts, ranks, reduce_rate, calls
                 )
                 fitted.update((ch, op, n, nbytes) for op, n, nbytes, _ in points)
                 used[ch] = points
