@@ -96,6 +96,8 @@ def test_quick_run_writes_json(bench_run):
     params = data["calibration"]["channels"]["local"]
     assert params["parallel_ranks"] == 1.0  # every rank of the bench shares one loop
     assert params["reduce_bytes_per_s"] == data["calibration"]["reduce_bytes_per_s"] > 0
+    # the reduction is timed in each of the two passes (the fastest is kept)
+    assert "pass 1/2: the reduction" in res.stderr and "pass 2/2: the reduction" in res.stderr
 
 
 def test_calibration_sizes_stay_off_the_sweep():
