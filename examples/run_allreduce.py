@@ -33,4 +33,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # uvloop when installed (afmi[direct]): about twice the default loop's socket speed
+    with asyncio.Runner(loop_factory=afmi.launch.new_event_loop) as runner:
+        runner.run(main())
