@@ -306,6 +306,7 @@ class S3Channel(Channel):
                             del self._deleted[key]
                 if fresh:
                     self._interval = self._cfg.poll_min
+                    self._wake.clear()  # this LIST answers a wake-up that came during it
                     self._take(fresh)
                     continue
                 self._stats["idle_polls"] += 1
@@ -317,15 +318,17 @@ class S3Channel(Channel):
         """Wait ``interval`` before the next LIST, or less if :meth:`awaited` says so.
 
         A full wait doubles the next interval (up to ``poll_max``); a wait cut
-        short by a receive that began to wait drops it back to ``poll_min``.
+        short by a receive that began to wait drops it back to ``poll_min``. A
+        wake-up that came while the last LIST was in flight (which may have been
+        sent before the message was stored) ends this wait at once.
         """
-        self._wake.clear()
         try:
             async with asyncio.timeout(interval):
                 await self._wake.wait()
         except TimeoutError:
             self._interval = min(interval * 2, self._cfg.poll_max)
         else:
+            self._wake.clear()
             self._stats["wakeups"] += 1
             self._interval = self._cfg.poll_min
 

@@ -202,6 +202,18 @@ async def test_a_receive_while_polling_fast_does_not_wake_the_poller(s3):
     assert out[1] == ("after a long compute", 0)
 
 
+async def test_a_wake_up_during_a_list_is_not_lost(s3):
+    # awaited() while the poller's LIST is in flight: the next wait must end at once
+    job = new_job()
+    cfg = config(s3, poll_min=0.05, poll_max=60.0)
+    async with afmi.channels.get_driver("s3").group(1, job, cfg) as (a,):
+        a._interval = 10.0  # backing off, as after a long silence
+        a.awaited()  # arrives "during the LIST": before the poller's next wait
+        await asyncio.wait_for(a._idle(a._interval), 2.0)
+        assert a.stats()["wakeups"] == 1
+        assert a._interval == 0.05
+
+
 async def test_missing_bucket_names_endpoint(s3):
     cfg = config(s3, bucket="no-such-bucket-afmi").channels.s3
     with pytest.raises(afmi.ChannelError, match=r"no-such-bucket-afmi.*does not exist") as info:
