@@ -115,6 +115,10 @@ def test_quick_run_prints_tables_and_progress(bench_run):
     assert "Ping-pong (half round trip" in res.stdout
     assert "Collective latency" in res.stdout
     assert "Model accuracy" in res.stdout
+    # the worst point in words, with both times, not a raw dict
+    worst = next(line for line in res.stdout.splitlines() if "; worst " in line)
+    assert " local " in worst and "measured " in worst and ", model " in worst
+    assert "{" not in worst
     assert "measurement noise: a point's passes lay apart" in res.stdout  # two passes
     assert "ping-pong local" in res.stderr  # progress goes to stderr
     assert "skipped" not in res.stdout  # only local was asked for
