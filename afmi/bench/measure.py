@@ -264,7 +264,7 @@ class StartLine(Protocol):
     as a bcast with the same messages.)
     """
 
-    async def agree(self, comm: Communicator, iters: int, per_iter_s: float) -> None:
+    async def agree(self, comm: Communicator, per_iter_s: float) -> None:
         """Called by every rank once before the timed calls of one point."""
 
     async def start(self, comm: Communicator, i: int) -> tuple[float, bool]:
@@ -284,7 +284,7 @@ class LoopStartLine:
         self._released: asyncio.Event | None = None
         self._instant = 0.0
 
-    async def agree(self, comm: Communicator, iters: int, per_iter_s: float) -> None:
+    async def agree(self, comm: Communicator, per_iter_s: float) -> None:
         """Nothing to agree on: arrival is the signal."""
 
     async def start(self, comm: Communicator, i: int) -> tuple[float, bool]:
@@ -323,7 +323,7 @@ class ClockStartLine:
         """Seconds between two starts, from the warm-up's seconds per call."""
         return 2 * per_iter_s + SPIN_BEFORE_START_S
 
-    async def agree(self, comm: Communicator, iters: int, per_iter_s: float) -> None:
+    async def agree(self, comm: Communicator, per_iter_s: float) -> None:
         """Rank 0 sends the timetable; every rank receives it before the first start."""
         plan = None
         if comm.rank == 0:
@@ -364,7 +364,7 @@ async def _collective_main(
             await call(comm, buf)
 
         iters, per_iter = await _warm_then_plan(comm, budget, nbytes, with_op)
-        await line.agree(comm, iters, per_iter)
+        await line.agree(comm, per_iter)
         stamps = []
         for i in range(iters):
             t0, late = await line.start(comm, i)
@@ -386,15 +386,9 @@ def _spans(every: list[Any], iters: int) -> tuple[list[float], int]:
     Returns the spans and how many calls were left out (if every call was late,
     all are kept: a slow point still gets a figure, and the count says so).
     """
-    spans, late = [], 0
-    for i in range(iters):
-        if any(s[i][2] for s in every):
-            late += 1
-            continue
-        spans.append(max(s[i][1] for s in every) - every[0][i][0])
-    if not spans:
-        spans = [max(s[i][1] for s in every) - every[0][i][0] for i in range(iters)]
-    return spans, late
+    spans = [max(s[i][1] for s in every) - every[0][i][0] for i in range(iters)]
+    on_time = [span for i, span in enumerate(spans) if not any(s[i][2] for s in every)]
+    return on_time or spans, iters - len(on_time)
 
 
 def _median(values: list[float]) -> float:

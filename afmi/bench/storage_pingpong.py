@@ -192,12 +192,10 @@ async def _after_silence(comm: afmi.Communicator, silence: float) -> float:
 
     Returns, on rank 1, seconds from rank 0's send to rank 1's receipt (one clock).
     """
-    stamp = [0.0]
     await comm.barrier()
     await asyncio.sleep(silence)
     if comm.rank == 0:
-        stamp[0] = time.perf_counter()
-        await comm.send(stamp[0], 1)
+        await comm.send(time.perf_counter(), 1)
         return 0.0
     sent = await comm.recv(0)
     return time.perf_counter() - float(sent)

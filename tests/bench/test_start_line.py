@@ -9,7 +9,7 @@ from afmi.bench import measure
 
 async def _arrive_unevenly(comm, line, calls):
     """Each rank arrives ``rank`` ms late at every call; returns (instant, late, resumed)."""
-    await line.agree(comm, calls, 0.002)
+    await line.agree(comm, 0.002)
     out = []
     for i in range(calls):
         await asyncio.sleep(0.001 * comm.rank)
@@ -49,7 +49,7 @@ def test_clock_start_line_starts_everyone_at_the_timetable_instant():
 
 
 async def _busy_through_the_start(comm, line):
-    await line.agree(comm, 2, 0.001)
+    await line.agree(comm, 0.001)
     first = await line.start(comm, 0)
     if comm.rank == 1:
         time.sleep(0.05)  # blocks the loop well past the next start (slot 3 ms)
