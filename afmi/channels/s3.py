@@ -310,12 +310,12 @@ class S3Channel(Channel):
                     self._take(fresh)
                     continue
                 self._stats["idle_polls"] += 1
-                await self._idle(self._interval)
+                await self._idle()
         except Exception as exc:  # noqa: BLE001 - any failure ends the channel, reported once
             self._report(self._broken(exc, None))
 
-    async def _idle(self, interval: float) -> None:
-        """Wait ``interval`` before the next LIST, or less if :meth:`awaited` says so.
+    async def _idle(self) -> None:
+        """Wait the current interval before the next LIST, or less if :meth:`awaited` says so.
 
         A full wait doubles the next interval (up to ``poll_max``); a wait cut
         short by a receive that began to wait drops it back to ``poll_min``. A
@@ -323,10 +323,10 @@ class S3Channel(Channel):
         sent before the message was stored) ends this wait at once.
         """
         try:
-            async with asyncio.timeout(interval):
+            async with asyncio.timeout(self._interval):
                 await self._wake.wait()
         except TimeoutError:
-            self._interval = min(interval * 2, self._cfg.poll_max)
+            self._interval = min(self._interval * 2, self._cfg.poll_max)
         else:
             self._wake.clear()
             self._stats["wakeups"] += 1

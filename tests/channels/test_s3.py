@@ -209,7 +209,7 @@ async def test_a_wake_up_during_a_list_is_not_lost(s3):
     async with afmi.channels.get_driver("s3").group(1, job, cfg) as (a,):
         a._interval = 10.0  # backing off, as after a long silence
         a.awaited()  # arrives "during the LIST": before the poller's next wait
-        await asyncio.wait_for(a._idle(a._interval), 2.0)
+        await asyncio.wait_for(a._idle(), 2.0)
         assert a.stats()["wakeups"] == 1
         assert a._interval == 0.05
 
