@@ -20,8 +20,11 @@ every ``poll_min`` seconds, doubling the interval while nothing arrives up
 to ``poll_max``, and drops back to ``poll_min`` as soon as something does,
 or as soon as a receive of its rank begins to wait (:meth:`S3Channel.awaited`:
 the backed-off poller lists at once).
-Objects are deleted as soon as they are read; on close a rank deletes
-whatever is still in its mailbox. Large bodies use multipart upload
+Objects are deleted as soon as they are read, in the background: a
+message is delivered once its body is read, and the receive does not wait for
+the DELETE (nor, for a published payload, for the marker's DELETE and LIST);
+on close a rank waits for those deletes, then deletes whatever is still in
+its mailbox. Large bodies use multipart upload
 (``multipart_threshold``); a failed or cancelled multipart upload is
 aborted so no parts are left behind. Requests are counted by type in
 :meth:`S3Channel.stats`.
@@ -102,6 +105,8 @@ class S3Channel(Channel):
         self._shared = itertools.count()
         self._poller: asyncio.Task[None] | None = None
         self._fetches: set[asyncio.Task[None]] = set()
+        #: Deletes of objects already delivered: off the receive path, awaited on close.
+        self._tidying: set[asyncio.Task[None]] = set()
         #: Keys being read now, and keys deleted (with the number of the next LIST then):
         #: a LIST that started before a delete finished may still show the key.
         self._seen: set[str] = set()
@@ -361,14 +366,31 @@ class S3Channel(Channel):
                 inline_done.append(key)
                 self._flush(source)
             else:
-                self._spawn(self._fetch(key, kind, data, source, slot))
+                self._spawn(self._fetches, self._fetch(key, kind, data, source, slot))
         if inline_done:
-            self._spawn(self._delete(inline_done))
+            self._tidy(self._delete(inline_done), None)
 
-    def _spawn(self, coro: Any) -> None:
+    @staticmethod
+    def _spawn(tasks: set[asyncio.Task[None]], coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
-        self._fetches.add(task)
-        task.add_done_callback(self._fetches.discard)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def _tidy(self, coro: Any, source: int | None) -> None:
+        """Run ``coro`` (deletes of delivered objects) in the background.
+
+        The message is already delivered, so its receiver does not wait for the
+        deletes; :meth:`aclose` waits for them, and a failure fails the channel
+        as a failed receive would.
+        """
+
+        async def tidy() -> None:
+            try:
+                await coro
+            except Exception as exc:  # noqa: BLE001 - reported through on_failure
+                self._report(self._broken(exc, source))
+
+        self._spawn(self._tidying, tidy())
 
     async def _get(self, key: str) -> bytes:
         self.requests["get"] += 1
@@ -384,10 +406,11 @@ class S3Channel(Channel):
                 (n,) = _LEN.unpack_from(body)
                 context, src, tag, seq, header, sizes = msgpack.unpackb(body[4 : 4 + n])
                 msg = Message(context, src, tag, seq, header, _split(body[4 + n :], sizes))
-                await self._delete([key])
+                self._tidy(self._delete([key]), source)
             else:
                 context, src, tag, seq, header, name = msgpack.unpackb(_unb64(data))
                 msg = await self._read_shared(key, name, (context, src, tag, seq, header))
+                self._tidy(self._release_shared(key, f"{self._root}/sh/{name}"), source)
         except Exception as exc:  # noqa: BLE001 - reported through on_failure
             self._report(self._broken(exc, source))
             return
@@ -395,11 +418,11 @@ class S3Channel(Channel):
         self._flush(source)
 
     async def _read_shared(self, pointer: str, name: str, fields: tuple[Any, ...]) -> Message:
+        """Read the payload ``pointer`` names (the caller releases it: :meth:`_release_shared`)."""
         data_key = f"{self._root}/sh/{name}"
         body = memoryview(bytearray(await self._get(data_key)))
         (n,) = _LEN.unpack_from(body)
         sizes = msgpack.unpackb(body[4 : 4 + n])
-        await self._release_shared(pointer, data_key)
         context, src, tag, seq, header = fields
         return Message(context, src, tag, seq, header, _split(body[4 + n :], sizes))
 
@@ -457,6 +480,9 @@ class S3Channel(Channel):
         await asyncio.gather(*tasks, return_exceptions=True)
         with suppress(BotoCoreError, ClientError, OSError, TimeoutError):
             async with asyncio.timeout(self._cfg.connect_timeout):
+                # Deletes of delivered objects finish (a release cut short could leave a
+                # payload no pointer names any more), then whatever is left goes.
+                await asyncio.gather(*self._tidying, return_exceptions=True)
                 await self._cleanup()
         await self._stack.aclose()
 

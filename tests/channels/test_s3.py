@@ -157,6 +157,43 @@ async def test_publish_uploads_once_and_last_reader_deletes(s3):
         assert await job_objects(s3, job) == []
 
 
+@pytest.mark.parametrize("published", [False, True], ids=["message", "published"])
+async def test_a_receive_does_not_wait_for_the_deletes(s3, published):
+    # The DELETEs (and, for a published payload, the marker's DELETE and LIST) of a
+    # delivered message run in the background: hold them back, and the message
+    # still arrives; closing waits for them, and nothing is left behind.
+    job = new_job()
+    async with afmi.channels.get_driver("s3").group(3, job, config(s3)) as chans:
+        gate = asyncio.Event()
+        held = 0
+        for ch in chans[1:]:
+            real = ch._delete
+
+            async def delete(keys, real=real):
+                nonlocal held
+                held += 1
+                await gate.wait()
+                await real(keys)
+
+            ch._delete = delete
+        queues = [asyncio.Queue() for _ in chans]
+        for ch, q in zip(chans, queues):
+            ch.start(q.put_nowait, lambda e: None)
+        data = np.arange(20_000, dtype=np.float64)
+        msgs = [Message(2, 0, 1, d, b"h", [data]) for d in (1, 2)]
+        if published:
+            await chans[0].publish([1, 2], msgs)
+        else:
+            await asyncio.gather(*(chans[0].send(d, m) for d, m in zip((1, 2), msgs)))
+        for d in (1, 2):
+            m = await asyncio.wait_for(queues[d].get(), 20)
+            assert bytes(m.buffers[0]) == data.tobytes()
+        assert held == 2  # both deletes started and are still waiting
+        assert len(await job_objects(s3, job)) >= 2
+        gate.set()
+    assert await job_objects(s3, job) == []
+
+
 async def test_adaptive_polling_backs_off_while_idle(s3):
     job = new_job()
     cfg = config(s3, poll_min=0.01, poll_max=0.16)
