@@ -220,6 +220,9 @@ class ChannelModelConfig:
     #: Extra CPU time of one message for every further rank sharing the CPUs (their
     #: polling and scheduling), seconds.
     cpu_per_message_rank_s: float | None = None
+    #: Extra CPU time of every read of a payload stored once for several readers (S3: the
+    #: root's marker and pointer PUTs, the reader's DELETE and LIST of the markers), seconds.
+    cpu_per_shared_read_s: float | None = None
     #: Rate at which the CPUs copy and encode message bytes, bytes per second (0: not counted).
     cpu_bytes_per_s: float | None = None
     #: Rate of the reduction op (numpy ``SUM``), bytes of one input per second (0: not counted).

@@ -331,7 +331,7 @@ def _fit_rounds(
     ``payload_overhead_s`` (calls but barriers),
     ``per_message_s`` and ``1 / aggregate`` bandwidth, the shared CPU in
     ``call_overhead_s``, ``payload_overhead_s``, ``cpu_per_message_s``,
-    ``cpu_per_message_rank_s`` and
+    ``cpu_per_message_rank_s``, ``cpu_per_shared_read_s`` and
     ``1 / cpu_bytes_per_s``. The fit
     assigns every point to the bound that predicts more, solves one non-negative
     least-squares problem of the relative error, and repeats until the assignment
@@ -354,6 +354,7 @@ def _fit_rounds(
         parallel_ranks=parallel_ranks,
         **values,
     )
+    per_shared_read = dataclasses.replace(base, cpu_per_shared_read_s=1.0)
     path_rows, cpu_rows, path_fixed, cpu_fixed, times = [], [], [], [], []
     for op, ranks, nbytes, seconds in points:
         if seconds <= 0 or ranks < 2:
@@ -376,7 +377,8 @@ def _fit_rounds(
         reduce_s = w.reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         path_reduce_s = w.path_reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         data = 0.0 if op in NO_PAYLOAD else 1.0  # a barrier carries no payload
-        path_rows.append([1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data])
+        shared_reads = per_shared_read.shared_read_cpu_s(w)  # shared reads counted
+        path_rows.append([1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0])
         path_fixed.append(fixed + path_reduce_s)
         cpu_rows.append(
             [
@@ -387,6 +389,7 @@ def _fit_rounds(
                 shared * (w.bytes_sent + w.bytes_received) / 2 / share,
                 shared * (w.messages + w.deliveries) / 2 * (ranks - 1) / share,
                 shared * data * ranks / share,
+                shared * shared_reads / share,
             ]
         )
         fetch_s = w.deliveries * base.fetch_s if base.fetch_s > 0 and base.fetches(nbytes) else 0.0
@@ -423,9 +426,16 @@ def _fit_rounds(
                 break
             on_path = settled
     assert best is not None
-    overhead, per_message, inverse_aggregate, cpu_message, inverse_cpu, cpu_rank, payload = (
-        float(v) for v in best[1]
-    )
+    (
+        overhead,
+        per_message,
+        inverse_aggregate,
+        cpu_message,
+        inverse_cpu,
+        cpu_rank,
+        payload,
+        cpu_shared,
+    ) = (float(v) for v in best[1])
     aggregate = 1.0 / inverse_aggregate if inverse_aggregate > 0 else 64 * single
     return best[0], {
         "call_overhead_s": overhead,
@@ -434,6 +444,7 @@ def _fit_rounds(
         "bandwidth_aggregate_bytes_per_s": max(aggregate, single / 4),
         "cpu_per_message_s": cpu_message,
         "cpu_per_message_rank_s": cpu_rank,
+        "cpu_per_shared_read_s": cpu_shared,
         "cpu_bytes_per_s": 1.0 / inverse_cpu if inverse_cpu > 0 else 0.0,
         "reduce_bytes_per_s": float(reduce_bytes_per_s),
         "parallel_ranks": float(parallel_ranks),

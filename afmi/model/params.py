@@ -56,7 +56,9 @@ class ChannelModel:
     The CPU side (see :func:`afmi.model.predict.predict`): one message costs
     ``cpu_per_message_s`` of software work (sender and receiver together), plus
     ``cpu_per_message_rank_s`` for every further rank sharing the CPUs, plus
-    its bytes at ``cpu_bytes_per_s``, a reduction runs at ``reduce_bytes_per_s``,
+    its bytes at ``cpu_bytes_per_s``; every read of a payload stored once for
+    several readers costs ``cpu_per_shared_read_s`` more (S3's markers and
+    pointers), a reduction runs at ``reduce_bytes_per_s``,
     and ``parallel_ranks`` says how many ranks' work runs at the same time
     (0: each rank has its own CPU; 1: every rank shares one event loop).
     """
@@ -75,6 +77,7 @@ class ChannelModel:
     payload_overhead_s: float = 0.0
     cpu_per_message_s: float = 0.0
     cpu_per_message_rank_s: float = 0.0
+    cpu_per_shared_read_s: float = 0.0
     cpu_bytes_per_s: float = 0.0
     reduce_bytes_per_s: float = 0.0
     parallel_ranks: float = 0.0
@@ -118,6 +121,14 @@ class ChannelModel:
             + (m - 1) * self.per_message_s
             + self.wire_time_s(nbytes) * share
         )
+
+    def shared_read_cpu_s(self, work: Any) -> float:
+        """Extra CPU seconds of the shared reads of ``work`` (a :class:`afmi.model.work.Work`):
+        ``cpu_per_shared_read_s`` each, when its payloads are large enough to be stored once
+        (a channel that fetches them; smaller ones ride inline, one message per reader)."""
+        if work.shared_deliveries <= 0 or not self.fetches(work.shared_bytes):
+            return 0.0
+        return float(work.shared_deliveries * self.cpu_per_shared_read_s)
 
     def call_s(self, op: str) -> float:
         """Fixed software cost of one call of collective ``op`` on one rank."""

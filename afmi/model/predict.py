@@ -139,6 +139,7 @@ def timing(
     cpu += (w.messages + w.deliveries) / 2 * per_message
     if channel.fetch_s > 0 and channel.fetches(nbytes):
         cpu += w.deliveries * channel.fetch_s  # a fetch is work of the client and server
+    cpu += channel.shared_read_cpu_s(w)
     if channel.cpu_bytes_per_s > 0:
         cpu += (w.bytes_sent + w.bytes_received) / 2 / channel.cpu_bytes_per_s
     if rate > 0:

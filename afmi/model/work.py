@@ -28,8 +28,12 @@ class Work:
 
     ``messages`` are writes (a send, an upload), ``deliveries`` are reads (a
     receive, a download): equal except where one stored payload is read by
-    several ranks. ``reduce_bytes`` counts the input bytes every op
-    application combines, ``path_reduce_bytes`` those on the critical path.
+    several ranks. ``shared_deliveries`` counts the deliveries of payloads
+    stored once for two or more readers (:meth:`afmi.channels.base.Channel.publish`),
+    ``shared_bytes`` the size of one such payload: a channel that sends
+    payloads of that size one by one (S3 below its inline size) gives them no
+    extra cost. ``reduce_bytes`` counts the input bytes every op application
+    combines, ``path_reduce_bytes`` those on the critical path.
     """
 
     messages: int
@@ -38,6 +42,8 @@ class Work:
     bytes_received: int
     reduce_bytes: int = 0
     path_reduce_bytes: int = 0
+    shared_deliveries: int = 0
+    shared_bytes: int = 0
 
 
 def _p2p(messages: int, nbytes: int, reduce: int = 0, path: int = 0) -> Work:
@@ -92,6 +98,12 @@ def _bcast_scatter_allgather(size: int, nbytes: int) -> Work:
     return Work(messages, moved, messages, moved)
 
 
+def _shared(readers: int) -> int:
+    """Deliveries of one payload published to ``readers`` ranks that read a shared copy
+    (a payload for one reader is sent as a plain message)."""
+    return readers if readers >= 2 else 0
+
+
 def _scatter_reduce(size: int, nbytes: int) -> Work:
     part = -(-nbytes // size)
     slices = size * (size - 1)
@@ -102,6 +114,8 @@ def _scatter_reduce(size: int, nbytes: int) -> Work:
         bytes_received=2 * slices * part,
         reduce_bytes=slices * part,
         path_reduce_bytes=(size - 1) * part,
+        shared_deliveries=size * _shared(size - 1),
+        shared_bytes=part,
     )
 
 
@@ -114,6 +128,8 @@ def _reduce_publish(size: int, nbytes: int) -> Work:
         bytes_received=2 * k * nbytes,
         reduce_bytes=k * nbytes,
         path_reduce_bytes=k * nbytes,
+        shared_deliveries=_shared(k),
+        shared_bytes=nbytes,
     )
 
 
@@ -124,7 +140,9 @@ _TABLE: dict[tuple[str, str], Callable[[int, int], Work]] = {
     ("bcast", "linear"): lambda p, n: _p2p(p - 1, n),
     ("bcast", "binomial"): lambda p, n: _p2p(p - 1, n),
     ("bcast", "scatter_allgather"): _bcast_scatter_allgather,
-    ("bcast", "storage_publish"): lambda p, n: Work(1, n, p - 1, (p - 1) * n),
+    ("bcast", "storage_publish"): lambda p, n: Work(
+        1, n, p - 1, (p - 1) * n, shared_deliveries=_shared(p - 1), shared_bytes=n
+    ),
     ("gather", "linear"): lambda p, n: _p2p(p - 1, n),
     ("gather", "binomial"): lambda p, n: Work(p - 1, _tree_bytes(p, n), p - 1, _tree_bytes(p, n)),
     ("scatter", "linear"): lambda p, n: _p2p(p - 1, n),

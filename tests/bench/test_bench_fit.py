@@ -1,5 +1,6 @@
 """Calibration math on synthetic data made by the model itself."""
 
+import dataclasses
 import json
 
 import pytest
@@ -154,6 +155,14 @@ def test_collectives_with_fetched_messages_are_fitted():
     fit = calibrate.fit_rounds("s3", wire, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
     assert fit["cpu_per_message_s"] == pytest.approx(20e-3, rel=1e-3)
     assert fit["call_overhead_s"] == pytest.approx(5e-3, rel=1e-3)
+    assert fit["cpu_per_shared_read_s"] == pytest.approx(0.0, abs=1e-6)
+    _assert_reproduces(ChannelModel(name="s3", **{**wire, **fit}), points)
+    # reads of a payload stored once for several readers cost more (markers, pointers)
+    truth = dataclasses.replace(truth, cpu_per_shared_read_s=12e-3)
+    points = _collective_points(truth)
+    fit = calibrate.fit_rounds("s3", wire, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
+    assert fit["cpu_per_shared_read_s"] == pytest.approx(12e-3, rel=1e-3)
+    assert fit["cpu_per_message_s"] == pytest.approx(20e-3, rel=1e-3)
     _assert_reproduces(ChannelModel(name="s3", **{**wire, **fit}), points)
 
 

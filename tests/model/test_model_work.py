@@ -56,6 +56,23 @@ def test_storage_algorithms_grow_with_the_ranks():
     assert p8.request_usd - p2.request_usd == pytest.approx(6 * 2 * s3.price_per_read_usd)
 
 
+def test_reads_of_a_shared_payload_cost_cpu_when_it_is_stored_once():
+    publish = registry.get("bcast", "storage_publish")
+    # one reader gets a plain message; two or more read one stored copy
+    assert work("bcast", publish, 2, 1000).shared_deliveries == 0
+    assert work("bcast", publish, 8, 1000).shared_deliveries == 7
+    sr = registry.get("allreduce", "scatter_reduce")
+    assert work("allreduce", sr, 4, 1 << 20).shared_deliveries == 4 * 3
+    rp = registry.get("allreduce", "reduce_publish")
+    assert work("allreduce", rp, 4, 1000).shared_deliveries == 3
+    s3 = dataclasses.replace(DEFAULTS["s3"], parallel_ranks=1.0, inline_max_bytes=256)
+    extra = dataclasses.replace(s3, cpu_per_shared_read_s=4e-3)
+    for p, nbytes, added in ((8, 1000, 7 * 4e-3), (8, 100, 0.0), (2, 1000, 0.0)):
+        # below the inline size the payload is sent to every reader as a message of its own
+        base_cpu = timing("bcast", nbytes, p, publish, s3)[1]
+        assert timing("bcast", nbytes, p, publish, extra)[1] == pytest.approx(base_cpu + added)
+
+
 def test_reduction_is_on_the_critical_path():
     linear = registry.get("allreduce", "linear")
     fast = _model(reduce_bytes_per_s=0.0)
