@@ -2,11 +2,13 @@
 
     python -m afmi.bench.storage_collectives                      # redis, 4 ranks, 16 MiB
     python -m afmi.bench.storage_collectives --channel s3 --sizes 1048576
+    python -m afmi.bench.storage_collectives --channel s3 --sizes 64 4096 --ops gather,scan
 
-Prints the median wall time of one allreduce and one bcast of a float64 array
-(barrier to barrier), and of one barrier, for each algorithm, forced with
-``registry.forced``, its ratio to the fastest of the row, and (s3) the
-requests per call.
+Prints the median wall time of one call of each collective of ``--ops``
+(default allreduce, bcast, barrier) with a float64 array of ``--sizes``
+bytes (barrier to barrier, so a row includes one barrier), for each
+algorithm, forced with ``registry.forced``, its ratio to the fastest of the
+row, and (s3) the requests per call.
 """
 
 from __future__ import annotations
@@ -30,7 +32,44 @@ ALGORITHMS = {
     "allreduce": ("scatter_reduce", "reduce_publish", "linear", "ring"),
     "bcast": ("storage_publish", "linear", "binomial"),
     "barrier": ("redis_counter", "dissemination", "linear"),
+    "gather": ("linear", "binomial"),
+    "scatter": ("linear", "binomial"),
+    "reduce": ("linear", "binomial"),
+    "allgather": ("linear", "bruck"),
+    "alltoall": ("linear", "pairwise"),
+    "reduce_scatter": ("linear", "ring"),
+    "scan": ("linear", "recursive_doubling"),
 }
+DEFAULT_OPS = "allreduce,bcast,barrier"
+
+
+async def _call(comm: afmi.Communicator, collective: str, x: Any) -> None:
+    """One call of ``collective`` with ``x`` (``x`` from every rank, or the root's)."""
+    n = comm.size
+    if collective == "allreduce":
+        y = await comm.allreduce(x)
+        want = n * (n + 1) / 2
+        assert y[0] == want and y[-1] == want
+    elif collective == "bcast":
+        y = await comm.bcast(x if comm.rank == 0 else None)
+        assert y[-1] == 1.0
+    elif collective == "gather":
+        got = await comm.gather(x)
+        assert got is None or [v[0] for v in got] == [r + 1.0 for r in range(n)]
+    elif collective == "scatter":
+        got = await comm.scatter([x] * n if comm.rank == 0 else None)
+        assert got[0] == 1.0
+    elif collective == "reduce":
+        await comm.reduce(x)
+    elif collective == "allgather":
+        assert len(await comm.allgather(x)) == n
+    elif collective == "alltoall":
+        assert len(await comm.alltoall([x] * n)) == n
+    elif collective == "reduce_scatter":
+        await comm.reduce_scatter(np.concatenate([x] * n))
+    elif collective == "scan":
+        y = await comm.scan(x)
+        assert y[0] == (comm.rank + 1) * (comm.rank + 2) / 2
 
 
 def _names(collective: str, channel: str, ranks: int) -> list[str]:
@@ -41,12 +80,11 @@ def _names(collective: str, channel: str, ranks: int) -> list[str]:
     return names
 
 
-async def _job(comm: afmi.Communicator, nbytes: int, repeat: int) -> dict[str, Any]:
-    x = np.full(nbytes // 8, float(comm.rank + 1))
-    want = comm.size * (comm.size + 1) / 2
+async def _job(comm: afmi.Communicator, nbytes: int, repeat: int, ops: list[str]) -> dict[str, Any]:
+    x = np.full(max(nbytes // 8, 1), float(comm.rank + 1))
     channel = next(iter(comm.endpoint.channels.values()))
     out: dict[str, Any] = {}
-    for collective in ALGORITHMS:
+    for collective in ops:
         for name in _names(collective, channel.name, comm.size):
             times, requests = [], 0
             with registry.forced(**{collective: name}):
@@ -54,12 +92,8 @@ async def _job(comm: afmi.Communicator, nbytes: int, repeat: int) -> dict[str, A
                     await comm.barrier()
                     before = sum(channel.stats().get("requests", {}).values())
                     t0 = time.perf_counter()
-                    if collective == "allreduce":
-                        y = await comm.allreduce(x)
-                        assert y[0] == want and y[-1] == want
-                    elif collective == "bcast":
-                        y = await comm.bcast(x if comm.rank == 0 else None)
-                        assert y[-1] == 1.0
+                    if collective != "barrier":
+                        await _call(comm, collective, x)
                     await comm.barrier()  # the one timed alone in a barrier row
                     if i:
                         times.append(time.perf_counter() - t0)
@@ -85,14 +119,21 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[16 << 20], help="bytes")
     parser.add_argument("--ranks", type=int, nargs="+", default=[4])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--ops", default=DEFAULT_OPS, help=f"collectives (of {', '.join(ALGORITHMS)})"
+    )
     args = parser.parse_args()
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    unknown = [o for o in ops if o not in ALGORITHMS]
+    if unknown:
+        parser.error(f"unknown collectives {unknown}: choose among {', '.join(ALGORITHMS)}")
     with _config(args.channel) as cfg:
         for ranks in args.ranks:
             for nbytes in args.sizes:
                 results = afmi.run_local(
-                    _job, ranks, nbytes, args.repeat, channel=args.channel, config=cfg
+                    _job, ranks, nbytes, args.repeat, ops, channel=args.channel, config=cfg
                 )
-                for collective in ALGORITHMS:
+                for collective in ops:
                     names = _names(collective, args.channel, ranks)
                     t = {n: results[0][f"{collective}:{n}"][0] for n in names}
                     best = min(t.values())

@@ -24,6 +24,11 @@ payload can be read by any number of ranks. So:
   rounds whatever the size, its tiny messages riding in object keys) over
   dissemination's ``ceil(log2 size)`` rounds.
 
+On S3 every collective without an algorithm of its own here runs its
+``linear`` algorithm (:data:`LINEAR_ON_S3`): a round costs a PUT and a LIST
+poll, so one or two rounds beat a tree's ``log2 size`` or a ring's
+``size - 1``.
+
 Every algorithm here sets ``channels`` (``{"redis", "s3"}``, or ``{"redis"}``
 for the barrier), so the registry prefers them on those channels.
 """
@@ -44,6 +49,7 @@ from afmi.wire.serialize import encode
 
 __all__ = [
     "COUNTER_BARRIER_MIN_SIZE",
+    "LINEAR_ON_S3",
     "MIN_SCATTER_BYTES",
     "STORAGE_CHANNELS",
     "RedisCounterBarrier",
@@ -253,12 +259,32 @@ class RedisCounterBarrier(Algorithm):
         released(name)
 
 
-def _choose_barrier(previous: Chooser | None) -> Chooser:
-    """On S3 pick the ``linear`` barrier (two rounds); other channels keep ``previous``.
+#: Collectives that run their ``linear`` algorithm on S3 (fewest rounds; bcast and
+#: allreduce have algorithms of their own for storage channels).
+LINEAR_ON_S3 = (
+    "barrier",
+    "gather",
+    "scatter",
+    "reduce",
+    "allgather",
+    "alltoall",
+    "reduce_scatter",
+    "scan",
+    "exscan",
+)
 
-    Every S3 round costs a PUT and a LIST poll of tens of milliseconds, so the
-    fewest rounds win: 156 vs 248 ms on 4 ranks and 670 vs 915 ms on 8 against
-    dissemination, with fewer requests (docs/storage.md).
+
+def _linear_on_s3(previous: Chooser | None) -> Chooser:
+    """On S3 pick the ``linear`` algorithm; other channels keep ``previous``.
+
+    Every S3 round costs a PUT and a LIST poll of tens of milliseconds, and a
+    rank's concurrent requests overlap, so the fewest rounds win over the
+    fewest messages per rank: the centralised algorithms take one or two
+    rounds, the trees and rings ``log2 size`` or ``size - 1``. Measured on
+    moto (docs/storage.md), linear against the registry's previous pick:
+    barrier 156 vs 248 ms on 4 ranks and 670 vs 915 ms on 8 (dissemination);
+    on 8 ranks with 4 KiB a gather 126 vs 210 ms (binomial), an allgather 200
+    vs 611 ms (Bruck), a reduce_scatter 222 vs 712 ms (ring).
     """
 
     def choose(
@@ -282,4 +308,5 @@ def _choose_barrier(previous: Chooser | None) -> Chooser:
 for _cls in (StorageBcast, StorageAllreduce, ScatterReduceAllreduce, RedisCounterBarrier):
     register(_cls())
 set_chooser("allreduce", _choose_allreduce(set_chooser("allreduce", None)))
-set_chooser("barrier", _choose_barrier(set_chooser("barrier", None)))
+for _collective in LINEAR_ON_S3:
+    set_chooser(_collective, _linear_on_s3(set_chooser(_collective, None)))

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 import afmi
 from afmi.collectives import CollectiveContext, registry
 from afmi.collectives.storage import (
+    LINEAR_ON_S3,
     RedisCounterBarrier,
     ScatterReduceAllreduce,
     StorageAllreduce,
@@ -268,6 +269,36 @@ async def test_barrier_choice_on_storage_channels(redis_url, s3):
     assert on_s3 == ["LinearBarrier"] * 3  # no atomic counter on S3: the fewest rounds
     assert RedisCounterBarrier.channels == frozenset({"redis"})
     assert RedisCounterBarrier().steps(8, 0) == RedisCounterBarrier().steps(3, 0)  # two rounds
+
+
+def _choice_args(collective):
+    x = np.ones(4096)
+    return {
+        "gather": {"obj": x, "root": 0},
+        "scatter": {"seq": [x] * 8, "root": 0},
+        "reduce": {"x": x, "op": afmi.SUM, "root": 0},
+        "allgather": {"obj": x},
+        "alltoall": {"seq": [x] * 8},
+        "reduce_scatter": {"x": np.ones(8 * 4096), "op": afmi.SUM},
+        "scan": {"x": x, "op": afmi.SUM},
+        "exscan": {"x": x, "op": afmi.SUM},
+        "barrier": {},
+    }[collective]
+
+
+async def _choices(comm):
+    ctx = CollectiveContext(comm, 0, "probe")
+    return {c: registry.select(c, ctx, _choice_args(c)).name for c in LINEAR_ON_S3}
+
+
+async def test_s3_runs_the_linear_algorithms_with_the_fewest_rounds(redis_url, s3):
+    on_s3 = await afmi.launch_local(_choices, 8, channel="s3", config=s3_config(s3))
+    assert on_s3 == [dict.fromkeys(LINEAR_ON_S3, "linear")] * 8
+    # other channels keep their trees, rings and recursive doubling
+    on_redis = await afmi.launch_local(_choices, 8, channel="redis", config=redis_config(redis_url))
+    assert on_redis[0]["gather"] == "binomial"
+    assert on_redis[0]["allgather"] == "bruck"
+    assert on_redis[0]["scan"] == "recursive_doubling"
 
 
 async def _forced_counter_barrier(comm):
