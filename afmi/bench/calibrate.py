@@ -354,7 +354,6 @@ def _fit_rounds(
         parallel_ranks=parallel_ranks,
         **values,
     )
-    per_shared_read = dataclasses.replace(base, cpu_per_shared_read_s=1.0)
     path_rows, cpu_rows, path_fixed, cpu_fixed, times = [], [], [], [], []
     for op, ranks, nbytes, seconds in points:
         if seconds <= 0 or ranks < 2:
@@ -371,13 +370,12 @@ def _fit_rounds(
                 fixed += step.rounds * wire_s
             else:
                 bytes_term += step.rounds * wire_s * step.messages * single
-        w = work(op, alg, ranks, nbytes)
+        w = base.channel_work(work(op, alg, ranks, nbytes))
         share = base.parallelism(ranks)
         shared = 1.0 if share < ranks else 0.0  # no CPU bound with a CPU per rank
         reduce_s = w.reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         path_reduce_s = w.path_reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         data = 0.0 if op in NO_PAYLOAD else 1.0  # a barrier carries no payload
-        shared_reads = per_shared_read.shared_read_cpu_s(w)  # shared reads counted
         path_rows.append([1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0])
         path_fixed.append(fixed + path_reduce_s)
         cpu_rows.append(
@@ -389,7 +387,7 @@ def _fit_rounds(
                 shared * (w.bytes_sent + w.bytes_received) / 2 / share,
                 shared * (w.messages + w.deliveries) / 2 * (ranks - 1) / share,
                 shared * data * ranks / share,
-                shared * shared_reads / share,
+                shared * w.shared_deliveries / share,
             ]
         )
         fetch_s = w.deliveries * base.fetch_s if base.fetch_s > 0 and base.fetches(nbytes) else 0.0

@@ -19,6 +19,7 @@ from typing import Any
 
 from afmi.config import ChannelModelConfig, Config, FaasConfig
 from afmi.errors import ConfigError
+from afmi.model.work import Work
 
 __all__ = [
     "DEFAULTS",
@@ -122,12 +123,23 @@ class ChannelModel:
             + self.wire_time_s(nbytes) * share
         )
 
-    def shared_read_cpu_s(self, work: Any) -> float:
-        """Extra CPU seconds of the shared reads of ``work`` (a :class:`afmi.model.work.Work`):
-        ``cpu_per_shared_read_s`` each, when its payloads are large enough to be stored once
-        (a channel that fetches them; smaller ones ride inline, one message per reader)."""
-        if work.shared_deliveries <= 0 or not self.fetches(work.shared_bytes):
-            return 0.0
+    def channel_work(self, work: Work) -> Work:
+        """``work`` as this channel does it: payloads published for several readers that
+        it sends inline (not :meth:`fetches`) go as one message per reader, not one upload."""
+        if work.shared_deliveries <= 0 or self.fetches(work.shared_bytes):
+            return work
+        extra = work.shared_deliveries - work.shared_uploads
+        return dataclasses.replace(
+            work,
+            messages=work.messages + extra,
+            bytes_sent=work.bytes_sent + extra * work.shared_bytes,
+            shared_deliveries=0,
+            shared_uploads=0,
+        )
+
+    def shared_read_cpu_s(self, work: Work) -> float:
+        """Extra CPU seconds of the shared reads of ``work`` (after :meth:`channel_work`):
+        ``cpu_per_shared_read_s`` each."""
         return float(work.shared_deliveries * self.cpu_per_shared_read_s)
 
     def call_s(self, op: str) -> float:

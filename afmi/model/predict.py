@@ -127,7 +127,7 @@ def timing(
     for step in algorithm.steps(size, nbytes):
         if step.rounds > 0 and step.messages > 0:
             path += step.rounds * channel.round_time_s(step.messages, step.nbytes)
-    w = work(op, algorithm, size, nbytes)
+    w = channel.channel_work(work(op, algorithm, size, nbytes))
     rate = channel.reduce_bytes_per_s
     if rate > 0:
         path += w.path_reduce_bytes / rate
@@ -165,7 +165,7 @@ def predict(
     nbytes = max(int(nbytes), 0)
     path_s, cpu_s = timing(op, nbytes, size, algorithm, channel)
     time_s = max(path_s, cpu_s)
-    w = work(op, algorithm, size, nbytes)
+    w = channel.channel_work(work(op, algorithm, size, nbytes))
     messages, moved = w.messages, w.bytes_sent
     per_message = channel.reads_per_message
     if not channel.fetches(nbytes):

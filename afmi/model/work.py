@@ -30,10 +30,13 @@ class Work:
     receive, a download): equal except where one stored payload is read by
     several ranks. ``shared_deliveries`` counts the deliveries of payloads
     stored once for two or more readers (:meth:`afmi.channels.base.Channel.publish`),
-    ``shared_bytes`` the size of one such payload: a channel that sends
-    payloads of that size one by one (S3 below its inline size) gives them no
-    extra cost. ``reduce_bytes`` counts the input bytes every op application
-    combines, ``path_reduce_bytes`` those on the critical path.
+    ``shared_uploads`` those payloads and ``shared_bytes`` the size of one: a
+    channel that sends payloads of that size to every reader as a message of
+    its own (S3 below its inline size) sends ``shared_deliveries`` messages
+    in place of the ``shared_uploads``
+    (:meth:`afmi.model.params.ChannelModel.channel_work`). ``reduce_bytes``
+    counts the input bytes every op application combines,
+    ``path_reduce_bytes`` those on the critical path.
     """
 
     messages: int
@@ -43,6 +46,7 @@ class Work:
     reduce_bytes: int = 0
     path_reduce_bytes: int = 0
     shared_deliveries: int = 0
+    shared_uploads: int = 0
     shared_bytes: int = 0
 
 
@@ -115,6 +119,7 @@ def _scatter_reduce(size: int, nbytes: int) -> Work:
         reduce_bytes=slices * part,
         path_reduce_bytes=(size - 1) * part,
         shared_deliveries=size * _shared(size - 1),
+        shared_uploads=size if _shared(size - 1) else 0,
         shared_bytes=part,
     )
 
@@ -129,6 +134,7 @@ def _reduce_publish(size: int, nbytes: int) -> Work:
         reduce_bytes=k * nbytes,
         path_reduce_bytes=k * nbytes,
         shared_deliveries=_shared(k),
+        shared_uploads=1 if _shared(k) else 0,
         shared_bytes=nbytes,
     )
 
@@ -141,7 +147,13 @@ _TABLE: dict[tuple[str, str], Callable[[int, int], Work]] = {
     ("bcast", "binomial"): lambda p, n: _p2p(p - 1, n),
     ("bcast", "scatter_allgather"): _bcast_scatter_allgather,
     ("bcast", "storage_publish"): lambda p, n: Work(
-        1, n, p - 1, (p - 1) * n, shared_deliveries=_shared(p - 1), shared_bytes=n
+        1,
+        n,
+        p - 1,
+        (p - 1) * n,
+        shared_deliveries=_shared(p - 1),
+        shared_uploads=1 if _shared(p - 1) else 0,
+        shared_bytes=n,
     ),
     ("gather", "linear"): lambda p, n: _p2p(p - 1, n),
     ("gather", "binomial"): lambda p, n: Work(p - 1, _tree_bytes(p, n), p - 1, _tree_bytes(p, n)),

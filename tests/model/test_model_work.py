@@ -73,6 +73,25 @@ def test_reads_of_a_shared_payload_cost_cpu_when_it_is_stored_once():
         assert timing("bcast", nbytes, p, publish, extra)[1] == pytest.approx(base_cpu + added)
 
 
+def test_a_payload_small_enough_to_ride_inline_is_sent_to_every_reader():
+    # S3 publishes a payload that fits in a key as one message per reader (7 PUTs),
+    # a larger one as one upload (a PUT) read 7 times
+    publish = registry.get("bcast", "storage_publish")
+    s3 = DEFAULTS["s3"]
+    small = predict("bcast", 100, 8, publish, s3, FREE)
+    large = predict("bcast", 1000, 8, publish, s3, FREE)
+    assert small.messages == 7 and large.messages == 1
+    assert small.request_usd == pytest.approx(
+        7 * s3.price_per_request_usd + 7 * 1 * s3.price_per_read_usd
+    )
+    assert large.request_usd == pytest.approx(
+        1 * s3.price_per_request_usd + 7 * 2 * s3.price_per_read_usd
+    )
+    # on a channel that stores every payload (nothing inline) the upload stays one
+    redis = DEFAULTS["redis"]
+    assert predict("bcast", 100, 8, publish, redis, FREE).messages == 1
+
+
 def test_reduction_is_on_the_critical_path():
     linear = registry.get("allreduce", "linear")
     fast = _model(reduce_bytes_per_s=0.0)
