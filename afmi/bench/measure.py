@@ -11,6 +11,7 @@ sent to the others so every rank runs the same count.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -248,8 +249,18 @@ COLLECTIVES: dict[str, Callable[[Communicator, Any], Any]] = {
 }
 
 #: Seconds before a scheduled start that a waiting rank stops sleeping and polls
-#: the event loop instead (a rank woken from a sleep answers tens of µs late here).
-SPIN_BEFORE_START_S = 0.001
+#: the event loop instead (a rank woken from a sleep answers tens of µs late here,
+#: and uvloop's timers fire up to a millisecond late).
+SPIN_BEFORE_START_S = 0.002
+#: A rank that first sees the clock past its start instant later than this was not
+#: running at the instant (more ranks than cores: the OS ran another process), and is late.
+LATE_AFTER_START_S = 200e-6
+
+
+def _yield_core() -> None:
+    """Let another ready process of the machine run (a no-op where the OS has no call)."""
+    if hasattr(os, "sched_yield"):
+        os.sched_yield()
 
 
 class StartLine(Protocol):
@@ -310,9 +321,13 @@ class ClockStartLine:
     ``time.perf_counter`` (the machine's monotonic clock, shared by its
     processes), with ``slot`` twice the warm-up's time per call (barrier and
     call) plus :data:`SPIN_BEFORE_START_S`. A rank sleeps until just before its
-    start, then polls the loop until the instant. A rank still busy with the
-    previous call at a start is late; calls that any rank was late for are not
-    counted.
+    start, then polls the loop until the instant, giving its core to any other
+    process that is ready (``os.sched_yield``: with more ranks than cores, a
+    rank that spins would otherwise keep another from its start). A rank still
+    busy with the previous call at a start is late, and so is one that first
+    sees the clock past the instant more than :data:`LATE_AFTER_START_S` after
+    it (the OS was running another process then); calls that any rank was late
+    for are not counted.
     """
 
     def __init__(self) -> None:
@@ -340,9 +355,10 @@ class ClockStartLine:
             return at, True
         if at - now > SPIN_BEFORE_START_S:
             await asyncio.sleep(at - now - SPIN_BEFORE_START_S)
-        while time.perf_counter() < at:  # noqa: ASYNC110 - a spin on the clock, not a flag
+        while (now := time.perf_counter()) < at:  # noqa: ASYNC110 - a spin on the clock
+            _yield_core()
             await asyncio.sleep(0)
-        return at, False
+        return at, now - at > LATE_AFTER_START_S
 
 
 async def _collective_main(
