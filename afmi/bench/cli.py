@@ -104,8 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--passes",
         type=int,
         default=None,
-        help="in process: measure the sweep in N passes, each point keeping the median of "
-        "its passes (default 3; quick: 1)",
+        help="in process: measure the sweep in N passes, each point keeping its fastest "
+        "pass (the median when a pass timed fewer than 3 calls; default 3; quick: 1)",
     )
     parser.add_argument("--no-pingpong", action="store_true", help="skip the ping-pong sweep")
     parser.add_argument("--no-collectives", action="store_true", help="skip collectives")
