@@ -124,6 +124,10 @@ class S3Config:
     #: Messages whose encoding fits in this many key characters ride in the object key
     #: itself (an empty object: no GET needed). 0 disables.
     key_payload_bytes: int = 600
+    #: A payload sent to several ranks at once (bcast, an allreduce's result) is uploaded
+    #: once, with a marker and a pointer per reader, from this size on; a smaller one is
+    #: sent to every reader as an object of its own (fewer requests). 0: always once.
+    publish_min_bytes: int = 4 * 1024 * 1024
     #: Seconds to reach the endpoint and check the bucket before giving up.
     connect_timeout: float = 10.0
     #: HTTP connections per rank.
@@ -149,6 +153,10 @@ class S3Config:
         if self.multipart_threshold < self.multipart_part_bytes:
             raise ConfigError(
                 "channels.s3.multipart_threshold must be >= channels.s3.multipart_part_bytes"
+            )
+        if self.publish_min_bytes < 0:
+            raise ConfigError(
+                f"channels.s3.publish_min_bytes must be >= 0, got {self.publish_min_bytes}"
             )
         if not 0 <= self.key_payload_bytes <= 800:
             raise ConfigError(
@@ -223,6 +231,9 @@ class ChannelModelConfig:
     #: Extra CPU time of every read of a payload stored once for several readers (S3: the
     #: root's marker and pointer PUTs, the reader's DELETE and LIST of the markers), seconds.
     cpu_per_shared_read_s: float | None = None
+    #: Payloads sent to several ranks are stored once from this size on, smaller ones sent
+    #: to every reader alone (default: ``channels.s3.publish_min_bytes`` for s3, else 0), bytes.
+    publish_min_bytes: float | None = None
     #: Rate at which the CPUs copy and encode message bytes, bytes per second (0: not counted).
     cpu_bytes_per_s: float | None = None
     #: Rate of the reduction op (numpy ``SUM``), bytes of one input per second (0: not counted).

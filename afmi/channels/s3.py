@@ -10,7 +10,9 @@ Object keys (all under ``{prefix}/{job}/``):
   messages), ``o`` when the body holds the message, ``p`` when the message
   points to a payload published once for several readers.
 * ``sh/{src:06d}.{n:012d}`` and ``sh/{src:06d}.{n:012d}.r/{dest}`` — a
-  published payload and one marker per reader that has not read it yet. A
+  payload published for several readers (from ``publish_min_bytes`` on;
+  smaller ones go to every reader as a message of its own) and one marker
+  per reader that has not read it yet. A
   reader deletes its marker after its GET, then lists the markers; whoever
   finds none left deletes the payload (S3 lists are strongly consistent, so
   the last reader always sees an empty list).
@@ -193,14 +195,18 @@ class S3Channel(Channel):
     async def publish(self, dests: Sequence[int], msgs: Sequence[Message]) -> None:
         """Send one payload to several ranks with a single upload of its body.
 
-        ``msgs[i]`` goes to ``dests[i]``; all share header and buffers. Small
-        payloads (that fit in a key) are sent one by one; large ones are
+        ``msgs[i]`` goes to ``dests[i]``; all share header and buffers.
+        Payloads below ``publish_min_bytes`` (and any that fit in a key) are
+        sent one by one, an object per reader: a shared upload costs a marker
+        and a pointer PUT per reader more, which only pays off when uploading
+        the payload again for every reader takes longer. Larger ones are
         uploaded once under ``sh/`` and every destination gets a pointer.
         """
         self._check_open()
         if not msgs:
             return
-        if len(msgs) == 1 or self._key_payload(msgs[0]) is not None:
+        small = msgs[0].nbytes < self._cfg.publish_min_bytes
+        if len(msgs) == 1 or small or self._key_payload(msgs[0]) is not None:
             await asyncio.gather(*(self.send(d, m) for d, m in zip(dests, msgs)))
             return
         name = f"{self.rank:06d}.{next(self._shared):012d}"

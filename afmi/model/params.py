@@ -79,6 +79,7 @@ class ChannelModel:
     cpu_per_message_s: float = 0.0
     cpu_per_message_rank_s: float = 0.0
     cpu_per_shared_read_s: float = 0.0
+    publish_min_bytes: float = 0.0
     cpu_bytes_per_s: float = 0.0
     reduce_bytes_per_s: float = 0.0
     parallel_ranks: float = 0.0
@@ -123,10 +124,16 @@ class ChannelModel:
             + self.wire_time_s(nbytes) * share
         )
 
+    def stores_once(self, nbytes: int) -> bool:
+        """Whether a payload of ``nbytes`` sent to several readers is stored once (else the
+        channel sends it to every reader alone: it rides inline, or is below
+        ``publish_min_bytes``)."""
+        return self.fetches(nbytes) and nbytes >= self.publish_min_bytes
+
     def channel_work(self, work: Work) -> Work:
-        """``work`` as this channel does it: payloads published for several readers that
-        it sends inline (not :meth:`fetches`) go as one message per reader, not one upload."""
-        if work.shared_deliveries <= 0 or self.fetches(work.shared_bytes):
+        """``work`` as this channel does it: payloads published for several readers that it
+        does not store once (:meth:`stores_once`) go as one message per reader."""
+        if work.shared_deliveries <= 0 or self.stores_once(work.shared_bytes):
             return work
         extra = work.shared_deliveries - work.shared_uploads
         return dataclasses.replace(
@@ -220,6 +227,7 @@ DEFAULTS: dict[str, ChannelModel] = {
         poll_interval_s=5e-3,
         bandwidth_single_bytes_per_s=50e6,
         bandwidth_aggregate_bytes_per_s=400e6,
+        publish_min_bytes=4 * 1024 * 1024,  # channels.s3.publish_min_bytes
         price_per_request_usd=5.4e-6,  # PUT
         price_per_read_usd=4.3e-7,  # GET
         reads_per_message=2.0,
@@ -299,7 +307,10 @@ def _resolve_cached(config: Config, mtime: float) -> dict[str, ChannelModel]:
 
 
 def _resolve_uncached(config: Config) -> dict[str, ChannelModel]:
-    layers: list[dict[str, dict[str, Any]]] = []
+    # What the S3 channel is configured to do is what its model predicts (lowest layer).
+    layers: list[dict[str, dict[str, Any]]] = [
+        {"s3": {"publish_min_bytes": float(config.channels.s3.publish_min_bytes)}}
+    ]
     if config.model.file:
         layers.append(load_model_file(config.model.file))
     layers.append({name: getattr(config.model, name).overrides() for name in DEFAULTS})

@@ -25,7 +25,9 @@ MiB = 1024 * 1024
 
 
 def config(s3, **extra: object) -> Config:
-    table = {**s3.config(PREFIX), "poll_min": 0.002, "poll_max": 0.05, **extra}
+    # publish_min_bytes 0: every fetched payload sent to several ranks takes the shared path
+    table = {**s3.config(PREFIX), "poll_min": 0.002, "poll_max": 0.05, "publish_min_bytes": 0}
+    table.update(extra)
     return Config.from_dict({"channels": {"s3": table}})
 
 
@@ -194,6 +196,26 @@ async def test_a_receive_does_not_wait_for_the_deletes(s3, published):
     assert await job_objects(s3, job) == []
 
 
+async def test_a_payload_below_publish_min_bytes_goes_to_every_reader_alone(s3):
+    job = new_job()
+    cfg = config(s3, publish_min_bytes=300_000)
+    async with afmi.channels.get_driver("s3").group(4, job, cfg) as chans:
+        queues = [asyncio.Queue() for _ in chans]
+        for ch, q in zip(chans, queues):
+            ch.start(q.put_nowait, lambda e: None)
+        for n, puts in ((30_000, 3), (40_000, 1 + 2 * 3)):  # 240 kB alone, 320 kB once
+            data = np.arange(n, dtype=np.float64)
+            before = chans[0].stats()["requests"]["put"]
+            await chans[0].publish(
+                [1, 2, 3], [Message(2, 0, 1, d, b"h", [data]) for d in (1, 2, 3)]
+            )
+            assert chans[0].stats()["requests"]["put"] - before == puts
+            for d in (1, 2, 3):
+                m = await asyncio.wait_for(queues[d].get(), 20)
+                assert bytes(m.buffers[0]) == data.tobytes()
+    assert await job_objects(s3, job) == []
+
+
 async def test_adaptive_polling_backs_off_while_idle(s3):
     job = new_job()
     cfg = config(s3, poll_min=0.01, poll_max=0.16)
@@ -300,6 +322,8 @@ def test_config_validation():
         Config.from_dict({"channels": {"s3": {"poll_min": 1.0, "poll_max": 0.5}}})
     with pytest.raises(afmi.ConfigError, match="5 MiB"):
         Config.from_dict({"channels": {"s3": {"multipart_part_bytes": 1024}}})
+    with pytest.raises(afmi.ConfigError, match=r"publish_min_bytes must be >= 0"):
+        Config.from_dict({"channels": {"s3": {"publish_min_bytes": -1}}})
 
 
 async def test_missing_bucket_setting_is_a_clear_error():

@@ -14,6 +14,7 @@ import afmi
 from afmi.collectives import CollectiveContext, registry
 from afmi.collectives.storage import (
     LINEAR_ON_S3,
+    S3_MIN_SCATTER_BYTES,
     RedisCounterBarrier,
     ScatterReduceAllreduce,
     StorageAllreduce,
@@ -29,8 +30,10 @@ def redis_config(url: str) -> Config:
     return Config.from_dict({"channels": {"redis": table}})
 
 
-def s3_config(s3) -> Config:
-    table = {**s3.config(PREFIX), "poll_min": 0.002, "poll_max": 0.05}
+def s3_config(s3, **extra: object) -> Config:
+    # publish_min_bytes 0: every fetched payload sent to several ranks is uploaded once
+    table = {**s3.config(PREFIX), "poll_min": 0.002, "poll_max": 0.05, "publish_min_bytes": 0}
+    table.update(extra)
     return Config.from_dict({"channels": {"s3": table}})
 
 
@@ -51,6 +54,17 @@ async def test_registry_prefers_storage_algorithms_on_storage_channels(redis_url
     assert out[0] == expect
     local = await afmi.launch_local(_chosen, 2, big, channel="local")
     assert "Storage" not in local[0][0] and "Scatter" not in local[0][1]
+
+
+async def test_s3_takes_scatter_reduce_only_for_far_larger_arrays(s3):
+    # on S3 every slice message is a PUT, a GET and a share of the polls
+    cfg = s3_config(s3)
+    big = np.ones(200_000)  # 1.6 MB: ScatterReduce on redis, reduce-publish on S3
+    out = await afmi.launch_local(_chosen, 2, big, channel="s3", config=cfg)
+    assert out[0][1] == "StorageAllreduce"
+    huge = np.ones(S3_MIN_SCATTER_BYTES // 8)
+    out = await afmi.launch_local(_chosen, 2, huge, channel="s3", config=cfg)
+    assert out[0][1] == "ScatterReduceAllreduce"
 
 
 async def _collectives(comm, n, allreduce):

@@ -50,7 +50,7 @@ def test_storage_algorithms_grow_with_the_ranks():
     # the reduced slices: (p - 1) * n in all, (p - 1) * n / p on the critical path
     assert w8.reduce_bytes == 7 * (1 << 20) and w8.path_reduce_bytes == 7 * (1 << 17)
     # every read of a stored payload is priced (s3 GETs)
-    s3 = DEFAULTS["s3"]
+    s3 = dataclasses.replace(DEFAULTS["s3"], publish_min_bytes=0)
     p2 = predict("bcast", 1000, 2, publish, s3, FREE)
     p8 = predict("bcast", 1000, 8, publish, s3, FREE)
     assert p8.request_usd - p2.request_usd == pytest.approx(6 * 2 * s3.price_per_read_usd)
@@ -65,7 +65,9 @@ def test_reads_of_a_shared_payload_cost_cpu_when_it_is_stored_once():
     assert work("allreduce", sr, 4, 1 << 20).shared_deliveries == 4 * 3
     rp = registry.get("allreduce", "reduce_publish")
     assert work("allreduce", rp, 4, 1000).shared_deliveries == 3
-    s3 = dataclasses.replace(DEFAULTS["s3"], parallel_ranks=1.0, inline_max_bytes=256)
+    s3 = dataclasses.replace(
+        DEFAULTS["s3"], parallel_ranks=1.0, inline_max_bytes=256, publish_min_bytes=0
+    )
     extra = dataclasses.replace(s3, cpu_per_shared_read_s=4e-3)
     for p, nbytes, added in ((8, 1000, 7 * 4e-3), (8, 100, 0.0), (2, 1000, 0.0)):
         # below the inline size the payload is sent to every reader as a message of its own
@@ -78,6 +80,7 @@ def test_a_payload_small_enough_to_ride_inline_is_sent_to_every_reader():
     # a larger one as one upload (a PUT) read 7 times
     publish = registry.get("bcast", "storage_publish")
     s3 = DEFAULTS["s3"]
+    s3 = dataclasses.replace(s3, publish_min_bytes=0)
     small = predict("bcast", 100, 8, publish, s3, FREE)
     large = predict("bcast", 1000, 8, publish, s3, FREE)
     assert small.messages == 7 and large.messages == 1
@@ -90,6 +93,26 @@ def test_a_payload_small_enough_to_ride_inline_is_sent_to_every_reader():
     # on a channel that stores every payload (nothing inline) the upload stays one
     redis = DEFAULTS["redis"]
     assert predict("bcast", 100, 8, publish, redis, FREE).messages == 1
+
+
+def test_the_model_follows_the_s3_channels_publish_threshold():
+    # below channels.s3.publish_min_bytes S3 sends a bcast's payload to every reader alone
+    from afmi.config import Config
+    from afmi.model import model_for
+
+    publish = registry.get("bcast", "storage_publish")
+    default = model_for("s3")
+    assert default.publish_min_bytes == Config().channels.s3.publish_min_bytes == 4 * 1024 * 1024
+    assert predict("bcast", 1 << 20, 8, publish, default, FREE).messages == 7
+    assert predict("bcast", 4 << 20, 8, publish, default, FREE).messages == 1
+    always = model_for("s3", Config.from_dict({"channels": {"s3": {"publish_min_bytes": 0}}}))
+    assert predict("bcast", 1 << 20, 8, publish, always, FREE).messages == 1
+    # a model key overrides what the channel config says
+    cfg = {
+        "channels": {"s3": {"publish_min_bytes": 0}},
+        "model": {"s3": {"publish_min_bytes": 1e9}},
+    }
+    assert model_for("s3", Config.from_dict(cfg)).publish_min_bytes == 1e9
 
 
 def test_reduction_is_on_the_critical_path():
