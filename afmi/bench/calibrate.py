@@ -276,6 +276,7 @@ def fit_rounds(
     *,
     reduce_bytes_per_s: float = 0.0,
     parallel_ranks: float = 0.0,
+    config: Config | None = None,
 ) -> dict[str, float]:
     """Fit the collective-call parameters; see :func:`_fit_rounds` (this drops the score)."""
     return _fit_rounds(
@@ -284,6 +285,7 @@ def fit_rounds(
         points,
         reduce_bytes_per_s=reduce_bytes_per_s,
         parallel_ranks=parallel_ranks,
+        config=config,
     )[1]
 
 
@@ -294,6 +296,7 @@ def fit_parallel(
     *,
     reduce_bytes_per_s: float,
     cpus: int,
+    config: Config | None = None,
 ) -> dict[str, float]:
     """:func:`fit_rounds` with ``parallel_ranks`` fitted too, from 1 to ``cpus`` in quarters.
 
@@ -308,6 +311,7 @@ def fit_parallel(
             points,
             reduce_bytes_per_s=reduce_bytes_per_s,
             parallel_ranks=quarter / 4,
+            config=config,
         )
         if best is None or scored[0] < best[0] - 1e-12:
             best = scored
@@ -322,6 +326,7 @@ def _fit_rounds(
     *,
     reduce_bytes_per_s: float = 0.0,
     parallel_ranks: float = 0.0,
+    config: Config | None = None,
 ) -> tuple[float, dict[str, float]]:
     """Fit the collective-call parameters to ``(op, ranks, nbytes, seconds)`` measurements.
 
@@ -337,16 +342,19 @@ def _fit_rounds(
     least-squares problem of the relative error, and repeats until the assignment
     settles (from two starts: all points on the path, all on the CPU); the
     solution with the smallest squared relative error wins. The aggregate is
-    kept at least a quarter of the single-stream bandwidth.
+    kept at least a quarter of the single-stream bandwidth. What the channel
+    is configured to do (``publish_min_bytes``) comes from ``config``'s model
+    of it, as it will when the fitted model predicts.
     """
     import numpy as np
 
     from afmi.model.cli import algorithm_for
-    from afmi.model.params import NO_PAYLOAD, ChannelModel
+    from afmi.model.params import NO_PAYLOAD, ChannelModel, model_for
     from afmi.model.work import work
 
     single = wire["bandwidth_single_bytes_per_s"]
     values: dict[str, Any] = dict(wire)
+    values.setdefault("publish_min_bytes", model_for(channel, config).publish_min_bytes)
     base = ChannelModel(
         name=channel,
         bandwidth_aggregate_bytes_per_s=single,

@@ -585,7 +585,12 @@ def model_accuracy(
                 wire = dict(calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in pp]))
                 wire.update(
                     calibrate.fit_parallel(
-                        ch, wire, points, reduce_bytes_per_s=reduce_rate, cpus=int(cpus)
+                        ch,
+                        wire,
+                        points,
+                        reduce_bytes_per_s=reduce_rate,
+                        cpus=int(cpus),
+                        config=config,
                     )
                 )
             except ValueError as exc:

@@ -192,7 +192,12 @@ def _calibrate_channel(
                     points.append((op, n, nbytes, seconds))
     params.update(
         calibrate.fit_rounds(
-            channel, params, points, reduce_bytes_per_s=reduce_rate, parallel_ranks=1.0
+            channel,
+            params,
+            points,
+            reduce_bytes_per_s=reduce_rate,
+            parallel_ranks=1.0,
+            config=config,
         )
     )
     params["poll_interval_s"] = 0.0

@@ -150,20 +150,29 @@ def test_collectives_with_fetched_messages_are_fitted():
         cpu_per_message_s=20e-3,
         reduce_bytes_per_s=2e9,
         parallel_ranks=1.0,
+        publish_min_bytes=4 << 20,  # the channel's default: nothing here is stored once
     )
     points = _collective_points(truth)
     fit = calibrate.fit_rounds("s3", wire, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
     assert fit["cpu_per_message_s"] == pytest.approx(20e-3, rel=1e-3)
     assert fit["call_overhead_s"] == pytest.approx(5e-3, rel=1e-3)
     assert fit["cpu_per_shared_read_s"] == pytest.approx(0.0, abs=1e-6)
-    _assert_reproduces(ChannelModel(name="s3", **{**wire, **fit}), points)
-    # reads of a payload stored once for several readers cost more (markers, pointers)
-    truth = dataclasses.replace(truth, cpu_per_shared_read_s=12e-3)
+    _assert_reproduces(dataclasses.replace(truth, **fit), points)
+    # reads of a payload stored once for several readers cost more (markers, pointers);
+    # the channel stores them once from 1 MiB (the sweep's largest size) on
+    stored = Config.from_dict({"channels": {"s3": {"publish_min_bytes": 1 << 20}}})
+    truth = dataclasses.replace(truth, cpu_per_shared_read_s=12e-3, publish_min_bytes=1 << 20)
     points = _collective_points(truth)
-    fit = calibrate.fit_rounds("s3", wire, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
+    fit = calibrate.fit_rounds(
+        "s3", wire, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0, config=stored
+    )
     assert fit["cpu_per_shared_read_s"] == pytest.approx(12e-3, rel=1e-3)
     assert fit["cpu_per_message_s"] == pytest.approx(20e-3, rel=1e-3)
-    _assert_reproduces(ChannelModel(name="s3", **{**wire, **fit}), points)
+    _assert_reproduces(dataclasses.replace(truth, **fit), points)
+    # the fit follows the channel's configuration: with its default threshold (4 MiB)
+    # nothing here is stored once, so there are no shared reads to price
+    wrong = calibrate.fit_rounds("s3", wire, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
+    assert wrong["cpu_per_shared_read_s"] == 0.0
 
 
 def test_reduce_rate_is_measured():
