@@ -245,8 +245,16 @@ class ChannelModelConfig:
     price_per_request_usd: float | None = None
     #: Price of each read or poll (a GET, a LIST), dollars.
     price_per_read_usd: float | None = None
-    #: Expected reads (polls included) before a consumer gets a message.
+    #: Reads (GETs) a consumer makes to get a message (one fewer for a message that needs
+    #: no fetch of its own).
     reads_per_message: float | None = None
+    #: Price of each poll that looks for messages (an S3 LIST), dollars.
+    price_per_poll_usd: float | None = None
+    #: Polls per message received (at least the one that finds it; idle polls add more).
+    polls_per_message: float | None = None
+    #: Further requests, at ``price_per_request_usd``, of every read of a payload stored
+    #: once for several readers (S3: a marker and a pointer PUT, a LIST of the markers).
+    requests_per_shared_read: float | None = None
     #: Price of moving one gigabyte (10**9 bytes), dollars.
     price_per_gb_usd: float | None = None
     #: Price of the servers the channel needs (Redis instance, rendezvous VM), dollars/hour.

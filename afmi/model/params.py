@@ -48,9 +48,11 @@ class ChannelModel:
     bandwidth_aggregate_bytes_per_s)`` otherwise; a collective call adds
     :meth:`call_s` once (``call_overhead_s``, plus ``payload_overhead_s`` for
     a call that carries data, every one but a barrier). Every message costs
-    ``price_per_request_usd`` to write and ``reads_per_message *
+    ``price_per_request_usd`` to write, ``reads_per_message *
     price_per_read_usd`` to read (one read less when it needs no fetch of its
-    own, see :meth:`fetches`), every byte moved ``price_per_gb_usd / 1e9``,
+    own, see :meth:`fetches`) and ``polls_per_message * price_per_poll_usd``
+    to find, every read of a payload stored once for several readers
+    ``requests_per_shared_read`` more requests, every byte moved ``price_per_gb_usd / 1e9``,
     and when ``include_infrastructure`` is set the servers' hourly price is
     spread over ``requests_per_hour`` requests.
 
@@ -86,6 +88,9 @@ class ChannelModel:
     price_per_request_usd: float = 0.0
     price_per_read_usd: float = 0.0
     reads_per_message: float = 1.0
+    price_per_poll_usd: float = 0.0
+    polls_per_message: float = 0.0
+    requests_per_shared_read: float = 0.0
     price_per_gb_usd: float = 0.0
     infrastructure_usd_per_hour: float = 0.0
     requests_per_hour: float = 0.0
@@ -230,7 +235,10 @@ DEFAULTS: dict[str, ChannelModel] = {
         publish_min_bytes=4 * 1024 * 1024,  # channels.s3.publish_min_bytes
         price_per_request_usd=5.4e-6,  # PUT
         price_per_read_usd=4.3e-7,  # GET
-        reads_per_message=2.0,
+        reads_per_message=1.0,
+        price_per_poll_usd=5.4e-6,  # LIST, billed like a PUT
+        polls_per_message=1.0,  # the LIST that finds it (idle polls come on top)
+        requests_per_shared_read=3.0,  # marker and pointer PUTs, the LIST of the markers
     ),
 }
 

@@ -171,6 +171,8 @@ def predict(
     if not channel.fetches(nbytes):
         per_message = max(per_message - 1, 0.0)  # no GET: the message rode in the key
     reads = w.deliveries * per_message
+    polls = w.deliveries * channel.polls_per_message
+    writes = messages + w.shared_deliveries * channel.requests_per_shared_read
     return Prediction(
         op=op,
         channel=channel.name,
@@ -180,7 +182,9 @@ def predict(
         time_s=time_s,
         messages=messages,
         bytes_moved=moved,
-        request_usd=messages * channel.price_per_request_usd + reads * channel.price_per_read_usd,
+        request_usd=writes * channel.price_per_request_usd
+        + reads * channel.price_per_read_usd
+        + polls * channel.price_per_poll_usd,
         transfer_usd=moved / 1e9 * channel.price_per_gb_usd,
         infrastructure_usd=(messages + reads) * channel.infrastructure_usd_per_request(),
         function_usd=functions.usd(time_s, size),

@@ -152,9 +152,10 @@ def test_memory_scales_the_function_price():
 def test_storage_requests_and_infrastructure_are_priced():
     price = FunctionPrice(0.0, 1.0)
     s3 = predict("send", 10_000, 2, P2P, DEFAULTS["s3"], price)
-    assert s3.request_usd == pytest.approx(5.4e-6 + 2 * 4.3e-7)  # PUT, then LIST and GET
+    # PUT, then the LIST that finds it (billed like a PUT) and the GET
+    assert s3.request_usd == pytest.approx(5.4e-6 + 5.4e-6 + 4.3e-7)
     inline = predict("send", 10, 2, P2P, DEFAULTS["s3"], price)
-    assert inline.request_usd == pytest.approx(5.4e-6 + 4.3e-7)  # rides in the key: no GET
+    assert inline.request_usd == pytest.approx(5.4e-6 + 5.4e-6)  # rides in the key: no GET
     assert s3.infrastructure_usd == 0
     redis = predict("send", 10, 2, P2P, DEFAULTS["redis"], price)
     assert redis.request_usd == 0

@@ -53,7 +53,11 @@ def test_storage_algorithms_grow_with_the_ranks():
     s3 = dataclasses.replace(DEFAULTS["s3"], publish_min_bytes=0)
     p2 = predict("bcast", 1000, 2, publish, s3, FREE)
     p8 = predict("bcast", 1000, 8, publish, s3, FREE)
-    assert p8.request_usd - p2.request_usd == pytest.approx(6 * 2 * s3.price_per_read_usd)
+    # six more readers: a GET and a LIST each, and the marker, pointer and marker LIST of
+    # all seven shared reads (one reader on 2 ranks gets a plain message)
+    per_reader = s3.price_per_read_usd + s3.price_per_poll_usd
+    shared = 7 * s3.requests_per_shared_read * s3.price_per_request_usd
+    assert p8.request_usd - p2.request_usd == pytest.approx(6 * per_reader + shared)
 
 
 def test_reads_of_a_shared_payload_cost_cpu_when_it_is_stored_once():
@@ -85,10 +89,10 @@ def test_a_payload_small_enough_to_ride_inline_is_sent_to_every_reader():
     large = predict("bcast", 1000, 8, publish, s3, FREE)
     assert small.messages == 7 and large.messages == 1
     assert small.request_usd == pytest.approx(
-        7 * s3.price_per_request_usd + 7 * 1 * s3.price_per_read_usd
+        7 * s3.price_per_request_usd + 7 * s3.price_per_poll_usd
     )
     assert large.request_usd == pytest.approx(
-        1 * s3.price_per_request_usd + 7 * 2 * s3.price_per_read_usd
+        (1 + 7 * 3) * s3.price_per_request_usd + 7 * (s3.price_per_read_usd + s3.price_per_poll_usd)
     )
     # on a channel that stores every payload (nothing inline) the upload stays one
     redis = DEFAULTS["redis"]
