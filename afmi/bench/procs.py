@@ -557,6 +557,7 @@ def model_accuracy(
     ones. Returns ``{"model_source", "accuracy", "calibration"}``.
     """
     from afmi.bench import accuracy, calibrate
+    from afmi.model.params import model_for
 
     rows = [
         r
@@ -582,7 +583,8 @@ def model_accuracy(
                 )
             ]
             try:
-                wire = dict(calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in pp]))
+                fetch = model_for(ch, config).inline_max_bytes > 0  # S3: small ones ride inline
+                wire = dict(calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in pp], fetch))
                 wire.update(
                     calibrate.fit_parallel(
                         ch,

@@ -11,6 +11,7 @@ import pytest
 import afmi
 from afmi.bench import procs
 from afmi.bench.measure import Budget
+from afmi.config import Config
 from afmi.errors import ArgumentError
 
 TINY = [
@@ -201,3 +202,23 @@ async def test_two_rank_allreduce_rings_large_arrays_on_network_channels():
 def test_rank_main_usage(capsys):
     assert procs.rank_main(["nonsense"]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+def test_the_cross_process_calibration_finds_the_s3_fetch_step(tmp_path):
+    # S3 across processes: messages up to 256 B ride in the key, larger ones pay a GET
+    def t(n):
+        return 15e-3 + (7e-3 if n > 256 else 0.0) + n / 1e8
+
+    sizes = [4**k for k in range(11)]  # 1 B ... 1 MiB
+    result = {
+        "pingpong": [procs._pp_row("s3", n, 5, t(n)) for n in sizes],
+        "allreduce": [
+            procs._coll_row("s3", r, n, 3, 2 * r * t(n)) for r in (2, 4) for n in (8, 4096, 1 << 20)
+        ],
+        "collectives": [],
+    }
+    out = procs.model_accuracy(result, Config(), str(tmp_path / "model.json"))
+    s3 = out["calibration"]["channels"]["s3"]
+    assert s3["fetch_s"] == pytest.approx(7e-3, rel=0.01)
+    assert s3["inline_max_bytes"] == 256
+    assert all(abs(r["rel_error"]) < 0.01 for r in result["pingpong"])
