@@ -143,7 +143,14 @@ def test_afmi_run_ctrl_c_stops_all_ranks(subprocess_env, tmp_path):
             assert line, "launcher ended early"
             seen += line.endswith("up\n")
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(
+                f"afmi run did not stop within 30 s of SIGINT; stdout {out!r}, stderr {err!r}"
+            )
     finally:
         if proc.poll() is None:
             proc.kill()
