@@ -102,10 +102,16 @@ def _bcast_scatter_allgather(size: int, nbytes: int) -> Work:
     return Work(messages, moved, messages, moved)
 
 
-def _shared(readers: int) -> int:
-    """Deliveries of one payload published to ``readers`` ranks that read a shared copy
-    (a payload for one reader is sent as a plain message)."""
-    return readers if readers >= 2 else 0
+def _published(uploads: int, readers: int, nbytes: int) -> dict[str, int]:
+    """The shared-read fields of :class:`Work` for ``uploads`` payloads of ``nbytes``, each
+    published to ``readers`` ranks (a payload for one reader is a plain message: none)."""
+    if readers < 2:
+        return {}
+    return {
+        "shared_deliveries": uploads * readers,
+        "shared_uploads": uploads,
+        "shared_bytes": nbytes,
+    }
 
 
 def _scatter_reduce(size: int, nbytes: int) -> Work:
@@ -118,9 +124,7 @@ def _scatter_reduce(size: int, nbytes: int) -> Work:
         bytes_received=2 * slices * part,
         reduce_bytes=slices * part,
         path_reduce_bytes=(size - 1) * part,
-        shared_deliveries=size * _shared(size - 1),
-        shared_uploads=size if _shared(size - 1) else 0,
-        shared_bytes=part,
+        **_published(size, size - 1, part),
     )
 
 
@@ -133,9 +137,7 @@ def _reduce_publish(size: int, nbytes: int) -> Work:
         bytes_received=2 * k * nbytes,
         reduce_bytes=k * nbytes,
         path_reduce_bytes=k * nbytes,
-        shared_deliveries=_shared(k),
-        shared_uploads=1 if _shared(k) else 0,
-        shared_bytes=nbytes,
+        **_published(1, k, nbytes),
     )
 
 
@@ -147,13 +149,7 @@ _TABLE: dict[tuple[str, str], Callable[[int, int], Work]] = {
     ("bcast", "binomial"): lambda p, n: _p2p(p - 1, n),
     ("bcast", "scatter_allgather"): _bcast_scatter_allgather,
     ("bcast", "storage_publish"): lambda p, n: Work(
-        1,
-        n,
-        p - 1,
-        (p - 1) * n,
-        shared_deliveries=_shared(p - 1),
-        shared_uploads=1 if _shared(p - 1) else 0,
-        shared_bytes=n,
+        1, n, p - 1, (p - 1) * n, **_published(1, p - 1, n)
     ),
     ("gather", "linear"): lambda p, n: _p2p(p - 1, n),
     ("gather", "binomial"): lambda p, n: Work(p - 1, _tree_bytes(p, n), p - 1, _tree_bytes(p, n)),
