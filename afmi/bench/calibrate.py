@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import platform
 from collections.abc import Sequence
 from pathlib import Path
@@ -123,11 +124,18 @@ def fit_wire(points: Sequence[tuple[float, float]], fetch: bool = False) -> dict
     With ``fetch`` (a channel whose small messages travel inline and larger ones
     need a fetch of their own, as S3's), the fit is :func:`fit_fetch` instead.
 
-    Tries one bandwidth for all sizes, then every measured size as the
-    threshold of a continuous two-piece line (small messages fit as in
-    :func:`fit_latency_bandwidth`, the bytes beyond the threshold get their
-    own bandwidth), and keeps the fit with the smallest worst relative error.
-    The second regime is kept only if it lowers that error by 5 points.
+    Tries one bandwidth for all sizes, then every split of the measured sizes
+    into small and large ones as a continuous two-piece line (small messages
+    fit as in :func:`fit_latency_bandwidth`, the bytes beyond the threshold get
+    their own bandwidth), and keeps the fit with the smallest worst relative
+    error. The second regime is kept only if it lowers that error by 5 points.
+
+    The threshold of a split lies somewhere between its largest small size and
+    its smallest large one. Both the largest small size and the midpoint (in
+    log scale) of the two are tried; when they fit the measured sizes equally
+    well, as they do when one size lies above the threshold, the midpoint is
+    kept: the sizes in between (held out of the calibration, or a user's) are
+    then never more than half a step on the wrong side of the knee.
     """
     if fetch:
         return fit_fetch(points)
@@ -135,30 +143,51 @@ def fit_wire(points: Sequence[tuple[float, float]], fetch: bool = False) -> dict
     best = _one_rate(pts)
     best_score = _score(best, pts)
     sizes = sorted({n for n, _ in pts})
-    for limit in sizes[2:-1]:
-        small = [(n, t) for n, t in pts if n <= limit]
-        large = [(n, t) for n, t in pts if n > limit]
+    for i in range(2, len(sizes) - 1):
+        split = sizes[i]
+        small = [(n, t) for n, t in pts if n <= split]
+        large = [(n, t) for n, t in pts if n > split]
         lat, bw = fit_latency_bandwidth(small)
-        base = lat + limit / bw
-        num = den = 0.0
-        for n, t in large:
-            w = 1.0 / (t * t)
-            num += w * (n - limit) * (t - base)
-            den += w * (n - limit) ** 2
-        if num <= 0 or den <= 0 or bw < (den / num) / 10:
-            continue  # latency noise posing as a slow small-message bandwidth
-        cand = {
-            "latency_s": lat,
-            "bandwidth_single_bytes_per_s": bw,
-            "large_message_bytes": float(limit),
-            "bandwidth_large_bytes_per_s": den / num,
-        }
-        score = _score(cand, pts)
+        fits = [f for f in (_knee(lat, bw, large, k) for k in _knees(split, sizes[i + 1])) if f]
+        if not fits:
+            continue
+        scored = [(_score(f, pts), f) for f in fits]
+        score, cand = scored[0]
+        for s, f in scored[1:]:  # the midpoint, when it fits no worse
+            if s[0] <= score[0] + 1e-9:
+                score, cand = s, f
         if score[0] < best_score[0] - 0.05 or (
             best["large_message_bytes"] > 0 and score < best_score
         ):
             best, best_score = cand, score
     return best
+
+
+def _knees(small: float, large: float) -> list[float]:
+    """Thresholds tried between two neighbouring measured sizes: the smaller, the midpoint."""
+    mid = float(round(math.sqrt(small * large)))
+    return [small] if mid <= small or mid >= large else [small, mid]
+
+
+def _knee(
+    lat: float, bw: float, large: list[tuple[float, float]], limit: float
+) -> dict[str, float] | None:
+    """The two-piece line with its threshold at ``limit``, or None where the sizes above
+    it do not make a slower regime."""
+    base = lat + limit / bw
+    num = den = 0.0
+    for n, t in large:
+        w = 1.0 / (t * t)
+        num += w * (n - limit) * (t - base)
+        den += w * (n - limit) ** 2
+    if num <= 0 or den <= 0 or bw < (den / num) / 10:
+        return None  # latency noise posing as a slow small-message bandwidth
+    return {
+        "latency_s": lat,
+        "bandwidth_single_bytes_per_s": bw,
+        "large_message_bytes": float(limit),
+        "bandwidth_large_bytes_per_s": den / num,
+    }
 
 
 def fit_fetch(points: Sequence[tuple[float, float]]) -> dict[str, float]:

@@ -31,6 +31,21 @@ def test_two_regimes_are_found_when_large_messages_slow_down():
         assert model.round_time_s(1, n) == pytest.approx(t(n), rel=1e-3)
 
 
+def test_a_knee_between_two_measured_sizes_is_put_at_their_midpoint():
+    # Every other size measured (as the bench fits), the knee at a held-out size:
+    # only 4 MiB lies above it, so any threshold between 1 and 4 MiB fits the
+    # measured sizes; the midpoint predicts the held-out 2 MiB where the knee is.
+    def t(n):
+        return 40e-6 + min(n, 2 << 20) / 8e9 + max(n - (2 << 20), 0) / 1.2e9
+
+    measured = [1 << e for e in range(0, 23, 2)]  # 1 B ... 4 MiB
+    fit = calibrate.fit_wire([(n, t(n)) for n in measured])
+    assert fit["large_message_bytes"] == 2 << 20
+    model = ChannelModel(name="x", bandwidth_aggregate_bytes_per_s=1e12, **fit)
+    for n in [1 << e for e in range(0, 23)]:
+        assert model.round_time_s(1, n) == pytest.approx(t(n), rel=1e-3), n
+
+
 def test_one_regime_is_kept_when_enough():
     fit = calibrate.fit_wire([(n, 30e-6 + n / 5e9) for n in SIZES])
     assert fit["large_message_bytes"] == 0
