@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = [
     "burst_time",
     "pingpong",
     "sizes",
+    "start_jitter_s",
 ]
 
 
@@ -87,19 +89,81 @@ def _run(main: Callable[..., Any], size: int, channel: str, config: Config, *arg
         return runner.run(launch_local(main, size, *args, channel=channel, config=config))
 
 
-async def _timed(iters: int, one: Callable[[], Any]) -> float:
-    """Seconds per iteration: the median of up to five batch means (robust to interference)."""
+async def _timed(iters: int, one: Callable[[], Any], pause: Pauses | None = None) -> float:
+    """Seconds per iteration: the median of up to five batch means (robust to interference).
+
+    With ``pause``, every iteration starts after a sleep of ``pause.next()`` seconds,
+    which is not timed (see :func:`start_jitter_s`).
+    """
     batches = min(5, iters)
     per_batch = [iters // batches + (1 if i < iters % batches else 0) for i in range(batches)]
     means = []
     for count in per_batch:
-        t0 = time.perf_counter()
+        if pause is None:
+            t0 = time.perf_counter()
+            for _ in range(count):
+                await one()
+            means.append((time.perf_counter() - t0) / count)
+            continue
+        spent = 0.0
         for _ in range(count):
+            await asyncio.sleep(pause.next())
+            t0 = time.perf_counter()
             await one()
-        means.append((time.perf_counter() - t0) / count)
+            spent += time.perf_counter() - t0
+        means.append(spent / count)
     means.sort()
     mid = len(means) // 2
     return means[mid] if len(means) % 2 else (means[mid - 1] + means[mid]) / 2
+
+
+#: Calls on a channel whose receivers poll start after a random pause of up to this
+#: many of its shortest poll intervals (:func:`start_jitter_s`).
+JITTER_POLL_INTERVALS = 4.0
+
+
+def start_jitter_s(channel: str, config: Config) -> float:
+    """Longest random pause before each timed call on ``channel``, seconds (0: none).
+
+    A receiver on S3 finds a message with its next LIST: it lists again at once
+    after a message, then waits ``poll_min`` and doubles the wait while nothing
+    comes. Calls started on a fixed beat lock into one phase of that cycle, and
+    the bench would measure that phase only: 2-rank S3 bcasts of 1 KiB to 256 KiB
+    took no longer than 1 B, because the first LIST after the root's PUT
+    happened to start as the PUT ended, while a 1 B bcast met the poller in
+    the middle of its wait. A user's calls meet the poller at any phase, so on
+    such a channel every timed call starts after a pause drawn uniformly from
+    ``[0, JITTER_POLL_INTERVALS * poll_min)`` (the pause is not timed), the
+    same pauses on every rank (:class:`Pauses`).
+    """
+    if channel == "s3":
+        return JITTER_POLL_INTERVALS * config.channels.s3.poll_min
+    return 0.0
+
+
+class Pauses:
+    """The random pauses before timed calls: the same sequence on every rank of a point.
+
+    Pause ``i`` depends only on the seed and ``i`` (:meth:`at`), so ranks that
+    share the seed pause alike without waiting for one another; ``longest_s`` 0
+    gives no pauses.
+    """
+
+    def __init__(self, longest_s: float, seed: int = 0) -> None:
+        self.longest_s = max(float(longest_s), 0.0)
+        self.seed = int(seed)
+        self._count = 0
+
+    def at(self, i: int) -> float:
+        """Pause ``i``, seconds (uniform in ``[0, longest_s)``)."""
+        if self.longest_s <= 0:
+            return 0.0
+        return random.Random(self.seed * 1_000_003 + i).uniform(0.0, self.longest_s)
+
+    def next(self) -> float:
+        """The pause after the last one :meth:`next` gave (the first is ``at(0)``)."""
+        self._count += 1
+        return self.at(self._count - 1)
 
 
 async def _warm_then_count(comm: Communicator, budget: Budget, nbytes: int, one: Any) -> int:
@@ -133,9 +197,12 @@ async def _warm_then_plan(
     return int(count), float(per_iter)
 
 
-async def _pingpong_main(comm: Communicator, nbytes_list: list[int], budget: Budget) -> Any:
+async def _pingpong_main(
+    comm: Communicator, nbytes_list: list[int], budget: Budget, jitter_s: float = 0.0
+) -> Any:
     out = []
     for nbytes in nbytes_list:
+        pause = Pauses(jitter_s, seed=nbytes) if jitter_s > 0 else None
         buf = _payload(nbytes)
 
         async def one(buf: np.ndarray = buf) -> None:
@@ -147,7 +214,7 @@ async def _pingpong_main(comm: Communicator, nbytes_list: list[int], budget: Bud
 
         iters = await _warm_then_count(comm, budget, nbytes, one)
         await comm.barrier()
-        out.append((nbytes, iters, await _timed(iters, one) / 2))
+        out.append((nbytes, iters, await _timed(iters, one, pause) / 2))
     return out
 
 
@@ -165,7 +232,8 @@ def pingpong(
     for nbytes in nbytes_list:
         if progress:
             progress(f"ping-pong {channel} {nbytes} B")
-        ((n, iters, half),) = _run(_pingpong_main, 2, channel, config, [nbytes], budget)[0]
+        jitter = start_jitter_s(channel, config)
+        ((n, iters, half),) = _run(_pingpong_main, 2, channel, config, [nbytes], budget, jitter)[0]
         rows.append(
             {
                 "channel": channel,
@@ -286,26 +354,32 @@ class LoopStartLine:
     """Start line for ranks that are tasks of one event loop (the in-process bench).
 
     The last rank to arrive releases all of them in the same loop iteration: no
-    rank is late and none polls while it waits.
+    rank is late and none polls while it waits. With ``jitter_s`` it first
+    sleeps a random pause of up to that long (:func:`start_jitter_s`); the call
+    starts when the pause ends.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, jitter_s: float = 0.0) -> None:
         self._size = size
         self._arrived = 0
         self._released: asyncio.Event | None = None
         self._instant = 0.0
+        self._pauses = Pauses(jitter_s)
 
     async def agree(self, comm: Communicator, per_iter_s: float) -> None:
         """Nothing to agree on: arrival is the signal."""
 
     async def start(self, comm: Communicator, i: int) -> tuple[float, bool]:
-        """Wait until every rank has arrived at call ``i``."""
+        """Wait until every rank has arrived at call ``i`` (and the pause has passed)."""
         if self._released is None:
             self._released = asyncio.Event()
         released = self._released
         self._arrived += 1
         if self._arrived == self._size:
             self._arrived = 0
+            pause = self._pauses.next()
+            if pause > 0:
+                await asyncio.sleep(pause)
             self._released = None
             self._instant = time.perf_counter()
             released.set()
@@ -327,29 +401,34 @@ class ClockStartLine:
     busy with the previous call at a start is late, and so is one that first
     sees the clock past the instant more than :data:`LATE_AFTER_START_S` after
     it (the OS was running another process then); calls that any rank was late
-    for are not counted.
+    for are not counted. With ``jitter_s`` every start moves later by a random
+    pause of up to that long (:func:`start_jitter_s`), the same on every rank
+    (rank 0 sends the seed with the timetable), and the slot grows by it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, jitter_s: float = 0.0) -> None:
         self._first = 0.0
         self._slot = 0.0
+        self._jitter_s = max(float(jitter_s), 0.0)
+        self._pauses = Pauses(0.0)
 
     def slot_s(self, per_iter_s: float) -> float:
         """Seconds between two starts, from the warm-up's seconds per call."""
-        return 2 * per_iter_s + SPIN_BEFORE_START_S
+        return 2 * per_iter_s + SPIN_BEFORE_START_S + self._jitter_s
 
     async def agree(self, comm: Communicator, per_iter_s: float) -> None:
         """Rank 0 sends the timetable; every rank receives it before the first start."""
         plan = None
         if comm.rank == 0:
             slot = self.slot_s(per_iter_s)
-            plan = (time.perf_counter() + 2 * slot + 0.01, slot)
-        first, slot = await comm.bcast(plan, root=0)
+            plan = (time.perf_counter() + 2 * slot + 0.01, slot, random.randrange(1 << 30))
+        first, slot, seed = await comm.bcast(plan, root=0)
         self._first, self._slot = float(first), float(slot)
+        self._pauses = Pauses(self._jitter_s, seed=int(seed))
 
     async def start(self, comm: Communicator, i: int) -> tuple[float, bool]:
         """Wait for call ``i``'s start instant."""
-        at = self._first + i * self._slot
+        at = self._first + i * self._slot + self._pauses.at(i)
         now = time.perf_counter()
         if now > at:
             return at, True
@@ -368,7 +447,10 @@ async def _collective_main(
     budget: Budget,
     line: StartLine | None = None,
 ) -> list[tuple[int, int, float, int]]:
-    """Time ``op`` per size: ``(nbytes, iterations, median seconds, late calls)`` on rank 0."""
+    """Time ``op`` per size: ``(nbytes, iterations, median seconds, late calls)`` on rank 0.
+
+    ``line`` starts the calls (default: a :class:`ClockStartLine` without pauses).
+    """
     call = COLLECTIVES[op]
     line = line or ClockStartLine()
     out = []
@@ -448,7 +530,7 @@ def collective_latency(
     if progress:
         progress(f"{op} {channel} {ranks} ranks")
     sizes_used = [0] if op == "barrier" else list(nbytes_list)
-    line = LoopStartLine(ranks)
+    line = LoopStartLine(ranks, start_jitter_s(channel, config))
     per_rank = _run(_collective_main, ranks, channel, config, op, sizes_used, budget, line)
     rows = []
     for i, nbytes in enumerate(sizes_used):

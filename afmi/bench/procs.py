@@ -124,10 +124,11 @@ class ProcsOptions:
 
 
 async def _allreduce_main(
-    comm: Any, nbytes_list: list[int], budget: measure.Budget
+    comm: Any, nbytes_list: list[int], budget: measure.Budget, jitter_s: float = 0.0
 ) -> list[tuple[int, int, float]]:
     out = []
     for nbytes in nbytes_list:
+        pause = measure.Pauses(jitter_s, seed=nbytes) if jitter_s > 0 else None
         x = np.ones(max(nbytes // 8, 1), dtype=np.float64)
         # Into one reused result array, as the mpi4py anchor's Allreduce(x, y) does.
         y = np.empty_like(x)
@@ -137,7 +138,7 @@ async def _allreduce_main(
 
         iters = await measure._warm_then_count(comm, budget, nbytes, one)
         await comm.barrier()
-        mine = await measure._timed(iters, one)
+        mine = await measure._timed(iters, one, pause)
         slowest = await comm.allreduce(mine, op=_max())
         out.append((nbytes, iters, float(slowest)))
     return out
@@ -153,14 +154,16 @@ async def _rank(plan: dict[str, Any], out_path: str) -> None:
     import afmi
 
     budget = measure.Budget(**plan["budget"])
+    jitter = float(plan.get("jitter_s", 0.0))
     async with afmi.connect() as comm:
         pingpong: list[Any] = []
         if comm.size == 2 and plan["pingpong"]:
-            pingpong = await measure._pingpong_main(comm, plan["pingpong"], budget)
-        allreduce = await _allreduce_main(comm, plan["allreduce"], budget)
+            pingpong = await measure._pingpong_main(comm, plan["pingpong"], budget, jitter)
+        allreduce = await _allreduce_main(comm, plan["allreduce"], budget, jitter)
         collectives = {}
         for op, sizes in plan.get("collectives", {}).items():
-            collectives[op] = await measure._collective_main(comm, op, sizes, budget)
+            line = measure.ClockStartLine(jitter)
+            collectives[op] = await measure._collective_main(comm, op, sizes, budget, line)
         if comm.rank == 0:
             text = json.dumps(
                 {"pingpong": pingpong, "allreduce": allreduce, "collectives": collectives}
@@ -190,12 +193,14 @@ def _plan(
     allreduce: Sequence[int],
     budget: measure.Budget,
     collectives: Mapping[str, Sequence[int]] | None = None,
+    jitter_s: float = 0.0,
 ) -> dict[str, Any]:
     return {
         "pingpong": list(pingpong),
         "allreduce": list(allreduce),
         "collectives": {op: list(sizes) for op, sizes in (collectives or {}).items()},
         "budget": dataclasses.asdict(budget),
+        "jitter_s": jitter_s,
     }
 
 
@@ -225,7 +230,8 @@ def afmi_job(
     with tempfile.TemporaryDirectory(prefix="afmi-bench-") as tmp:
         plan_path = Path(tmp, "plan.json")
         out_path = Path(tmp, "out.json")
-        plan_path.write_text(json.dumps(_plan(pingpong, allreduce, budget, collectives)))
+        jitter = measure.start_jitter_s(channel, config or Config())
+        plan_path.write_text(json.dumps(_plan(pingpong, allreduce, budget, collectives, jitter)))
         if config is not None:
             cfg_path = Path(tmp, "config.json")
             cfg_path.write_text(json.dumps(config.to_dict()))

@@ -176,6 +176,23 @@ def test_sizes_and_budget():
     assert b.cap(1000, 0.01) == 100 and b.cap(1000, 10.0) == b.min_iters
 
 
+def test_s3_points_get_a_larger_budget():
+    from afmi.bench.suite import BUDGET_SCALE, Options
+
+    opts = Options()
+    assert opts.budget("s3").seconds_per_point == pytest.approx(
+        opts.budget().seconds_per_point * BUDGET_SCALE["s3"]
+    )
+    assert opts.budget("direct") == opts.budget()
+    assert opts.pass_budget("s3").seconds_per_point == pytest.approx(
+        opts.budget("s3").seconds_per_point / opts.pass_count()
+    )
+    mine = Options(seconds_per_point=2.0)
+    assert mine.budget("s3").seconds_per_point == pytest.approx(2.0 * BUDGET_SCALE["s3"])
+    quick = Options(quick=True)
+    assert quick.budget("s3") == quick.budget()  # a smoke run stays quick
+
+
 def test_passes_share_the_budget_and_merge_to_the_fastest_or_the_median():
     from afmi.bench.suite import Options, merge_passes
     from afmi.errors import ArgumentError

@@ -116,3 +116,63 @@ def test_collective_latency_reports_late_calls():
     (row,) = rows
     assert row["latency_s"] > 0 and row["iterations"] >= 3
     assert row["late_calls"] == 0  # one loop: the last arrival releases everyone
+
+
+def test_loop_start_line_pauses_a_random_while_before_each_start():
+    line = measure.LoopStartLine(3, jitter_s=0.02)
+    per_rank = afmi.run_local(_arrive_unevenly, 3, line, 8)
+    _same_instant_for_everyone(per_rank)
+    waits = []
+    for i in range(8):
+        last_arrival = max(r[i][2] for r in per_rank)
+        assert all(r[i][3] >= per_rank[0][i][0] for r in per_rank)  # nobody left before it
+        waits.append(per_rank[0][i][0] - last_arrival)
+    assert all(-1e-6 <= w < 0.02 + 0.015 for w in waits), waits  # a pause, and a sleep's lag
+    assert max(waits) - min(waits) > 0.002, waits  # not one fixed delay: the phase moves
+
+
+def test_clock_start_line_with_jitter_moves_every_start_alike_on_every_rank(no_os_hiccups):
+    line = measure.ClockStartLine(jitter_s=0.01)
+    per_rank = afmi.run_local(_arrive_unevenly, 3, line, 6)
+    _same_instant_for_everyone(per_rank)  # the seed came with the timetable
+    slot = line.slot_s(0.002)
+    assert slot == pytest.approx(measure.ClockStartLine().slot_s(0.002) + 0.01)
+    gaps = [per_rank[0][i][0] - per_rank[0][i - 1][0] for i in range(1, 6)]
+    assert all(slot - 0.01 < g < slot + 0.01 for g in gaps), gaps
+    assert max(gaps) - min(gaps) > 1e-4, gaps  # not the fixed beat of a timetable without pauses
+    for r in per_rank:
+        for instant, late, _arrived, resumed in r:
+            assert not late
+            assert resumed >= instant
+
+
+def test_pauses_are_the_same_on_every_rank_and_within_bounds():
+    a, b = measure.Pauses(0.02, seed=7), measure.Pauses(0.02, seed=7)
+    seq = [a.next() for _ in range(50)]
+    assert seq == [b.next() for _ in range(50)]
+    assert all(0 <= p < 0.02 for p in seq) and len(set(seq)) == 50
+    assert measure.Pauses(0.0).next() == 0.0
+    assert measure.Pauses(0.02, seed=7).at(3) == seq[3]  # pause i depends on seed and i only
+
+
+def test_timed_leaves_the_pauses_out():
+    async def main():
+        async def one():
+            await asyncio.sleep(0)
+
+        return await measure._timed(10, one, measure.Pauses(0.02, seed=1))
+
+    t0 = time.perf_counter()
+    per_call = asyncio.run(main())
+    spent = time.perf_counter() - t0
+    assert spent > 10 * 0.002  # the pauses were slept (their mean is 10 ms)
+    assert per_call < spent / 10 / 2  # but not timed
+
+
+def test_only_a_polling_channel_gets_start_jitter():
+    config = afmi.Config()
+    assert measure.start_jitter_s("s3", config) == pytest.approx(
+        measure.JITTER_POLL_INTERVALS * config.channels.s3.poll_min
+    )
+    for channel in ("local", "direct", "redis"):
+        assert measure.start_jitter_s(channel, config) == 0.0
