@@ -72,11 +72,15 @@ class ProcsOptions:
     #: Collectives to time (sizes of ``allreduce_sizes``; a barrier has one, 0 B).
     ops: list[str] = field(default_factory=lambda: ["barrier", "bcast", "allreduce", "gather"])
 
-    def budget(self) -> measure.Budget:
-        """Per-point budget (as in the in-process bench)."""
+    def budget(self, channel: str | None = None) -> measure.Budget:
+        """Per-point budget (as in the in-process bench, with its
+        :data:`afmi.bench.measure.BUDGET_SCALE` for ``channel``)."""
         b = measure.Budget.quick() if self.quick else measure.Budget(seconds_per_point=0.5)
         if self.seconds_per_point is not None:
             b = dataclasses.replace(b, seconds_per_point=self.seconds_per_point)
+        scale = measure.BUDGET_SCALE.get(channel, 1.0) if channel and not self.quick else 1.0
+        if scale != 1.0:
+            b = dataclasses.replace(b, seconds_per_point=b.seconds_per_point * scale)
         return b
 
     def pingpong_sizes(self) -> list[int]:
@@ -468,7 +472,7 @@ def run_procs(
                             n,
                             pp_sizes if n == 2 else [],
                             ar_sizes,
-                            budget,
+                            opts.budget(ch),
                             run_config,
                             opts.timeout,
                             coll_sizes,

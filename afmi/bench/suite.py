@@ -32,13 +32,6 @@ __all__ = ["Options", "calibration_sizes", "merge_passes", "run_suite", "CHANNEL
 CHANNELS = ("local", "direct", "redis", "s3")
 
 
-#: Channels whose points get a multiple of the budget. An S3 call takes 15-300 ms
-#: on moto, so half a second a point times 1 to 10 calls a pass, and a point's
-#: passes lay apart by a median of 49 % (one run); with 3 times the budget 32 %,
-#: and 109 rather than 103 of 116 S3 points were predicted within 30 %.
-BUDGET_SCALE: dict[str, float] = {"s3": 3.0}
-
-
 @dataclass
 class Options:
     """What to measure (the ``afmi bench`` options)."""
@@ -70,11 +63,11 @@ class Options:
 
     def budget(self, channel: str | None = None) -> measure.Budget:
         """The budget of every point (all its passes together); a ``channel`` in
-        :data:`BUDGET_SCALE` gets that many times the seconds."""
+        :data:`afmi.bench.measure.BUDGET_SCALE` gets that many times the seconds."""
         b = measure.Budget.quick() if self.quick else measure.Budget(seconds_per_point=0.5)
         if self.seconds_per_point is not None:
             b = dataclasses.replace(b, seconds_per_point=self.seconds_per_point)
-        scale = BUDGET_SCALE.get(channel, 1.0) if channel and not self.quick else 1.0
+        scale = measure.BUDGET_SCALE.get(channel, 1.0) if channel and not self.quick else 1.0
         if scale != 1.0:
             b = dataclasses.replace(b, seconds_per_point=b.seconds_per_point * scale)
         return b

@@ -177,7 +177,9 @@ def test_sizes_and_budget():
 
 
 def test_s3_points_get_a_larger_budget():
-    from afmi.bench.suite import BUDGET_SCALE, Options
+    from afmi.bench.measure import BUDGET_SCALE
+    from afmi.bench.procs import ProcsOptions
+    from afmi.bench.suite import Options
 
     opts = Options()
     assert opts.budget("s3").seconds_per_point == pytest.approx(
@@ -191,6 +193,10 @@ def test_s3_points_get_a_larger_budget():
     assert mine.budget("s3").seconds_per_point == pytest.approx(2.0 * BUDGET_SCALE["s3"])
     quick = Options(quick=True)
     assert quick.budget("s3") == quick.budget()  # a smoke run stays quick
+    procs = ProcsOptions()  # across processes alike
+    assert procs.budget("s3").seconds_per_point == pytest.approx(
+        procs.budget().seconds_per_point * BUDGET_SCALE["s3"]
+    )
 
 
 def test_passes_share_the_budget_and_merge_to_the_fastest_or_the_median():
