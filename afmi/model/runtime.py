@@ -172,4 +172,8 @@ def plan_explanation(
     winner = next(
         r for r in full.rows if (r.channel, r.algorithm) == (best.channel, best.algorithm)
     )
-    return Explanation(full.op, full.nbytes, full.size, full.hint, full.rows, winner, pinned)
+    runs = frozenset((c, alg.name) for c, algs in picks.items() for alg in algs)
+    if pinned:  # the other channels' registry picks, shown as the options they would be
+        others = _options(collective, ctx, channels, nbytes, args, config)
+        runs |= {(c, alg.name) for c, algs in others.items() for alg in algs}
+    return Explanation(full.op, full.nbytes, full.size, full.hint, full.rows, winner, pinned, runs)

@@ -159,9 +159,17 @@ class Explanation:
     winner: Prediction
     #: A channel pinned by the user overrides the model (shown in the table).
     pinned: str | None = None
+    #: The ``(channel, algorithm)`` pairs the choice was made among (None: every row).
+    #: By default the collectives registry picks one algorithm per channel and the
+    #: model only the channel; the other rows are shown for comparison.
+    runs: frozenset[tuple[str, str]] | None = None
+
+    def could_run(self, row: Prediction) -> bool:
+        """Whether ``row`` was one of the options the choice was made among."""
+        return self.runs is None or (row.channel, row.algorithm) in self.runs
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict for JSON output."""
+        """Plain dict for JSON output (each row's ``option``: whether it was chosen among)."""
         return {
             "op": self.op,
             "nbytes": self.nbytes,
@@ -169,7 +177,7 @@ class Explanation:
             "hint": str(self.hint),
             "pinned": self.pinned,
             "winner": {"channel": self.winner.channel, "algorithm": self.winner.algorithm},
-            "rows": [r.to_dict() for r in self.rows],
+            "rows": [{**r.to_dict(), "option": self.could_run(r)} for r in self.rows],
         }
 
     def __str__(self) -> str:
@@ -180,7 +188,7 @@ class Explanation:
         cols = ("", "channel", "algorithm", "time", "dollars", "messages", "functions $")
         table = [
             (
-                "*" if r is self.winner else "",
+                "*" if r is self.winner else "" if self.could_run(r) else "-",
                 r.channel,
                 r.algorithm,
                 _fmt_time(r.time_s),
@@ -195,6 +203,9 @@ class Explanation:
         lines.append(fmt.format(*cols))
         lines.extend(fmt.format(*row) for row in table)
         lines.append(f"* chosen: {self.winner.channel} / {self.winner.algorithm}")
+        if any(not self.could_run(r) for r in self.rows):
+            lines.append("- not an option: the registry runs another algorithm on that channel")
+            lines.append("  (model.choose_algorithm = true lets the model choose algorithms too)")
         return "\n".join(lines)
 
 

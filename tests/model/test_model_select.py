@@ -192,3 +192,32 @@ def test_every_registered_collective_can_be_explained():
             exp = explain_offline(op, 4096, size, ALL, Config(), "cheap")
             assert exp.winner in exp.rows
             assert all(r.time_s >= 0 and r.usd >= 0 for r in exp.rows)
+
+
+def test_explain_marks_the_rows_that_were_not_options():
+    import dataclasses
+
+    from afmi.model.cli import algorithm_for, explain_offline
+
+    exp = explain_offline("allreduce", 1 << 20, 16, ALL, Config(), "cheap")
+    registry = {(c, algorithm_for("allreduce", c, 16, 1 << 20).name) for c in ALL}
+    options = [r for r in exp.rows if exp.could_run(r)]
+    assert {(r.channel, r.algorithm) for r in options} == registry
+    assert len(options) < len(exp.rows)  # other algorithms are shown, but marked
+    hint = as_hint("cheap")
+    assert exp.winner is min(options, key=hint.key)  # the cheapest option, not the cheapest row
+    lines = str(exp).splitlines()
+    for r in exp.rows:
+        line = next(ln for ln in lines if ln[3:].split()[:2] == [r.channel, r.algorithm])
+        assert line.startswith("*" if r is exp.winner else " " if exp.could_run(r) else "-")
+    assert "- not an option: the registry runs another algorithm" in str(exp)
+    rows = exp.to_dict()["rows"]
+    assert sum(r["option"] for r in rows) == len(registry)
+
+    config = Config()
+    config = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, choose_algorithm=True)
+    )
+    free = explain_offline("allreduce", 1 << 20, 16, ALL, config, "cheap")
+    assert all(free.could_run(r) for r in free.rows) and "not an option" not in str(free)
+    assert free.winner is min(free.rows, key=hint.key)
