@@ -365,8 +365,9 @@ def _fit_rounds(
     ``payload_overhead_s`` (calls but barriers),
     ``per_message_s`` and ``1 / aggregate`` bandwidth, the shared CPU in
     ``call_overhead_s``, ``payload_overhead_s``, ``cpu_per_message_s``,
-    ``cpu_per_message_rank_s``, ``cpu_per_shared_read_s`` and
-    ``1 / cpu_bytes_per_s``. The fit
+    ``cpu_per_message_rank_s``, ``cpu_per_shared_read_s``, ``cpu_per_wait_s``
+    (only where some call waits other than once per message, else it is part
+    of ``cpu_per_message_s``) and ``1 / cpu_bytes_per_s``. The fit
     assigns every point to the bound that predicts more, solves one non-negative
     least-squares problem of the relative error, and repeats until the assignment
     settles (from two starts: all points on the path, all on the CPU); the
@@ -413,7 +414,7 @@ def _fit_rounds(
         reduce_s = w.reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         path_reduce_s = w.path_reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         data = 0.0 if op in NO_PAYLOAD else 1.0  # a barrier carries no payload
-        path_rows.append([1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0])
+        path_rows.append([1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0, 0.0])
         path_fixed.append(fixed + path_reduce_s)
         cpu_rows.append(
             [
@@ -425,6 +426,7 @@ def _fit_rounds(
                 shared * (w.messages + w.deliveries) / 2 * (ranks - 1) / share,
                 shared * data * ranks / share,
                 shared * w.shared_deliveries / share,
+                shared * w.receive_waits / share,
             ]
         )
         fetch_s = w.deliveries * base.fetch_s if base.fetch_s > 0 and base.fetches(nbytes) else 0.0
@@ -437,6 +439,10 @@ def _fit_rounds(
     if ap[:, 6].all() or not ap[:, 6].any():
         # without both barriers and calls with data the two overheads are one unknown
         ap[:, 6] = ac[:, 6] = 0.0
+    if np.allclose(ac[:, 8], ac[:, 3]):
+        # every call waits once per message (no rank collects several at once): a wait
+        # is part of a message's cost, as it was before waits were counted
+        ac[:, 8] = 0.0
     fp, fc = np.array(path_fixed), np.array(cpu_fixed)
 
     def solve(on_path: Any) -> Any:
@@ -470,6 +476,7 @@ def _fit_rounds(
         cpu_rank,
         payload,
         cpu_shared,
+        cpu_wait,
     ) = (float(v) for v in best[1])
     aggregate = 1.0 / inverse_aggregate if inverse_aggregate > 0 else 64 * single
     return best[0], {
@@ -480,6 +487,7 @@ def _fit_rounds(
         "cpu_per_message_s": cpu_message,
         "cpu_per_message_rank_s": cpu_rank,
         "cpu_per_shared_read_s": cpu_shared,
+        "cpu_per_wait_s": cpu_wait,
         "cpu_bytes_per_s": 1.0 / inverse_cpu if inverse_cpu > 0 else 0.0,
         "reduce_bytes_per_s": float(reduce_bytes_per_s),
         "parallel_ranks": float(parallel_ranks),

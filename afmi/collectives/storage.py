@@ -244,11 +244,12 @@ class RedisCounterBarrier(Algorithm):
 
     def work(self, size: int, nbytes: int) -> Any:
         """For the model (:mod:`afmi.model.work`): every increment and release is a
-        request written and a reply or message read; no payload, no reduction."""
+        request written and a reply or message read; no payload, no reduction. Only
+        the ``size - 1`` ranks the release lets through wait for a message."""
         from afmi.model.work import Work
 
         n = 2 * size - 1 if size > 1 else 0
-        return Work(n, 0, n, 0)
+        return Work(n, 0, n, 0, waits=max(size - 1, 0))
 
     async def run(self, ctx: CollectiveContext) -> None:
         if ctx.size == 1:

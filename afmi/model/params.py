@@ -61,7 +61,9 @@ class ChannelModel:
     ``cpu_per_message_rank_s`` for every further rank sharing the CPUs, plus
     its bytes at ``cpu_bytes_per_s``; every read of a payload stored once for
     several readers costs ``cpu_per_shared_read_s`` more (S3's markers and
-    pointers), a reduction runs at ``reduce_bytes_per_s``,
+    pointers), every time a rank waits for messages ``cpu_per_wait_s``
+    (``Work.receive_waits``; S3: a LIST of its mailbox, at least), a reduction
+    runs at ``reduce_bytes_per_s``,
     and ``parallel_ranks`` says how many ranks' work runs at the same time
     (0: each rank has its own CPU; 1: every rank shares one event loop).
     """
@@ -81,6 +83,7 @@ class ChannelModel:
     cpu_per_message_s: float = 0.0
     cpu_per_message_rank_s: float = 0.0
     cpu_per_shared_read_s: float = 0.0
+    cpu_per_wait_s: float = 0.0
     publish_min_bytes: float = 0.0
     cpu_bytes_per_s: float = 0.0
     reduce_bytes_per_s: float = 0.0

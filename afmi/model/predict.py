@@ -115,8 +115,8 @@ def timing(
     The critical path is the call overhead, the algorithm's rounds
     (:meth:`ChannelModel.round_time_s`) and the reductions on it. The CPU
     bound is the work of all ranks (call overheads, every message's software
-    cost, which grows with the ranks sharing the CPUs, its bytes, every
-    reduction) divided by how many ranks run at once
+    cost, which grows with the ranks sharing the CPUs, its bytes, every wait
+    for messages, every reduction) divided by how many ranks run at once
     (:meth:`ChannelModel.parallelism`). It exists only where ranks share CPUs:
     with a CPU per rank (and for a point-to-point message) every rank's own
     work is already part of the measured latencies on the path.
@@ -140,6 +140,7 @@ def timing(
     if channel.fetch_s > 0 and channel.fetches(nbytes):
         cpu += w.deliveries * channel.fetch_s  # a fetch is work of the client and server
     cpu += channel.shared_read_cpu_s(w)
+    cpu += w.receive_waits * channel.cpu_per_wait_s
     if channel.cpu_bytes_per_s > 0:
         cpu += (w.bytes_sent + w.bytes_received) / 2 / channel.cpu_bytes_per_s
     if rate > 0:

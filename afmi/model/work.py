@@ -12,6 +12,7 @@ afmi's built-in algorithms, else from an algorithm's ``traffic(size, nbytes)``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,11 @@ class Work:
     in place of the ``shared_uploads``
     (:meth:`afmi.model.params.ChannelModel.channel_work`). ``reduce_bytes``
     counts the input bytes every op application combines,
-    ``path_reduce_bytes`` those on the critical path.
+    ``path_reduce_bytes`` those on the critical path. ``waits`` counts the
+    times a rank waits for messages (None: one per delivery): fewer where a
+    rank collects several messages in one wait, as a linear gather's root
+    does; a channel whose receivers poll (S3) lists a mailbox at least once
+    per wait (:attr:`receive_waits`).
     """
 
     messages: int
@@ -48,6 +53,12 @@ class Work:
     shared_deliveries: int = 0
     shared_uploads: int = 0
     shared_bytes: int = 0
+    waits: int | None = None
+
+    @property
+    def receive_waits(self) -> int:
+        """How many times ranks wait for messages: ``waits``, or one per delivery."""
+        return self.deliveries if self.waits is None else self.waits
 
 
 def _p2p(messages: int, nbytes: int, reduce: int = 0, path: int = 0) -> Work:
@@ -124,8 +135,16 @@ def _scatter_reduce(size: int, nbytes: int) -> Work:
         bytes_received=2 * slices * part,
         reduce_bytes=slices * part,
         path_reduce_bytes=(size - 1) * part,
+        waits=2 * size,  # every rank collects its slices at once, then the reduced ones
         **_published(size, size - 1, part),
     )
+
+
+def _waits(
+    per_call: Callable[[int], int], of: Callable[[int, int], Work]
+) -> Callable[[int, int], Work]:
+    """``of``'s work with ``per_call(size)`` waits (a rank collects several messages at once)."""
+    return lambda p, n: dataclasses.replace(of(p, n), waits=per_call(p))
 
 
 def _reduce_publish(size: int, nbytes: int) -> Work:
@@ -137,13 +156,14 @@ def _reduce_publish(size: int, nbytes: int) -> Work:
         bytes_received=2 * k * nbytes,
         reduce_bytes=k * nbytes,
         path_reduce_bytes=k * nbytes,
+        waits=size,  # the root collects the arrays at once; every other rank waits once
         **_published(1, k, nbytes),
     )
 
 
 #: ``(collective, algorithm) -> work(size, nbytes)`` of afmi's built-in algorithms.
 _TABLE: dict[tuple[str, str], Callable[[int, int], Work]] = {
-    ("barrier", "linear"): lambda p, n: _p2p(2 * (p - 1), 0),
+    ("barrier", "linear"): _waits(lambda p: p, lambda p, n: _p2p(2 * (p - 1), 0)),
     ("barrier", "dissemination"): lambda p, n: _p2p(p * _log2(p), 0),
     ("bcast", "linear"): lambda p, n: _p2p(p - 1, n),
     ("bcast", "binomial"): lambda p, n: _p2p(p - 1, n),
@@ -151,22 +171,26 @@ _TABLE: dict[tuple[str, str], Callable[[int, int], Work]] = {
     ("bcast", "storage_publish"): lambda p, n: Work(
         1, n, p - 1, (p - 1) * n, **_published(1, p - 1, n)
     ),
-    ("gather", "linear"): lambda p, n: _p2p(p - 1, n),
+    ("gather", "linear"): _waits(lambda p: 1, lambda p, n: _p2p(p - 1, n)),
     ("gather", "binomial"): lambda p, n: Work(p - 1, _tree_bytes(p, n), p - 1, _tree_bytes(p, n)),
     ("scatter", "linear"): lambda p, n: _p2p(p - 1, n),
     ("scatter", "binomial"): lambda p, n: Work(p - 1, _tree_bytes(p, n), p - 1, _tree_bytes(p, n)),
     ("allgather", "linear"): lambda p, n: Work(
-        2 * (p - 1), (p - 1) * n * (1 + p), 2 * (p - 1), (p - 1) * n * (1 + p)
+        2 * (p - 1), (p - 1) * n * (1 + p), 2 * (p - 1), (p - 1) * n * (1 + p), waits=p
     ),
     ("allgather", "bruck"): lambda p, n: Work(
         p * _log2(p), p * (p - 1) * n, p * _log2(p), p * (p - 1) * n
     ),
     ("allgather", "ring"): lambda p, n: _p2p(p * (p - 1), n),
-    ("alltoall", "linear"): lambda p, n: _p2p(p * (p - 1), n),
+    ("alltoall", "linear"): _waits(lambda p: p, lambda p, n: _p2p(p * (p - 1), n)),
     ("alltoall", "pairwise"): lambda p, n: _p2p(p * (p - 1), n),
-    ("reduce", "linear"): lambda p, n: _p2p(p - 1, n, (p - 1) * n, (p - 1) * n),
+    ("reduce", "linear"): _waits(
+        lambda p: 1, lambda p, n: _p2p(p - 1, n, (p - 1) * n, (p - 1) * n)
+    ),
     ("reduce", "binomial"): lambda p, n: _p2p(p - 1, n, (p - 1) * n, _log2(p) * n),
-    ("allreduce", "linear"): lambda p, n: _p2p(2 * (p - 1), n, (p - 1) * n, (p - 1) * n),
+    ("allreduce", "linear"): _waits(
+        lambda p: p, lambda p, n: _p2p(2 * (p - 1), n, (p - 1) * n, (p - 1) * n)
+    ),
     ("allreduce", "recursive_doubling"): _doubling,
     ("allreduce", "ring"): lambda p, n: _ring(p, n, 2),
     ("allreduce", "reduce_publish"): _reduce_publish,
@@ -178,6 +202,7 @@ _TABLE: dict[tuple[str, str], Callable[[int, int], Work]] = {
         (p - 1) * (n + n // p),
         (p - 1) * n,
         (p - 1) * n,
+        waits=p,
     ),
     ("reduce_scatter", "reduce_scatter_tree"): lambda p, n: Work(
         2 * (p - 1),
@@ -188,9 +213,13 @@ _TABLE: dict[tuple[str, str], Callable[[int, int], Work]] = {
         _log2(p) * n,
     ),
     ("reduce_scatter", "ring"): lambda p, n: _ring(p, n, 1),
-    ("scan", "linear"): lambda p, n: _p2p(2 * (p - 1), n, (p - 1) * n, (p - 1) * n),
+    ("scan", "linear"): _waits(
+        lambda p: p, lambda p, n: _p2p(2 * (p - 1), n, (p - 1) * n, (p - 1) * n)
+    ),
     ("scan", "recursive_doubling"): _scan,
-    ("exscan", "linear"): lambda p, n: _p2p(2 * (p - 1), n, (p - 1) * n, (p - 1) * n),
+    ("exscan", "linear"): _waits(
+        lambda p: p, lambda p, n: _p2p(2 * (p - 1), n, (p - 1) * n, (p - 1) * n)
+    ),
     ("exscan", "recursive_doubling"): _scan,
 }
 

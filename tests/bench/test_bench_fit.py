@@ -190,6 +190,28 @@ def test_collectives_with_fetched_messages_are_fitted():
     assert wrong["cpu_per_shared_read_s"] == 0.0
 
 
+def test_the_cpu_of_a_wait_is_told_from_the_cpu_of_a_message():
+    # S3 on one event loop: a LIST for every wait, a PUT and a DELETE for every message.
+    # A linear gather's root waits once for all messages, a bcast's readers once each.
+    wire = dict(_WIRE, inline_max_bytes=256.0, fetch_s=5e-3)
+    truth = ChannelModel(
+        name="s3",
+        **wire,
+        bandwidth_aggregate_bytes_per_s=1e8,
+        call_overhead_s=1e-3,
+        cpu_per_message_s=5e-3,
+        cpu_per_wait_s=4e-3,
+        reduce_bytes_per_s=2e9,
+        parallel_ranks=1.0,
+        publish_min_bytes=4 << 20,
+    )
+    points = _collective_points(truth)
+    fit = calibrate.fit_rounds("s3", wire, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
+    assert fit["cpu_per_wait_s"] == pytest.approx(4e-3, rel=1e-3)
+    assert fit["cpu_per_message_s"] == pytest.approx(5e-3, rel=1e-3)
+    _assert_reproduces(dataclasses.replace(truth, **fit), points)
+
+
 def test_reduce_rate_is_measured():
     rate = calibrate.measure_reduce_rate("float64", 1 << 16)
     assert 1e6 < rate < 1e13

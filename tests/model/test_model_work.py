@@ -213,3 +213,42 @@ def test_messages_cost_more_with_more_ranks_sharing_the_loop():
         w = work("allreduce", rd, p, 64)
         extra = timing("allreduce", 64, p, rd, crowded)[1] - timing("allreduce", 64, p, rd, flat)[1]
         assert extra == pytest.approx((w.messages + w.deliveries) / 2 * (p - 1) * 2e-6)
+
+
+def test_waits_count_a_rank_that_collects_several_messages_once():
+    for p in (2, 4, 8):
+        gather = work("gather", registry.get("gather", "linear"), p, 100)
+        assert gather.deliveries == p - 1 and gather.receive_waits == 1  # the root, once
+        barrier = work("barrier", registry.get("barrier", "linear"), p, 0)
+        assert barrier.receive_waits == p  # the root once, then every other rank
+        publish = work("bcast", registry.get("bcast", "storage_publish"), p, 100)
+        assert publish.waits is None and publish.receive_waits == p - 1  # one per delivery
+        rp = work("allreduce", registry.get("allreduce", "reduce_publish"), p, 100)
+        assert rp.receive_waits == p
+        sr = work("allreduce", registry.get("allreduce", "scatter_reduce"), p, 1 << 20)
+        assert sr.receive_waits == 2 * p
+        counter = work("barrier", registry.get("barrier", "redis_counter"), p, 0)
+        assert counter.receive_waits == p - 1  # only the released ranks wait for a message
+        binomial = work("gather", registry.get("gather", "binomial"), p, 100)
+        assert binomial.receive_waits == binomial.deliveries  # one message per wait
+
+
+def test_every_wait_costs_cpu_where_ranks_share_it():
+    from afmi.model import timing
+
+    waits = _model(
+        cpu_per_message_s=0.0,
+        call_overhead_s=0.0,
+        cpu_bytes_per_s=0.0,
+        cpu_per_wait_s=4e-3,
+        parallel_ranks=1.0,
+        reduce_bytes_per_s=0.0,
+    )
+    gather = registry.get("gather", "linear")
+    bcast = registry.get("bcast", "linear")
+    # the same 7 messages: the gather's root waits once, each of the bcast's 7 readers once
+    assert timing("gather", 100, 8, gather, waits)[1] == pytest.approx(4e-3)
+    assert timing("bcast", 100, 8, bcast, waits)[1] == pytest.approx(7 * 4e-3)
+    # with a CPU per rank, no CPU bound (the waits are in the measured latencies)
+    own = dataclasses.replace(waits, parallel_ranks=0.0)
+    assert timing("bcast", 100, 8, bcast, own)[1] == 0.0
