@@ -11,6 +11,7 @@ sent to the others so every rank runs the same count.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import time
@@ -33,6 +34,7 @@ __all__ = [
     "fanout_time",
     "burst_time",
     "pingpong",
+    "point_budget",
     "sizes",
     "start_jitter_s",
 ]
@@ -84,6 +86,21 @@ def sizes(max_bytes: int = 1 << 24, quick: bool = False) -> list[int]:
 #: point's passes lay apart by a median of 49 % with the plain budget, 32 % with
 #: three times it, 21 % with three times it and :func:`start_jitter_s`.
 BUDGET_SCALE: dict[str, float] = {"s3": 3.0}
+
+
+def point_budget(
+    quick: bool = False, seconds_per_point: float | None = None, channel: str | None = None
+) -> Budget:
+    """The bench's budget of one point (all its passes together): half a second, a
+    ``quick`` one, or ``seconds_per_point``; times :data:`BUDGET_SCALE` for ``channel``
+    (not with ``quick``)."""
+    b = Budget.quick() if quick else Budget(seconds_per_point=0.5)
+    if seconds_per_point is not None:
+        b = dataclasses.replace(b, seconds_per_point=seconds_per_point)
+    scale = BUDGET_SCALE.get(channel, 1.0) if channel and not quick else 1.0
+    if scale != 1.0:
+        b = dataclasses.replace(b, seconds_per_point=b.seconds_per_point * scale)
+    return b
 
 
 def _payload(nbytes: int) -> np.ndarray:

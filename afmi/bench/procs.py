@@ -75,13 +75,7 @@ class ProcsOptions:
     def budget(self, channel: str | None = None) -> measure.Budget:
         """Per-point budget (as in the in-process bench, with its
         :data:`afmi.bench.measure.BUDGET_SCALE` for ``channel``)."""
-        b = measure.Budget.quick() if self.quick else measure.Budget(seconds_per_point=0.5)
-        if self.seconds_per_point is not None:
-            b = dataclasses.replace(b, seconds_per_point=self.seconds_per_point)
-        scale = measure.BUDGET_SCALE.get(channel, 1.0) if channel and not self.quick else 1.0
-        if scale != 1.0:
-            b = dataclasses.replace(b, seconds_per_point=b.seconds_per_point * scale)
-        return b
+        return measure.point_budget(self.quick, self.seconds_per_point, channel)
 
     def pingpong_sizes(self) -> list[int]:
         """1 B .. max_bytes: every power of two (quick: 1 B, 16 B, ... x16, up to 1 MiB)."""

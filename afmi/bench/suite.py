@@ -64,13 +64,7 @@ class Options:
     def budget(self, channel: str | None = None) -> measure.Budget:
         """The budget of every point (all its passes together); a ``channel`` in
         :data:`afmi.bench.measure.BUDGET_SCALE` gets that many times the seconds."""
-        b = measure.Budget.quick() if self.quick else measure.Budget(seconds_per_point=0.5)
-        if self.seconds_per_point is not None:
-            b = dataclasses.replace(b, seconds_per_point=self.seconds_per_point)
-        scale = measure.BUDGET_SCALE.get(channel, 1.0) if channel and not self.quick else 1.0
-        if scale != 1.0:
-            b = dataclasses.replace(b, seconds_per_point=b.seconds_per_point * scale)
-        return b
+        return measure.point_budget(self.quick, self.seconds_per_point, channel)
 
     def pass_budget(self, channel: str | None = None) -> measure.Budget:
         """The budget of one pass: the point's budget shared among the passes."""
