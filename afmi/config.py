@@ -231,6 +231,8 @@ class ChannelModelConfig:
     #: Extra CPU time of every read of a payload stored once for several readers (S3: the
     #: root's marker and pointer PUTs, the reader's DELETE and LIST of the markers), seconds.
     cpu_per_shared_read_s: float | None = None
+    #: CPU time of every time a rank waits for messages (S3: a LIST of its mailbox; a
+    #: linear gather's root waits once for all its messages), seconds.
     cpu_per_wait_s: float | None = None
     #: Payloads sent to several ranks are stored once from this size on, smaller ones sent
     #: to every reader alone (default: ``channels.s3.publish_min_bytes`` for s3, else 0), bytes.
