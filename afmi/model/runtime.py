@@ -166,14 +166,13 @@ def plan_explanation(
     every = {c: candidates(collective, c, ctx.size, nbytes, args) for c in channels}
     if config.model.choose_algorithm:
         return explain(collective, nbytes, ctx.size, every, config, hint, args, pinned)
-    picks = _options(collective, ctx, [pinned] if pinned else channels, nbytes, args, config)
+    options = _options(collective, ctx, channels, nbytes, args, config)
+    picks = _options(collective, ctx, [pinned], nbytes, args, config) if pinned else options
     best = choose(collective, nbytes, ctx.size, picks, config, hint, args)
     full = explain(collective, nbytes, ctx.size, every, config, hint, args, pinned)
     winner = next(
         r for r in full.rows if (r.channel, r.algorithm) == (best.channel, best.algorithm)
     )
-    runs = frozenset((c, alg.name) for c, algs in picks.items() for alg in algs)
-    if pinned:  # the other channels' registry picks, shown as the options they would be
-        others = _options(collective, ctx, channels, nbytes, args, config)
-        runs |= {(c, alg.name) for c, algs in others.items() for alg in algs}
+    # every channel's registry pick is an option (a pinned call chose among its own)
+    runs = frozenset((c, alg.name) for c, algs in {**options, **picks}.items() for alg in algs)
     return Explanation(full.op, full.nbytes, full.size, full.hint, full.rows, winner, pinned, runs)
