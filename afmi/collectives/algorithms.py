@@ -22,6 +22,9 @@ from afmi.collectives.registry import register, set_chooser
 __all__ = [
     "ALLTOALL_PAIRWISE_MIN_SIZE",
     "BCAST_SCATTER_MIN_SIZE",
+    "LOCAL_LINEAR_ALLREDUCE_MIN_SIZE",
+    "LOCAL_RING_ALLREDUCE_MIN_BYTES",
+    "LOCAL_WIDE_RING_ALLREDUCE_MIN_BYTES",
     "RING_ALLREDUCE_MIN_BYTES",
     "RING_ALLREDUCE_PAIR_MIN_BYTES",
     "TREE_MIN_SIZE",
@@ -42,6 +45,20 @@ RING_ALLREDUCE_MIN_BYTES = 1 << 19
 #: two processes over ``direct``, both receiving in place), the ring's pipelined
 #: segments from 8 MiB (6.7 vs 10.8 ms with 512 KiB segments; docs/performance.md).
 RING_ALLREDUCE_PAIR_MIN_BYTES = 1 << 23
+#: On the ``local`` channel every rank runs in one thread, so an allreduce costs
+#: the work of all ranks together, not its critical path. From this many ranks
+#: linear (``p - 1`` reductions, ``2 (p - 1)`` messages) beats recursive doubling
+#: (``p log2 p`` of each) and the ring (``2 p (p - 1)`` messages) below
+#: :data:`LOCAL_WIDE_RING_ALLREDUCE_MIN_BYTES`: 1 MiB on 16 ranks took 5.7-14.8 ms
+#: linear, 24-32 ms with the ring (docs/performance.md).
+LOCAL_LINEAR_ALLREDUCE_MIN_SIZE = 8
+#: On ``local`` with fewer than :data:`LOCAL_LINEAR_ALLREDUCE_MIN_SIZE` ranks (but more
+#: than 2), the smallest array (bytes) that runs the ring: its chunks stay in the
+#: CPU's caches. Below it recursive doubling (4 ranks, 1 MiB: ring 1.7x slower).
+LOCAL_RING_ALLREDUCE_MIN_BYTES = 1 << 21
+#: On ``local`` with :data:`LOCAL_LINEAR_ALLREDUCE_MIN_SIZE` ranks or more, the smallest
+#: array (bytes) that runs the ring instead of linear.
+LOCAL_WIDE_RING_ALLREDUCE_MIN_BYTES = 1 << 22
 #: Smallest communicator on which alltoall runs pairwise rounds instead of
 #: sending everything at once (bounds the messages in flight per rank).
 ALLTOALL_PAIRWISE_MIN_SIZE = 16
@@ -120,16 +137,37 @@ def _allreduce(
     """Ring for arrays of :data:`RING_ALLREDUCE_MIN_BYTES` or more, else recursive doubling.
 
     On 2 ranks the ring runs only for arrays of :data:`RING_ALLREDUCE_PAIR_MIN_BYTES`
-    or more on a channel other than ``local``.
+    or more on a channel other than ``local``. On ``local`` (:func:`_local_allreduce`)
+    the thresholds follow the work of all ranks, which share one thread.
 
     The ring is a candidate only for commutative built-in ops on non-empty arrays.
     """
     if size == 1:
         return _prefer(candidates, "linear")
-    big = isinstance(args.get("x"), np.ndarray) and nbytes >= RING_ALLREDUCE_MIN_BYTES
+    array = isinstance(args.get("x"), np.ndarray)
+    if ctx.channel == "local":
+        return _local_allreduce(candidates, size, nbytes if array else 0)
+    big = array and nbytes >= RING_ALLREDUCE_MIN_BYTES
     if big and size > 2:
         return _prefer(candidates, "ring", "recursive_doubling")
-    if big and nbytes >= RING_ALLREDUCE_PAIR_MIN_BYTES and ctx.channel != "local":
+    if big and nbytes >= RING_ALLREDUCE_PAIR_MIN_BYTES:
+        return _prefer(candidates, "ring", "recursive_doubling")
+    return _prefer(candidates, "recursive_doubling")
+
+
+def _local_allreduce(candidates: list[Algorithm], size: int, array_nbytes: int) -> Algorithm:
+    """allreduce on ``local`` (``array_nbytes`` 0 for a payload that is not an array).
+
+    From :data:`LOCAL_LINEAR_ALLREDUCE_MIN_SIZE` ranks: linear, or the ring from
+    :data:`LOCAL_WIDE_RING_ALLREDUCE_MIN_BYTES`. On 3 ranks up to that count:
+    recursive doubling, or the ring from :data:`LOCAL_RING_ALLREDUCE_MIN_BYTES`.
+    On 2 ranks: recursive doubling (one exchange).
+    """
+    if size >= LOCAL_LINEAR_ALLREDUCE_MIN_SIZE:
+        if array_nbytes >= LOCAL_WIDE_RING_ALLREDUCE_MIN_BYTES:
+            return _prefer(candidates, "ring", "linear")
+        return _prefer(candidates, "linear")
+    if size > 2 and array_nbytes >= LOCAL_RING_ALLREDUCE_MIN_BYTES:
         return _prefer(candidates, "ring", "recursive_doubling")
     return _prefer(candidates, "recursive_doubling")
 

@@ -425,15 +425,12 @@ async def test_default_choices(size):
         assert pick("barrier") == ("dissemination" if many else "linear")
         assert pick("allgather", obj=1) == ("bruck" if many else "linear")
         assert pick("scan", x=1, op=afmi.SUM) == ("recursive_doubling" if many else "linear")
-        assert pick("allreduce", x=small, op=afmi.SUM) == (
-            "recursive_doubling" if many else "linear"
-        )
-        ring = "ring" if size > 2 else ("recursive_doubling" if many else "linear")
-        assert pick("allreduce", x=big, op=afmi.SUM) == ring
-        # the ring needs a commutative built-in op
-        assert pick("allreduce", x=big, op=matmul_op()) == (
-            "recursive_doubling" if many else "linear"
-        )
+        # on the local channel (these ranks'), linear from 8 ranks; 512 KiB is below the ring
+        wide = size >= builtins.LOCAL_LINEAR_ALLREDUCE_MIN_SIZE
+        doubling = "recursive_doubling" if many else "linear"
+        assert pick("allreduce", x=small, op=afmi.SUM) == ("linear" if wide else doubling)
+        assert pick("allreduce", x=big, op=afmi.SUM) == ("linear" if wide else doubling)
+        assert pick("allreduce", x=big, op=matmul_op()) == ("linear" if wide else doubling)
         assert pick("reduce_scatter", x=big, op=afmi.SUM) == ("ring" if many else "linear")
         assert pick("reduce_scatter", x=big, op=batched_matmul_op()) in {
             "reduce_scatter_tree",
@@ -444,6 +441,51 @@ async def test_default_choices(size):
         )
 
     await launch(main, size)
+
+
+class _OnChannel:
+    """A collective context that reports ``channel`` (the choosers read nothing else of it)."""
+
+    def __init__(self, channel: str, size: int) -> None:
+        self.channel = channel
+        self.size = size
+        self.rank = 0
+
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("channel", "size", "nbytes", "expected"),
+    [
+        # a network channel: recursive doubling, the ring from 512 KiB (8 MiB on 2 ranks)
+        ("direct", 2, 8, "recursive_doubling"),
+        ("direct", 2, 4 * MiB, "recursive_doubling"),
+        ("direct", 2, 8 * MiB, "ring"),
+        ("direct", 4, MiB // 4, "recursive_doubling"),
+        ("direct", 4, MiB // 2, "ring"),
+        ("direct", 16, MiB, "ring"),
+        ("direct", 16, 8, "recursive_doubling"),
+        # local, one thread: the least work of all ranks together
+        ("local", 2, 8, "recursive_doubling"),
+        ("local", 2, 16 * MiB, "recursive_doubling"),
+        ("local", 4, MiB, "recursive_doubling"),
+        ("local", 4, 2 * MiB, "ring"),
+        ("local", 7, 2 * MiB, "ring"),
+        ("local", 8, 8, "linear"),
+        ("local", 8, 2 * MiB, "linear"),
+        ("local", 16, 4 * MiB - 8, "linear"),
+        ("local", 16, 4 * MiB, "ring"),
+    ],
+)
+def test_allreduce_choice_per_channel(channel, size, nbytes, expected):
+    x = np.zeros(nbytes // 8, dtype=np.float64)
+    ctx: Any = _OnChannel(channel, size)
+    assert registry.select("allreduce", ctx, {"x": x, "op": afmi.SUM}).name == expected
+    # a non-commutative op never runs the ring: the rule's choice below the ring's sizes
+    below_ring = "linear" if channel == "local" and size >= 8 else "recursive_doubling"
+    chosen = registry.select("allreduce", ctx, {"x": x, "op": matmul_op()}).name
+    assert chosen == (below_ring if expected == "ring" else expected)
 
 
 def test_every_algorithm_has_a_model():
