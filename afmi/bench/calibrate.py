@@ -459,8 +459,8 @@ def _fit_rounds(
         assert best is not None
         return best
 
-    # A wait is part of a message's cost unless counting waits apart fits clearly
-    # better (WAITS_MIN_GAIN): where every call waits once per message (no rank
+    # A wait is part of a message's cost unless counting waits apart fits better
+    # (WAITS_MIN_GAIN): where every call waits once per message (no rank
     # collects several at once) the two are one unknown, and where few calls tell
     # them apart other parameters may explain the difference as well.
     no_waits = ac.copy()
@@ -498,8 +498,9 @@ def _fit_rounds(
 
 
 #: The fit counts waits apart from messages (``cpu_per_wait_s``) only when that
-#: lowers its squared relative error to this fraction or less.
-WAITS_MIN_GAIN = 0.9
+#: lowers its squared relative error to this fraction or less (a tie, where the
+#: rows cannot tell the two apart, keeps the simpler fit).
+WAITS_MIN_GAIN = 0.99
 
 
 def model_file(channels: dict[str, dict[str, float]], where: str | None = None) -> dict[str, Any]:
