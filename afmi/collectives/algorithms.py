@@ -229,8 +229,10 @@ def _bcast(
     args: dict[str, Any],
     ctx: CollectiveContext,
 ) -> Algorithm:
-    """Like :func:`_rooted`, with ``scatter_allgather`` from :data:`BCAST_SCATTER_MIN_SIZE` on."""
-    if size >= BCAST_SCATTER_MIN_SIZE:
+    """Like :func:`_rooted`, with ``scatter_allgather`` from :data:`BCAST_SCATTER_MIN_SIZE` on
+    (not on ``local``: one thread makes all the copies of its scatter and its ring, and
+    the binomial tree, fewer copies in all, was 2-3.9x faster from 1 MiB on 16 and 32 ranks)."""
+    if size >= BCAST_SCATTER_MIN_SIZE and ctx.channel != "local":
         return _prefer(candidates, "scatter_allgather", "binomial")
     return _rooted(candidates, size, nbytes, args, ctx)
 

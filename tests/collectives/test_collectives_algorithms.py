@@ -416,8 +416,8 @@ async def test_default_choices(size):
             return registry.select(collective, ctx, args).name
 
         tree = "binomial" if size >= builtins.TREE_MIN_SIZE else "linear"
-        wide = size >= builtins.BCAST_SCATTER_MIN_SIZE
-        assert pick("bcast", obj=1, root=0) == ("scatter_allgather" if wide else tree)
+        # these ranks are on the local channel: no scatter_allgather (see the test below)
+        assert pick("bcast", obj=1, root=0) == tree
         assert pick("gather", obj=1, root=0) == tree
         assert pick("scatter", seq=None, root=0) == tree
         assert pick("reduce", x=1, op=afmi.SUM, root=0) == tree
@@ -486,6 +486,22 @@ def test_allreduce_choice_per_channel(channel, size, nbytes, expected):
     below_ring = "linear" if channel == "local" and size >= 8 else "recursive_doubling"
     chosen = registry.select("allreduce", ctx, {"x": x, "op": matmul_op()}).name
     assert chosen == (below_ring if expected == "ring" else expected)
+
+
+@pytest.mark.parametrize(
+    ("channel", "size", "expected"),
+    [
+        ("direct", 4, "binomial"),
+        ("direct", 15, "binomial"),
+        ("direct", 16, "scatter_allgather"),
+        ("local", 16, "binomial"),
+        ("local", 32, "binomial"),
+    ],
+)
+def test_bcast_choice_per_channel(channel, size, expected):
+    ctx: Any = _OnChannel(channel, size)
+    payload = np.zeros((1 << 20) // 8)
+    assert registry.select("bcast", ctx, {"obj": payload, "root": 0}).name == expected
 
 
 def test_every_algorithm_has_a_model():
