@@ -22,7 +22,8 @@ from afmi.collectives.registry import register, set_chooser
 __all__ = [
     "ALLTOALL_PAIRWISE_MIN_SIZE",
     "BCAST_SCATTER_MIN_SIZE",
-    "LOCAL_LINEAR_ALLREDUCE_MIN_SIZE",
+    "LOCAL_LINEAR_MIN_SIZE",
+    "LOCAL_LINEAR_SCAN_MIN_BYTES",
     "LOCAL_RING_ALLREDUCE_MIN_BYTES",
     "LOCAL_WIDE_RING_ALLREDUCE_MIN_BYTES",
     "RING_ALLREDUCE_MIN_BYTES",
@@ -45,20 +46,25 @@ RING_ALLREDUCE_MIN_BYTES = 1 << 19
 #: two processes over ``direct``, both receiving in place), the ring's pipelined
 #: segments from 8 MiB (6.7 vs 10.8 ms with 512 KiB segments; docs/performance.md).
 RING_ALLREDUCE_PAIR_MIN_BYTES = 1 << 23
-#: On the ``local`` channel every rank runs in one thread, so an allreduce costs
+#: On the ``local`` channel every rank runs in one thread, so a collective costs
 #: the work of all ranks together, not its critical path. From this many ranks
+#: allreduce, scan and exscan run linear: for allreduce,
 #: linear (``p - 1`` reductions, ``2 (p - 1)`` messages) beats recursive doubling
 #: (``p log2 p`` of each) and the ring (``2 p (p - 1)`` messages) below
 #: :data:`LOCAL_WIDE_RING_ALLREDUCE_MIN_BYTES`: 1 MiB on 16 ranks took 5.7-14.8 ms
 #: linear, 24-32 ms with the ring (docs/performance.md).
-LOCAL_LINEAR_ALLREDUCE_MIN_SIZE = 8
-#: On ``local`` with fewer than :data:`LOCAL_LINEAR_ALLREDUCE_MIN_SIZE` ranks (but more
+LOCAL_LINEAR_MIN_SIZE = 8
+#: On ``local`` with fewer than :data:`LOCAL_LINEAR_MIN_SIZE` ranks (but more
 #: than 2), the smallest array (bytes) that runs the ring: its chunks stay in the
 #: CPU's caches. Below it recursive doubling (4 ranks, 1 MiB: ring 1.7x slower).
 LOCAL_RING_ALLREDUCE_MIN_BYTES = 1 << 21
-#: On ``local`` with :data:`LOCAL_LINEAR_ALLREDUCE_MIN_SIZE` ranks or more, the smallest
+#: On ``local`` with :data:`LOCAL_LINEAR_MIN_SIZE` ranks or more, the smallest
 #: array (bytes) that runs the ring instead of linear.
 LOCAL_WIDE_RING_ALLREDUCE_MIN_BYTES = 1 << 22
+#: On ``local`` with fewer than :data:`LOCAL_LINEAR_MIN_SIZE` ranks, the
+#: smallest array (bytes) that scan and exscan run linear (4 ranks, 1 MiB: recursive
+#: doubling 1.1-1.3x slower, 4 MiB 1.7-2x; below, it was 1.2-1.3x faster).
+LOCAL_LINEAR_SCAN_MIN_BYTES = 1 << 20
 #: Smallest communicator on which alltoall runs pairwise rounds instead of
 #: sending everything at once (bounds the messages in flight per rank).
 ALLTOALL_PAIRWISE_MIN_SIZE = 16
@@ -158,12 +164,12 @@ def _allreduce(
 def _local_allreduce(candidates: list[Algorithm], size: int, array_nbytes: int) -> Algorithm:
     """allreduce on ``local`` (``array_nbytes`` 0 for a payload that is not an array).
 
-    From :data:`LOCAL_LINEAR_ALLREDUCE_MIN_SIZE` ranks: linear, or the ring from
+    From :data:`LOCAL_LINEAR_MIN_SIZE` ranks: linear, or the ring from
     :data:`LOCAL_WIDE_RING_ALLREDUCE_MIN_BYTES`. On 3 ranks up to that count:
     recursive doubling, or the ring from :data:`LOCAL_RING_ALLREDUCE_MIN_BYTES`.
     On 2 ranks: recursive doubling (one exchange).
     """
-    if size >= LOCAL_LINEAR_ALLREDUCE_MIN_SIZE:
+    if size >= LOCAL_LINEAR_MIN_SIZE:
         if array_nbytes >= LOCAL_WIDE_RING_ALLREDUCE_MIN_BYTES:
             return _prefer(candidates, "ring", "linear")
         return _prefer(candidates, "linear")
@@ -179,8 +185,11 @@ def _allgather(
     args: dict[str, Any],
     ctx: CollectiveContext,
 ) -> Algorithm:
-    """Bruck (``ceil(log2 size)`` rounds, nothing re-encoded) on two ranks or more."""
-    return _prefer(candidates, "bruck" if size > 1 else "linear")
+    """Bruck (``ceil(log2 size)`` rounds, nothing re-encoded) on two ranks or more; the
+    ring on ``local`` (each item sent once to each rank, nothing forwarded in bundles)."""
+    if size == 1:
+        return _prefer(candidates, "linear")
+    return _prefer(candidates, "ring" if ctx.channel == "local" else "bruck", "bruck")
 
 
 def _alltoall(
@@ -190,10 +199,25 @@ def _alltoall(
     args: dict[str, Any],
     ctx: CollectiveContext,
 ) -> Algorithm:
-    """All at once up to :data:`ALLTOALL_PAIRWISE_MIN_SIZE` ranks, pairwise rounds above."""
-    if size >= ALLTOALL_PAIRWISE_MIN_SIZE:
+    """All at once up to :data:`ALLTOALL_PAIRWISE_MIN_SIZE` ranks, pairwise rounds above
+    (on ``local`` from 2 ranks: one thread, and fewer messages waiting at once)."""
+    if size >= ALLTOALL_PAIRWISE_MIN_SIZE or (size > 1 and ctx.channel == "local"):
         return _prefer(candidates, "pairwise")
     return _prefer(candidates, "linear")
+
+
+def _gather(
+    candidates: list[Algorithm],
+    size: int,
+    nbytes: int,
+    args: dict[str, Any],
+    ctx: CollectiveContext,
+) -> Algorithm:
+    """As :func:`_rooted`, but linear on ``local`` (no item is copied again on its way up:
+    the binomial tree forwards each ``log2 size`` times, and one thread makes every copy)."""
+    if ctx.channel == "local":
+        return _prefer(candidates, "linear")
+    return _rooted(candidates, size, nbytes, args, ctx)
 
 
 def _reduce_scatter(
@@ -203,8 +227,9 @@ def _reduce_scatter(
     args: dict[str, Any],
     ctx: CollectiveContext,
 ) -> Algorithm:
-    """Ring when it applies (commutative built-in op), else binomial reduce + scatter."""
-    if size == 1:
+    """Ring when it applies (commutative built-in op), else binomial reduce + scatter;
+    linear on ``local`` from 3 ranks, where it does the least work of all ranks together."""
+    if size == 1 or (size > 2 and ctx.channel == "local"):
         return _prefer(candidates, "linear")
     if size >= TREE_MIN_SIZE:
         return _prefer(candidates, "ring", "reduce_scatter_tree")
@@ -218,8 +243,20 @@ def _prefix(
     args: dict[str, Any],
     ctx: CollectiveContext,
 ) -> Algorithm:
-    """scan, exscan: recursive doubling on two ranks or more."""
-    return _prefer(candidates, "recursive_doubling" if size > 1 else "linear")
+    """scan, exscan: recursive doubling on two ranks or more.
+
+    On ``local`` linear (``p - 1`` op applications, against recursive doubling's
+    ``p log2 p``) from :data:`LOCAL_LINEAR_MIN_SIZE` ranks, and for arrays of
+    :data:`LOCAL_LINEAR_SCAN_MIN_BYTES` or more on fewer.
+    """
+    if size == 1:
+        return _prefer(candidates, "linear")
+    if ctx.channel == "local":
+        array = isinstance(args.get("x"), np.ndarray)
+        big = array and nbytes >= LOCAL_LINEAR_SCAN_MIN_BYTES
+        if size >= LOCAL_LINEAR_MIN_SIZE or big:
+            return _prefer(candidates, "linear")
+    return _prefer(candidates, "recursive_doubling")
 
 
 def _bcast(
@@ -238,7 +275,8 @@ def _bcast(
 
 
 set_chooser("bcast", _bcast)
-for _collective in ("gather", "scatter", "reduce"):
+set_chooser("gather", _gather)
+for _collective in ("scatter", "reduce"):
     set_chooser(_collective, _rooted)
 set_chooser("barrier", _barrier)
 set_chooser("allreduce", _allreduce)

@@ -416,29 +416,27 @@ async def test_default_choices(size):
             return registry.select(collective, ctx, args).name
 
         tree = "binomial" if size >= builtins.TREE_MIN_SIZE else "linear"
-        # these ranks are on the local channel: no scatter_allgather (see the test below)
+        # these ranks are on the local channel, which has rules of its own (the tests
+        # below): no scatter_allgather, linear gather and reduce_scatter, and linear
+        # allreduce, scan and exscan from 8 ranks (512 KiB is below the ring)
         assert pick("bcast", obj=1, root=0) == tree
-        assert pick("gather", obj=1, root=0) == tree
+        assert pick("gather", obj=1, root=0) == "linear"
         assert pick("scatter", seq=None, root=0) == tree
         assert pick("reduce", x=1, op=afmi.SUM, root=0) == tree
         many = size > 1
         assert pick("barrier") == ("dissemination" if many else "linear")
-        assert pick("allgather", obj=1) == ("bruck" if many else "linear")
-        assert pick("scan", x=1, op=afmi.SUM) == ("recursive_doubling" if many else "linear")
-        # on the local channel (these ranks'), linear from 8 ranks; 512 KiB is below the ring
-        wide = size >= builtins.LOCAL_LINEAR_ALLREDUCE_MIN_SIZE
+        assert pick("allgather", obj=1) == ("ring" if many else "linear")
+        wide = size >= builtins.LOCAL_LINEAR_MIN_SIZE
         doubling = "recursive_doubling" if many else "linear"
+        for prefix in ("scan", "exscan"):
+            assert pick(prefix, x=small, op=afmi.SUM) == ("linear" if wide else doubling)
         assert pick("allreduce", x=small, op=afmi.SUM) == ("linear" if wide else doubling)
         assert pick("allreduce", x=big, op=afmi.SUM) == ("linear" if wide else doubling)
         assert pick("allreduce", x=big, op=matmul_op()) == ("linear" if wide else doubling)
-        assert pick("reduce_scatter", x=big, op=afmi.SUM) == ("ring" if many else "linear")
-        assert pick("reduce_scatter", x=big, op=batched_matmul_op()) in {
-            "reduce_scatter_tree",
-            "linear",
-        }
-        assert pick("alltoall", seq=[]) == (
-            "pairwise" if size >= builtins.ALLTOALL_PAIRWISE_MIN_SIZE else "linear"
-        )
+        # on 2 ranks reduce_scatter keeps the network rule (the ring was faster)
+        assert pick("reduce_scatter", x=big, op=afmi.SUM) == ("ring" if size == 2 else "linear")
+        assert pick("reduce_scatter", x=big, op=batched_matmul_op()) == "linear"
+        assert pick("alltoall", seq=[]) == ("pairwise" if many else "linear")
 
     await launch(main, size)
 
@@ -502,6 +500,48 @@ def test_bcast_choice_per_channel(channel, size, expected):
     ctx: Any = _OnChannel(channel, size)
     payload = np.zeros((1 << 20) // 8)
     assert registry.select("bcast", ctx, {"obj": payload, "root": 0}).name == expected
+
+
+@pytest.mark.parametrize("size", [2, 4, 8, 16])
+def test_network_rules_where_local_has_its_own(size):
+    ctx: Any = _OnChannel("direct", size)
+    x = np.zeros(MiB // 8)
+
+    def pick(collective: str, **args: Any) -> str:
+        return registry.select(collective, ctx, args).name
+
+    tree = "binomial" if size >= 4 else "linear"
+    assert pick("gather", obj=x, root=0) == tree
+    assert pick("reduce_scatter", x=x, op=afmi.SUM) == "ring"
+    assert pick("reduce_scatter", x=x, op=batched_matmul_op()) == (
+        "reduce_scatter_tree" if size >= 4 else "linear"
+    )
+    for prefix in ("scan", "exscan"):
+        assert pick(prefix, x=x, op=afmi.SUM) == "recursive_doubling"
+    assert pick("allgather", obj=x) == "bruck"
+    assert pick("alltoall", seq=[x] * size) == ("pairwise" if size >= 16 else "linear")
+
+
+@pytest.mark.parametrize(
+    ("size", "nbytes", "expected"),
+    [
+        (2, 8, "recursive_doubling"),
+        (4, MiB - 8, "recursive_doubling"),
+        (4, MiB, "linear"),
+        (7, 8, "recursive_doubling"),
+        (8, 8, "linear"),
+        (16, 16 * MiB, "linear"),
+    ],
+)
+def test_local_scan_choice(size, nbytes, expected):
+    ctx: Any = _OnChannel("local", size)
+    x = np.zeros(nbytes // 8)
+    for prefix in ("scan", "exscan"):
+        assert registry.select(prefix, ctx, {"x": x, "op": afmi.SUM}).name == expected
+    # a payload that is not an array never steers by size
+    assert registry.select("scan", ctx, {"x": 1, "op": afmi.SUM}).name == (
+        "linear" if size >= 8 else "recursive_doubling"
+    )
 
 
 def test_every_algorithm_has_a_model():
