@@ -49,8 +49,9 @@ class Options:
     start_servers: bool = True
     seconds_per_point: float | None = None
     #: Passes over the whole sweep; each point keeps its fastest pass, or the
-    #: median of its passes when they timed few calls (:func:`merge_passes`;
-    #: None: 3 passes, or 1 with ``quick``).
+    #: median of its passes when they timed few calls or on a channel whose calls
+    #: start at random phases of its poller (:func:`merge_passes`; None: 3 passes,
+    #: or 1 with ``quick``).
     passes: int | None = None
 
     def pass_count(self) -> int:
@@ -267,7 +268,11 @@ def _sweep(
                         continue
                     for row in rows:
                         runs.setdefault((op, ch, n, row["nbytes"]), []).append(row)
-    merged = [merge_passes(rows) for key, rows in runs.items() if key[1] in measured]
+    merged = [
+        merge_passes(rows, measure.start_jitter_s(key[1], config) <= 0)
+        for key, rows in runs.items()
+        if key[1] in measured
+    ]
     pingpong = [r for r in merged if "op" not in r]
     collectives = [
         r for r in merged if "op" in r and (r["channel"], r["op"], r["ranks"]) not in failed
@@ -291,7 +296,7 @@ class _Swept:
 BEST_PASS_MIN_CALLS = 3
 
 
-def merge_passes(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_passes(rows: list[dict[str, Any]], fastest: bool = True) -> dict[str, Any]:
     """One point from its passes, with the iterations and late calls of all of them and
     every pass's time in ``pass_latencies_s``.
 
@@ -302,11 +307,16 @@ def merge_passes(rows: list[dict[str, Any]]) -> dict[str, Any]:
     timed with fewer calls per pass (S3 collectives get one) keep the median of
     their passes (the upper median of an even count): their passes are single
     calls, and the fastest single call is a lucky draw of the polling, not the
-    machine at its quietest.
+    machine at its quietest. So do all points with ``fastest`` False: those of
+    a channel whose calls start at random phases of its poller
+    (:func:`afmi.bench.measure.start_jitter_s`), where a pass's few calls
+    differ by their phases more than by the machine's load (S3 in one run:
+    2-rank bcasts of 1-256 B had passes 12-22 ms apart, and their fastest pass
+    was a third below the ping-pong).
     """
     out = dict(rows[0])
     times = [r["latency_s"] for r in rows]
-    best = all(int(r["iterations"]) >= BEST_PASS_MIN_CALLS for r in rows)
+    best = fastest and all(int(r["iterations"]) >= BEST_PASS_MIN_CALLS for r in rows)
     out["latency_s"] = min(times) if best else statistics.median_high(times)
     out["pass_estimate"] = "fastest" if best else "median"
     out["iterations"] = sum(int(r["iterations"]) for r in rows)
