@@ -234,6 +234,9 @@ class ChannelModelConfig:
     #: CPU time of every time a rank waits for messages (S3: a LIST of its mailbox; a
     #: linear gather's root waits once for all its messages), seconds.
     cpu_per_wait_s: float | None = None
+    #: Extra time of every round of a collective call after its first, seconds: a
+    #: receiver that polls (S3) backs off while its rank waits through the first round.
+    later_round_s: float | None = None
     #: Payloads sent to several ranks are stored once from this size on, smaller ones sent
     #: to every reader alone (default: ``channels.s3.publish_min_bytes`` for s3, else 0), bytes.
     publish_min_bytes: float | None = None

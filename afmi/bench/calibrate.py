@@ -363,7 +363,9 @@ def _fit_rounds(
     The model of a call is the larger of two bounds (:func:`afmi.model.predict.timing`),
     each linear in its unknowns: the critical path in ``call_overhead_s``,
     ``payload_overhead_s`` (calls but barriers),
-    ``per_message_s`` and ``1 / aggregate`` bandwidth, the shared CPU in
+    ``per_message_s``, ``1 / aggregate`` bandwidth and, on a channel whose
+    receivers poll (``poll_interval_s`` in ``config``'s model of it),
+    ``later_round_s``, the shared CPU in
     ``call_overhead_s``, ``payload_overhead_s``, ``cpu_per_message_s``,
     ``cpu_per_message_rank_s``, ``cpu_per_shared_read_s``, ``cpu_per_wait_s``
     (only where some call waits other than once per message, else it is part
@@ -392,15 +394,19 @@ def _fit_rounds(
         parallel_ranks=parallel_ranks,
         **values,
     )
+    # later_round_s only where receivers poll (S3): elsewhere a round is a round
+    polls = model_for(channel, config).poll_interval_s > 0
     path_rows, cpu_rows, path_fixed, cpu_fixed, times = [], [], [], [], []
     for op, ranks, nbytes, seconds in points:
         if seconds <= 0 or ranks < 2:
             continue
         alg = algorithm_for(op, channel, ranks, nbytes)
         fixed = messages_term = bytes_term = 0.0
+        rounds = 0
         for step in alg.steps(ranks, nbytes):
             if step.rounds <= 0 or step.messages <= 0:
                 continue
+            rounds += step.rounds
             fixed += step.rounds * base.message_latency_s(step.nbytes)
             messages_term += step.rounds * (step.messages - 1)
             wire_s = base.wire_time_s(step.nbytes)
@@ -414,7 +420,8 @@ def _fit_rounds(
         reduce_s = w.reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         path_reduce_s = w.path_reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         data = 0.0 if op in NO_PAYLOAD else 1.0  # a barrier carries no payload
-        path_rows.append([1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0, 0.0])
+        later = float(max(rounds - 1, 0)) if polls else 0.0
+        path_rows.append([1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0, 0.0, later])
         path_fixed.append(fixed + path_reduce_s)
         cpu_rows.append(
             [
@@ -427,6 +434,7 @@ def _fit_rounds(
                 shared * data * ranks / share,
                 shared * w.shared_deliveries / share,
                 shared * w.receive_waits / share,
+                0.0,
             ]
         )
         fetch_s = w.deliveries * base.fetch_s if base.fetch_s > 0 and base.fetches(nbytes) else 0.0
@@ -480,6 +488,7 @@ def _fit_rounds(
         payload,
         cpu_shared,
         cpu_wait,
+        later_round,
     ) = (float(v) for v in best[1])
     aggregate = 1.0 / inverse_aggregate if inverse_aggregate > 0 else 64 * single
     return best[0], {
@@ -491,6 +500,7 @@ def _fit_rounds(
         "cpu_per_message_rank_s": cpu_rank,
         "cpu_per_shared_read_s": cpu_shared,
         "cpu_per_wait_s": cpu_wait,
+        "later_round_s": later_round,
         "cpu_bytes_per_s": 1.0 / inverse_cpu if inverse_cpu > 0 else 0.0,
         "reduce_bytes_per_s": float(reduce_bytes_per_s),
         "parallel_ranks": float(parallel_ranks),

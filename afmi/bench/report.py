@@ -152,8 +152,11 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
                 f" (+{_us(params['fetch_s'])} to fetch a message over "
                 f"{params.get('inline_max_bytes', 0.0):.0f} B)"
             )
+        later = ""
+        if params.get("later_round_s", 0.0) > 0:
+            later = f", +{_us(params['later_round_s'])} every round after a call's first"
         lines.append(
-            f"  {name}: latency {_us(params['latency_s'])}{fetch}, "
+            f"  {name}: latency {_us(params['latency_s'])}{fetch}{later}, "
             f"{params['bandwidth_single_bytes_per_s'] / 1e6:.0f} MB/s single stream, "
             f"call {_us(params.get('call_overhead_s', 0.0))} "
             f"+ {_us(params.get('payload_overhead_s', 0.0))} with a payload, "

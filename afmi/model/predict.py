@@ -124,9 +124,13 @@ def timing(
     if size <= 1:
         return 0.0, 0.0
     path = channel.call_s(op)
+    rounds = 0
     for step in algorithm.steps(size, nbytes):
         if step.rounds > 0 and step.messages > 0:
             path += step.rounds * channel.round_time_s(step.messages, step.nbytes)
+            rounds += step.rounds
+    if op != "send" and rounds > 1:
+        path += (rounds - 1) * channel.later_round_s
     w = channel.channel_work(work(op, algorithm, size, nbytes))
     rate = channel.reduce_bytes_per_s
     if rate > 0:

@@ -212,6 +212,32 @@ def test_the_cpu_of_a_wait_is_told_from_the_cpu_of_a_message():
     _assert_reproduces(dataclasses.replace(truth, **fit), points)
 
 
+def test_the_later_rounds_of_a_polling_channel_are_fitted():
+    # S3's receivers poll and back off while their rank waits out the first round
+    wire = dict(_WIRE, inline_max_bytes=256.0, fetch_s=5e-3)
+    truth = ChannelModel(
+        name="s3",
+        **wire,
+        bandwidth_aggregate_bytes_per_s=5e9,
+        call_overhead_s=1e-3,
+        later_round_s=9e-3,
+        reduce_bytes_per_s=2e9,
+        parallel_ranks=0.0,  # a CPU per rank: every call is its critical path
+        publish_min_bytes=4 << 20,
+    )
+    points = _collective_points(truth)
+    fit = calibrate.fit_rounds("s3", wire, points, reduce_bytes_per_s=2e9, parallel_ranks=0.0)
+    assert fit["later_round_s"] == pytest.approx(9e-3, rel=1e-3)
+    assert fit["call_overhead_s"] == pytest.approx(1e-3, rel=1e-3)
+    _assert_reproduces(dataclasses.replace(truth, **fit), points)
+    # a channel whose receivers do not poll: a round is a round, nothing is fitted
+    truth = dataclasses.replace(truth, name="direct", inline_max_bytes=0.0, fetch_s=0.0)
+    direct_wire = dict(_WIRE)
+    points = _collective_points(truth)
+    fit = calibrate.fit_rounds("direct", direct_wire, points, parallel_ranks=0.0)
+    assert fit["later_round_s"] == 0.0
+
+
 def test_reduce_rate_is_measured():
     rate = calibrate.measure_reduce_rate("float64", 1 << 16)
     assert 1e6 < rate < 1e13

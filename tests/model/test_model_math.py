@@ -95,6 +95,19 @@ def test_calls_that_carry_data_pay_the_payload_overhead():
     assert timing("bcast", 8, 2, steps, m)[0] == pytest.approx(5e-4 + r)
 
 
+def test_every_round_after_the_first_pays_the_later_round_time():
+    m = _model(later_round_s=7e-3)
+    r = m.round_time_s(1, 8)
+    assert timing("bcast", 8, 2, Rounds([Step(1, 8, 1)]), m)[0] == pytest.approx(r)
+    two = Rounds([Step(1, 8, 1), Step(1, 8, 1)])
+    assert timing("allreduce", 8, 2, two, m)[0] == pytest.approx(2 * r + 7e-3)
+    assert timing("barrier", 8, 2, Rounds([Step(3, 8, 1)]), m)[0] == pytest.approx(3 * r + 2 * 7e-3)
+    # steps without messages are no rounds; a point-to-point message is one
+    empty = Rounds([Step(1, 8, 1), Step(2, 8, 0)])
+    assert timing("bcast", 8, 2, empty, m)[0] == pytest.approx(r)
+    assert timing("send", 8, 2, P2P, m)[0] == pytest.approx(r)
+
+
 def test_fetches_are_cpu_work_where_ranks_share_cpus():
     # one loop drives every rank and the server: a fetch is CPU time of its reader
     m = _model(inline_max_bytes=400, fetch_s=5e-3, cpu_per_message_s=1e-3, parallel_ranks=1.0)
