@@ -425,7 +425,8 @@ async def test_default_choices(size):
         assert pick("reduce", x=1, op=afmi.SUM, root=0) == tree
         many = size > 1
         assert pick("barrier") == ("dissemination" if many else "linear")
-        assert pick("allgather", obj=1) == ("ring" if many else "linear")
+        wider = size >= builtins.LOCAL_LINEAR_ALLGATHER_MIN_SIZE
+        assert pick("allgather", obj=1) == ("ring" if many and not wider else "linear")
         wide = size >= builtins.LOCAL_LINEAR_MIN_SIZE
         doubling = "recursive_doubling" if many else "linear"
         for prefix in ("scan", "exscan"):
