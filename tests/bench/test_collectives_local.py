@@ -33,3 +33,23 @@ def test_bad_arguments_say_what_to_change(capsys):
     assert "--repeat" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         collectives_local.main(["no_such_collective"])
+
+
+def test_a_local_step_is_timed_under_both_rule_sets(capsys):
+    from afmi.bench import local_step
+
+    # the network rules pick what the registry runs on direct
+    assert local_step.network_choices(8) == {
+        "allreduce": "ring",
+        "reduce_scatter": "ring",
+        "scan": "recursive_doubling",
+        "gather": "binomial",
+        "allgather": "bruck",
+    }
+    assert local_step.network_choices(8, "local")["allreduce"] == "linear"
+    local_step.main(["--ranks", "3", "--steps", "1", "--repeat", "1"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert len(rows) == 1 and rows[0][0] == "3" and rows[0][5].endswith("x")
+    with pytest.raises(SystemExit) as exc:
+        local_step.main(["--ranks", "1"])
+    assert exc.value.code == 2
