@@ -237,6 +237,10 @@ class ChannelModelConfig:
     #: Extra time of every round of a collective call after its first, seconds: a
     #: receiver that polls (S3) backs off while its rank waits through the first round.
     later_round_s: float | None = None
+    #: How much sooner than a ping-pong message a collective's first round arrives,
+    #: seconds: its receivers begin to poll with the call, where a ping-pong's
+    #: receiver polled through its own send (S3).
+    first_round_saving_s: float | None = None
     #: Payloads sent to several ranks are stored once from this size on, smaller ones sent
     #: to every reader alone (default: ``channels.s3.publish_min_bytes`` for s3, else 0), bytes.
     publish_min_bytes: float | None = None

@@ -365,7 +365,7 @@ def _fit_rounds(
     ``payload_overhead_s`` (calls but barriers),
     ``per_message_s``, ``1 / aggregate`` bandwidth and, on a channel whose
     receivers poll (``poll_interval_s`` in ``config``'s model of it),
-    ``later_round_s``, the shared CPU in
+    ``later_round_s`` and ``first_round_saving_s``, the shared CPU in
     ``call_overhead_s``, ``payload_overhead_s``, ``cpu_per_message_s``,
     ``cpu_per_message_rank_s``, ``cpu_per_shared_read_s``, ``cpu_per_wait_s``
     (only where some call waits other than once per message, else it is part
@@ -394,7 +394,8 @@ def _fit_rounds(
         parallel_ranks=parallel_ranks,
         **values,
     )
-    # later_round_s only where receivers poll (S3): elsewhere a round is a round
+    # later_round_s, first_round_saving_s only where receivers poll (S3): elsewhere a
+    # round is a round
     polls = model_for(channel, config).poll_interval_s > 0
     path_rows, cpu_rows, path_fixed, cpu_fixed, times = [], [], [], [], []
     for op, ranks, nbytes, seconds in points:
@@ -421,7 +422,10 @@ def _fit_rounds(
         path_reduce_s = w.path_reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         data = 0.0 if op in NO_PAYLOAD else 1.0  # a barrier carries no payload
         later = float(max(rounds - 1, 0)) if polls else 0.0
-        path_rows.append([1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0, 0.0, later])
+        first = -1.0 if polls and rounds > 0 else 0.0
+        path_rows.append(
+            [1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0, 0.0, later, first]
+        )
         path_fixed.append(fixed + path_reduce_s)
         cpu_rows.append(
             [
@@ -434,6 +438,7 @@ def _fit_rounds(
                 shared * data * ranks / share,
                 shared * w.shared_deliveries / share,
                 shared * w.receive_waits / share,
+                0.0,
                 0.0,
             ]
         )
@@ -489,6 +494,7 @@ def _fit_rounds(
         cpu_shared,
         cpu_wait,
         later_round,
+        first_round,
     ) = (float(v) for v in best[1])
     aggregate = 1.0 / inverse_aggregate if inverse_aggregate > 0 else 64 * single
     return best[0], {
@@ -501,6 +507,7 @@ def _fit_rounds(
         "cpu_per_shared_read_s": cpu_shared,
         "cpu_per_wait_s": cpu_wait,
         "later_round_s": later_round,
+        "first_round_saving_s": first_round,
         "cpu_bytes_per_s": 1.0 / inverse_cpu if inverse_cpu > 0 else 0.0,
         "reduce_bytes_per_s": float(reduce_bytes_per_s),
         "parallel_ranks": float(parallel_ranks),

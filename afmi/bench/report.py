@@ -153,8 +153,10 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
                 f"{params.get('inline_max_bytes', 0.0):.0f} B)"
             )
         later = ""
+        if params.get("first_round_saving_s", 0.0) > 0:
+            later = f", -{_us(params['first_round_saving_s'])} a call's first round"
         if params.get("later_round_s", 0.0) > 0:
-            later = f", +{_us(params['later_round_s'])} every round after a call's first"
+            later += f", +{_us(params['later_round_s'])} every round after it"
         lines.append(
             f"  {name}: latency {_us(params['latency_s'])}{fetch}{later}, "
             f"{params['bandwidth_single_bytes_per_s'] / 1e6:.0f} MB/s single stream, "

@@ -47,9 +47,12 @@ class ChannelModel:
     ``s = 1`` for a lone message and ``s = m * single / min(m * single,
     bandwidth_aggregate_bytes_per_s)`` otherwise; a collective call adds
     :meth:`call_s` once (``call_overhead_s``, plus ``payload_overhead_s`` for
-    a call that carries data, every one but a barrier), and every round after
+    a call that carries data, every one but a barrier), every round after
     its first ``later_round_s`` (a receiver that polls backs off while its
-    rank waits through the first round: S3). Every message costs
+    rank waits through the first round: S3), and its first round takes
+    ``first_round_saving_s`` less than a ping-pong message (its receivers
+    begin to poll with the call, where a ping-pong's receiver polled through
+    its own send). Every message costs
     ``price_per_request_usd`` to write, ``reads_per_message *
     price_per_read_usd`` to read (one read less when it needs no fetch of its
     own, see :meth:`fetches`) and ``polls_per_message * price_per_poll_usd``
@@ -87,6 +90,7 @@ class ChannelModel:
     cpu_per_shared_read_s: float = 0.0
     cpu_per_wait_s: float = 0.0
     later_round_s: float = 0.0
+    first_round_saving_s: float = 0.0
     publish_min_bytes: float = 0.0
     cpu_bytes_per_s: float = 0.0
     reduce_bytes_per_s: float = 0.0

@@ -131,6 +131,8 @@ def timing(
             rounds += step.rounds
     if op != "send" and rounds > 1:
         path += (rounds - 1) * channel.later_round_s
+    if op != "send" and rounds > 0:
+        path = max(path - channel.first_round_saving_s, 0.0)
     w = channel.channel_work(work(op, algorithm, size, nbytes))
     rate = channel.reduce_bytes_per_s
     if rate > 0:

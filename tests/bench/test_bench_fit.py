@@ -229,6 +229,15 @@ def test_the_later_rounds_of_a_polling_channel_are_fitted():
     fit = calibrate.fit_rounds("s3", wire, points, reduce_bytes_per_s=2e9, parallel_ranks=0.0)
     assert fit["later_round_s"] == pytest.approx(9e-3, rel=1e-3)
     assert fit["call_overhead_s"] == pytest.approx(1e-3, rel=1e-3)
+    assert fit["first_round_saving_s"] == pytest.approx(0.0, abs=1e-9)
+    _assert_reproduces(dataclasses.replace(truth, **fit), points)
+    # a first round faster than a ping-pong message; the path alone tells only the
+    # call overhead less the saving, which is all the predictions use
+    truth = dataclasses.replace(truth, first_round_saving_s=4e-3)
+    points = _collective_points(truth)
+    fit = calibrate.fit_rounds("s3", wire, points, reduce_bytes_per_s=2e9, parallel_ranks=0.0)
+    assert fit["later_round_s"] == pytest.approx(9e-3, rel=1e-3)
+    assert fit["first_round_saving_s"] - fit["call_overhead_s"] == pytest.approx(3e-3, rel=1e-3)
     _assert_reproduces(dataclasses.replace(truth, **fit), points)
     # a channel whose receivers do not poll: a round is a round, nothing is fitted
     truth = dataclasses.replace(truth, name="direct", inline_max_bytes=0.0, fetch_s=0.0)

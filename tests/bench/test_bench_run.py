@@ -283,3 +283,24 @@ def test_bench_loader_hook(subprocess_env):
             timeout=60,
         )
         assert res.returncode == 0
+
+
+def test_the_calibrated_lines_say_every_fitted_cost():
+    from afmi.bench.report import _calibrated_lines
+
+    s3 = {
+        "latency_s": 20e-3,
+        "fetch_s": 12e-3,
+        "inline_max_bytes": 256.0,
+        "first_round_saving_s": 4e-3,
+        "later_round_s": 9e-3,
+        "bandwidth_single_bytes_per_s": 1e8,
+        "cpu_per_wait_s": 3e-3,
+        "parallel_ranks": 1.0,
+    }
+    direct = {"latency_s": 60e-6, "bandwidth_single_bytes_per_s": 3e9}
+    s3_line, direct_line = _calibrated_lines({"channels": {"s3": s3, "direct": direct}})
+    assert "+12.00 ms to fetch a message over 256 B" in s3_line
+    assert "-4.00 ms a call's first round, +9.00 ms every round after it" in s3_line
+    assert "+ 3.00 ms per wait for messages" in s3_line
+    assert "round" not in direct_line and "wait" not in direct_line

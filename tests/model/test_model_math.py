@@ -108,6 +108,19 @@ def test_every_round_after_the_first_pays_the_later_round_time():
     assert timing("send", 8, 2, P2P, m)[0] == pytest.approx(r)
 
 
+def test_a_collectives_first_round_takes_the_first_round_saving_less():
+    m = _model(first_round_saving_s=3e-4, later_round_s=7e-3)
+    r = m.round_time_s(1, 8)
+    assert timing("bcast", 8, 2, Rounds([Step(1, 8, 1)]), m)[0] == pytest.approx(r - 3e-4)
+    two = Rounds([Step(1, 8, 1), Step(1, 8, 1)])
+    assert timing("allreduce", 8, 2, two, m)[0] == pytest.approx(2 * r + 7e-3 - 3e-4)
+    # a ping-pong message is what the saving is measured against
+    assert timing("send", 8, 2, P2P, m)[0] == pytest.approx(r)
+    # never below nothing
+    big = _model(first_round_saving_s=10.0)
+    assert timing("bcast", 8, 2, Rounds([Step(1, 8, 1)]), big)[0] == 0.0
+
+
 def test_fetches_are_cpu_work_where_ranks_share_cpus():
     # one loop drives every rank and the server: a fetch is CPU time of its reader
     m = _model(inline_max_bytes=400, fetch_s=5e-3, cpu_per_message_s=1e-3, parallel_ranks=1.0)
