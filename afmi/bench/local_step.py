@@ -18,44 +18,33 @@ import argparse
 import statistics
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 import afmi
 from afmi.collectives import registry
 
-__all__ = ["main", "network_choices", "step_seconds"]
+__all__ = ["CALLS", "main", "network_choices", "step_seconds"]
 
 GRADIENT_BYTES = 1 << 20
 SMALL_BYTES = 1 << 16
 
 
-class _OnChannel:
-    """What the registry's rules read of a collective's context: its channel and size."""
-
-    def __init__(self, channel: str, size: int) -> None:
-        self.channel = channel
-        self.size = size
-        self.rank = 0
-
-
-def _arguments() -> dict[str, dict[str, Any]]:
-    g = np.ones(GRADIENT_BYTES // 8)
-    s = np.ones(SMALL_BYTES // 8)
-    return {
-        "allreduce": {"x": g, "op": afmi.SUM},
-        "reduce_scatter": {"x": g, "op": afmi.SUM},
-        "scan": {"x": s, "op": afmi.SUM},
-        "gather": {"obj": s, "root": 0},
-        "allgather": {"obj": 0},
-    }
+#: The calls of a step and the payload bytes each carries per rank.
+CALLS = {
+    "allreduce": GRADIENT_BYTES,
+    "reduce_scatter": GRADIENT_BYTES,
+    "scan": SMALL_BYTES,
+    "gather": SMALL_BYTES,
+    "allgather": 8,
+}
 
 
 def network_choices(size: int, channel: str = "direct") -> dict[str, str]:
     """The algorithm the rules for ``channel`` pick for each call of a step."""
-    ctx: Any = _OnChannel(channel, size)
-    return {op: registry.select(op, ctx, args).name for op, args in _arguments().items()}
+    from afmi.model.cli import algorithm_for
+
+    return {op: algorithm_for(op, channel, size, nbytes).name for op, nbytes in CALLS.items()}
 
 
 async def _step(comm: afmi.Communicator, steps: int, forced: dict[str, str]) -> float:
