@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 import afmi
-from afmi.bench.forced import time_forced
+from afmi.bench.forced import print_table
 from afmi.collectives import registry
 
 __all__ = ["CALLS", "main", "names_for"]
@@ -43,6 +43,10 @@ def _check_gather(comm: afmi.Communicator, nbytes: int, y: Any) -> None:
 def _check_reduce(comm: afmi.Communicator, nbytes: int, y: Any) -> None:
     if comm.rank == 0:
         assert float(y[0]) == _triangle(comm.size)
+
+
+def _check_allreduce(comm: afmi.Communicator, nbytes: int, y: Any) -> None:
+    assert float(y[0]) == float(y[-1]) == _triangle(comm.size)
 
 
 def _check_every(comm: afmi.Communicator, nbytes: int, y: Any) -> None:
@@ -75,7 +79,7 @@ Check = Callable[[afmi.Communicator, int, Any], None]
 #: ``collective -> (call(comm, x), check(comm, nbytes, result))``.
 CALLS: dict[str, tuple[Call, Check]] = {
     "allgather": (lambda c, x: c.allgather(x), _check_every),
-    "allreduce": (lambda c, x: c.allreduce(x), lambda c, n, y: _check_reduce(c, n, y)),
+    "allreduce": (lambda c, x: c.allreduce(x), _check_allreduce),
     "alltoall": (lambda c, x: c.alltoall([x] * c.size), _check_every),
     "barrier": (lambda c, x: c.barrier(), _nothing),
     "bcast": (lambda c, x: c.bcast(x, root=0), _check_scatter),
@@ -112,26 +116,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--repeat and --ranks must be at least 1, --sizes at least 0")
     for collective in args.collectives:
         call, check = CALLS[collective]
-        names = names_for(collective)
-        print(f"{collective}: {'ranks':>5} {'bytes':>10} " + " ".join(f"{n:>26}" for n in names))
         sizes = [0] if collective == "barrier" else args.sizes
-        for ranks in args.ranks:
-            for nbytes in sizes:
-                t = afmi.run_local(
-                    time_forced,
-                    ranks,
-                    collective,
-                    names,
-                    _make,
-                    call,
-                    check,
-                    nbytes,
-                    args.repeat,
-                )[0]
-                best = min(t.values())
-                cells = [f"{t[n] * 1e3:10.2f} ms ({t[n] / best:5.2f}x)" for n in names]
-                pad = " " * len(collective)
-                print(f"{pad}  {ranks:>5} {nbytes:>10} " + " ".join(f"{c:>26}" for c in cells))
+        names = names_for(collective)
+        print_table(
+            collective, names, _make, call, check, sizes, args.ranks, args.repeat, f"{collective}: "
+        )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 import afmi
 from afmi.collectives import registry
 
-__all__ = ["compare_main", "time_forced"]
+__all__ = ["compare_main", "print_table", "time_forced"]
 
 #: ``make(comm, nbytes) -> x`` builds the input once, outside the timed region;
 #: ``call(comm, x) -> result`` runs the collective once;
@@ -68,12 +68,29 @@ def compare_main(
     parser.add_argument("--ranks", type=int, nargs="+", default=[4])
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    print(f"{'ranks':>5} {'bytes':>10} " + " ".join(f"{n:>26}" for n in names))
-    for ranks in args.ranks:
-        for nbytes in args.sizes:
+    print_table(collective, names, make, call, check, args.sizes, args.ranks, args.repeat)
+
+
+def print_table(
+    collective: str,
+    names: Sequence[str],
+    make: Make,
+    call: Call,
+    check: Check,
+    sizes: Sequence[int],
+    ranks: Sequence[int],
+    repeat: int,
+    label: str = "",
+) -> None:
+    """Time every algorithm of ``names`` per rank count and size; print one row each
+    with the median times and their ratios to the fastest (``label`` heads the table)."""
+    print(f"{label}{'ranks':>5} {'bytes':>10} " + " ".join(f"{n:>26}" for n in names))
+    pad = " " * len(label)
+    for n_ranks in ranks:
+        for nbytes in sizes:
             t = afmi.run_local(
-                time_forced, ranks, collective, names, make, call, check, nbytes, args.repeat
+                time_forced, n_ranks, collective, names, make, call, check, nbytes, repeat
             )[0]
             best = min(t.values())
             cells = [f"{t[n] * 1e3:10.2f} ms ({t[n] / best:5.2f}x)" for n in names]
-            print(f"{ranks:>5} {nbytes:>10} " + " ".join(f"{c:>26}" for c in cells))
+            print(f"{pad}{n_ranks:>5} {nbytes:>10} " + " ".join(f"{c:>26}" for c in cells))
