@@ -385,8 +385,9 @@ def _fit_rounds(
     from afmi.model.work import work
 
     single = wire["bandwidth_single_bytes_per_s"]
+    configured = model_for(channel, config)
     values: dict[str, Any] = dict(wire)
-    values.setdefault("publish_min_bytes", model_for(channel, config).publish_min_bytes)
+    values.setdefault("publish_min_bytes", configured.publish_min_bytes)
     base = ChannelModel(
         name=channel,
         bandwidth_aggregate_bytes_per_s=single,
@@ -396,7 +397,7 @@ def _fit_rounds(
     )
     # later_round_s, first_round_saving_s only where receivers poll (S3): elsewhere a
     # round is a round
-    polls = model_for(channel, config).poll_interval_s > 0
+    polls = configured.poll_interval_s > 0
     path_rows, cpu_rows, path_fixed, cpu_fixed, times = [], [], [], [], []
     for op, ranks, nbytes, seconds in points:
         if seconds <= 0 or ranks < 2:
