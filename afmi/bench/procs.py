@@ -3,13 +3,18 @@
 ``afmi bench --processes`` (:func:`run_procs`) measures, for each channel:
 
 * ping-pong between two rank processes (half round trip, 1 B .. ``--max-size``);
-* ``allreduce`` of float64 arrays (SUM) on each ``--ranks`` count, back-to-back
-  calls after a barrier, the slowest rank's figure;
-* the other collectives of ``--ops`` (barrier, bcast, gather) on each
+* the collectives of ``--ops`` (barrier, bcast, allreduce, gather) on each
   ``--ranks`` count, timed as the in-process bench times them
   (:class:`afmi.bench.measure.ClockStartLine`: every rank enters each call at
   one instant of the machine's monotonic clock, and a call lasts until the
-  last rank's exit).
+  last rank's exit); these rows and the ping-pong are what the model is
+  compared with;
+* when the mpi4py anchor runs, also ``allreduce`` of float64 arrays (SUM)
+  timed the way mpi4py's ``Allreduce`` is: back-to-back calls after a
+  barrier, the slowest rank's mean. Back-to-back calls overlap one call's
+  exit with the next one's start (a 2-rank ``direct`` allreduce of 8 B took
+  55 µs a call so, 89 µs from one start instant), so these rows are for the
+  side-by-side ratio only, not for the model.
 
 Each job is started with :func:`afmi.runtime.process.run_processes` (what
 ``afmi run`` does); its ranks run :func:`rank_main` (``python -m
@@ -69,7 +74,8 @@ class ProcsOptions:
     repeat: int = 1  # best of N
     seconds_per_point: float | None = None
     timeout: float = 600.0  # per job
-    #: Collectives to time (sizes of ``allreduce_sizes``; a barrier has one, 0 B).
+    #: Collectives to time from one start instant (sizes of ``allreduce_sizes``; a
+    #: barrier has one, 0 B).
     ops: list[str] = field(default_factory=lambda: ["barrier", "bcast", "allreduce", "gather"])
 
     def budget(self, channel: str | None = None) -> measure.Budget:
@@ -113,9 +119,15 @@ class ProcsOptions:
                 )
 
     def collective_sizes(self) -> dict[str, list[int]]:
-        """Payload sizes of every collective in ``ops`` but allreduce (barrier: 0 B)."""
+        """Payload sizes of every collective in ``ops`` (barrier: 0 B)."""
         sizes = self.allreduce_sizes()
-        return {op: [0] if op == "barrier" else sizes for op in self.ops if op != "allreduce"}
+        return {op: [0] if op == "barrier" else sizes for op in self.ops}
+
+    def back_to_back_sizes(self) -> list[int]:
+        """Sizes of the back-to-back allreduce: only when the mpi4py anchor runs beside it."""
+        if "allreduce" not in self.ops or not self.anchors or mpi4py_unavailable() is not None:
+            return []
+        return self.allreduce_sizes()
 
 
 # -- the rank side -------------------------------------------------------------------------------
@@ -374,9 +386,7 @@ def _coll_row(
 
 
 def _best(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Merge ``new`` into ``rows`` keeping the fastest measurement of every point."""
-    if not rows:
-        return new
+    """Merge ``new`` into ``rows`` keeping the fastest measurement of every point (sorted)."""
     key: Callable[[dict[str, Any]], tuple[Any, ...]] = lambda r: (  # noqa: E731
         r["channel"],
         r.get("op", "send"),
@@ -425,9 +435,10 @@ def run_procs(
 ) -> dict[str, Any]:
     """Run the cross-process bench; returns the ``processes`` part of the bench JSON.
 
-    Keys: ``pingpong`` and ``allreduce`` (rows of every channel and anchor),
-    ``collectives`` (the other collectives' rows, afmi channels only), ``ratios``,
-    ``skipped`` (reason per channel or anchor), ``sizes``, ``repeat``.
+    Keys: ``pingpong`` and ``allreduce`` (rows of every channel and anchor; the
+    back-to-back allreduce only when the mpi4py anchor runs), ``collectives``
+    (every collective of ``ops`` from one start instant, afmi channels only),
+    ``ratios``, ``skipped`` (reason per channel or anchor), ``sizes``, ``repeat``.
     """
     from afmi.bench.suite import _environment
 
@@ -436,7 +447,7 @@ def run_procs(
     say = progress or (lambda _m: None)
     budget = opts.budget()
     pp_sizes = opts.pingpong_sizes()
-    ar_sizes = opts.allreduce_sizes() if "allreduce" in opts.ops else []
+    ar_sizes = opts.back_to_back_sizes()
     coll_sizes = opts.collective_sizes()
     result: dict[str, Any] = {
         "ranks": opts.ranks,
@@ -556,16 +567,19 @@ def model_accuracy(
     With ``calibrate_path`` every channel is first fitted to every other size
     of its own cross-process rows (wire from the ping-pong, the collective
     parameters and ``parallel_ranks``, at most this machine's CPU count, from the
-    collective points; the reduction rate is measured here) and the model file is
+    collective points; the reduction rate is measured here, on uint8 arrays of the
+    largest allreduce's size, as in process) and the model file is
     written there; the accuracy is reported over all rows and over the held-out
     ones. Returns ``{"model_source", "accuracy", "calibration"}``.
     """
     from afmi.bench import accuracy, calibrate
     from afmi.model.params import model_for
 
+    # The back-to-back allreduce rows (result["allreduce"]) overlap one call with the
+    # next; the model describes one call from a common start, as the collectives rows time it.
     rows = [
         r
-        for r in result["pingpong"] + result["allreduce"] + result.get("collectives", [])
+        for r in result["pingpong"] + result.get("collectives", [])
         if r["channel"] not in ("socket", "mpi4py")
     ]
     out: dict[str, Any] = {"calibration": None}
@@ -575,7 +589,10 @@ def model_accuracy(
 
         params: dict[str, dict[str, float]] = {}
         cpus = float(os.cpu_count() or 1)
-        reduce_rate = calibrate.measure_reduce_rate("float64")
+        # As in process: SUM of the bench's uint8 payloads at the largest size it reduced,
+        # the fastest of three measurements.
+        top = max((r["nbytes"] for r in rows if r.get("op") == "allreduce"), default=1 << 23)
+        reduce_rate = max(calibrate.measure_reduce_rate("uint8", top) for _ in range(3))
         for ch in sorted({r["channel"] for r in rows}):
             pp = calibrate.split_fitted([r for r in rows if r["channel"] == ch and "op" not in r])
             coll = [r for r in rows if r["channel"] == ch and "op" in r]

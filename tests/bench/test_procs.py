@@ -48,8 +48,9 @@ def test_cli_run_writes_json_and_skips_mpi_without_mpiexec(tmp_path, subprocess_
     )
     assert res.returncode == 0, res.stderr
     assert "Ping-pong between 2 processes" in res.stdout
-    assert "Allreduce of float64" in res.stdout
-    assert "Other collectives, one process per rank" in res.stdout
+    # without mpi4py there is no back-to-back allreduce: nothing to set it beside
+    assert "Allreduce of float64" not in res.stdout
+    assert "Collectives, one process per rank" in res.stdout
     data = json.loads(out.read_text())["processes"]
     assert data["channels"] == ["direct"]
     assert MISSING_MPI in data["skipped"]["mpi4py"]
@@ -57,18 +58,16 @@ def test_cli_run_writes_json_and_skips_mpi_without_mpiexec(tmp_path, subprocess_
     assert [r["nbytes"] for r in pp] == data["pingpong_sizes"] == [1, 16, 256, 4096]
     assert all(r["latency_s"] > 0 and r["iterations"] >= 2 for r in pp)
     assert {r["nbytes"] for r in data["pingpong"] if r["channel"] == "socket"} == {1, 16, 256, 4096}
-    ar = data["allreduce"]
-    assert [(r["channel"], r["ranks"], r["nbytes"]) for r in ar] == [("direct", 2, 8)]
-    assert ar[0]["latency_s"] > 0 and ar[0]["predicted_s"] > 0
+    assert data["allreduce"] == [] and data["allreduce_sizes"] == []
     vs_socket = [r["vs_socket"] for r in data["ratios"] if r["op"] == "pingpong"]
     assert len(vs_socket) == 4 and all(v > 0 for v in vs_socket)
     assert not any("vs_mpi4py" in r for r in data["ratios"])
-    # the other collectives of the default --ops, timed from one start instant to the last rank out
+    # the collectives of the default --ops, timed from one start instant to the last rank out
     other = [(r["op"], r["ranks"], r["nbytes"]) for r in data["collectives"]]
-    assert other == [("barrier", 2, 0), ("bcast", 2, 8), ("gather", 2, 8)]
+    assert other == [("allreduce", 2, 8), ("barrier", 2, 0), ("bcast", 2, 8), ("gather", 2, 8)]
     assert all(r["latency_s"] > 0 and r["predicted_s"] > 0 for r in data["collectives"])
     assert all(0 <= r["late_calls"] <= r["iterations"] for r in data["collectives"])
-    assert data["accuracy"]["points"] == 4 + 1 + 3
+    assert data["accuracy"]["points"] == 4 + 4
 
 
 @pytest.mark.skipif(procs.mpi4py_unavailable() is not None, reason="mpi4py/mpiexec missing")
@@ -156,8 +155,20 @@ def test_sizes():
     assert quick == {
         "barrier": [0],
         "bcast": [8, 1 << 16, 1 << 20],
+        "allreduce": [8, 1 << 16, 1 << 20],
         "gather": [8, 1 << 16, 1 << 20],
     }
+
+
+def test_back_to_back_allreduce_only_beside_mpi4py(monkeypatch, tmp_path):
+    # it is timed only to be set beside mpi4py's Allreduce: not without the anchor
+    assert procs.ProcsOptions(anchors=False).back_to_back_sizes() == []
+    assert procs.ProcsOptions(ops=["bcast"]).back_to_back_sizes() == []
+    monkeypatch.setenv("PATH", str(tmp_path))  # no mpiexec
+    assert procs.ProcsOptions().back_to_back_sizes() == []
+    monkeypatch.setattr(procs, "mpi4py_unavailable", lambda: None)
+    opts = procs.ProcsOptions(quick=True)
+    assert opts.back_to_back_sizes() == opts.allreduce_sizes() == [8, 1 << 16, 1 << 20]
 
 
 def test_best_of_n_and_ratios():
@@ -212,13 +223,32 @@ def test_the_cross_process_calibration_finds_the_s3_fetch_step(tmp_path):
     sizes = [4**k for k in range(11)]  # 1 B ... 1 MiB
     result = {
         "pingpong": [procs._pp_row("s3", n, 5, t(n)) for n in sizes],
-        "allreduce": [
+        "allreduce": [],
+        "collectives": [
             procs._coll_row("s3", r, n, 3, 2 * r * t(n)) for r in (2, 4) for n in (8, 4096, 1 << 20)
         ],
-        "collectives": [],
     }
     out = procs.model_accuracy(result, Config(), str(tmp_path / "model.json"))
     s3 = out["calibration"]["channels"]["s3"]
     assert s3["fetch_s"] == pytest.approx(7e-3, rel=0.01)
     assert s3["inline_max_bytes"] == 256
     assert all(abs(r["rel_error"]) < 0.01 for r in result["pingpong"])
+
+
+def test_the_model_is_compared_with_start_line_rows_only():
+    # back-to-back allreduce rows overlap calls: they stay out of the fit and the accuracy
+    def t(n):
+        return 5e-5 + n / 1e9
+
+    sizes = [4**k for k in range(8)]
+    start_line = [procs._coll_row("direct", 2, n, 9, 2 * t(n)) for n in (8, 4096, 1 << 14)]
+    back_to_back = [procs._coll_row("direct", 2, n, 9, t(n) / 10) for n in (8, 4096, 1 << 14)]
+    result = {
+        "pingpong": [procs._pp_row("direct", n, 9, t(n)) for n in sizes],
+        "allreduce": back_to_back,
+        "collectives": start_line,
+    }
+    out = procs.model_accuracy(result, Config())
+    assert out["accuracy"]["points"] == len(sizes) + len(start_line)
+    assert all("rel_error" not in r for r in back_to_back)
+    assert all("rel_error" in r for r in start_line)
