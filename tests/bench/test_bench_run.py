@@ -304,3 +304,20 @@ def test_the_calibrated_lines_say_every_fitted_cost():
     assert "-4.00 ms a call's first round, +9.00 ms every round after it" in s3_line
     assert "+ 3.00 ms per wait for messages" in s3_line
     assert "round" not in direct_line and "wait" not in direct_line
+
+
+async def test_the_bench_allreduce_writes_into_one_reused_result():
+    # a fresh result per call can land on memory the machine never touched: the bench
+    # times allreduce into one array per point, as a training loop should
+    import numpy as np
+
+    import afmi
+
+    async def main(comm):
+        buf = np.full(4, comm.rank + 1, dtype=np.uint8)
+        result = np.zeros_like(buf)
+        returned = await measure.COLLECTIVES["allreduce"](comm, buf, result)
+        return returned is result, result.tolist()
+
+    out = await afmi.launch_local(main, 3)
+    assert out == [(True, [6, 6, 6, 6])] * 3
