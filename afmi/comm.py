@@ -65,6 +65,8 @@ class _Resumed:
 async def _copied_into(coro: Coroutine[Any, Any, Any], out: Any) -> Any:
     """Run a collective; leave its result in ``out`` (unless it wrote there) and return ``out``."""
     result = await coro
+    if result is out:
+        return out  # the algorithm wrote there (recursive doubling on a power of two)
     same_view = (
         isinstance(result, np.ndarray)
         and result.ctypes.data == out.ctypes.data

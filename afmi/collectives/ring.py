@@ -196,6 +196,8 @@ class RingAllreduce(Algorithm):
         await _allgather_into(ctx, out, bounds)
         if transposed:
             return out.reshape(x.T.shape).T
+        if ctx.out is not None:
+            return ctx.out  # received and reduced in place: ``out`` is a flat view of it
         return out.reshape(x.shape)
 
 

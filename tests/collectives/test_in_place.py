@@ -110,3 +110,18 @@ async def test_a_message_landing_in_a_withdrawn_receive_gets_its_own_buffers(wit
         await comm.barrier()
 
     await launch(main, 2)
+
+
+@pytest.mark.parametrize("algorithm", ["recursive_doubling", "ring"])
+async def test_out_with_a_fortran_ordered_input(algorithm):
+    # the ring flattens x.T for such an input and cannot reduce into out: the result
+    # is copied in, and out is what the call returns either way
+    async def main(comm):
+        x = np.asfortranarray(np.arange(12, dtype=np.float64).reshape(3, 4) + comm.rank)
+        out = np.zeros((3, 4))
+        with registry.forced(allreduce=algorithm):
+            got = await comm.allreduce(x, out=out)
+        assert got is out
+        assert np.array_equal(out, sum(np.arange(12.0).reshape(3, 4) + r for r in range(3)))
+
+    await launch(main, 3)
