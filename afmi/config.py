@@ -246,6 +246,11 @@ class ChannelModelConfig:
     publish_min_bytes: float | None = None
     #: Rate at which the CPUs copy and encode message bytes, bytes per second (0: not counted).
     cpu_bytes_per_s: float | None = None
+    #: Bytes of one call's messages that the CPUs copy at ``cpu_bytes_per_s``; the rest go
+    #: at ``cpu_bytes_large_per_s`` (0: one rate). What the caches hold, fitted by the bench.
+    cpu_cache_bytes: float | None = None
+    #: Copy rate of a call's bytes beyond ``cpu_cache_bytes``, bytes per second.
+    cpu_bytes_large_per_s: float | None = None
     #: Rate of the reduction op (numpy ``SUM``), bytes of one input per second (0: not counted).
     reduce_bytes_per_s: float | None = None
     #: Ranks whose work can run at the same time: 0 every rank has its own CPU (functions),

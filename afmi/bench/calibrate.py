@@ -399,6 +399,8 @@ def _fit_rounds(
     # round is a round
     polls = configured.poll_interval_s > 0
     path_rows, cpu_rows, path_fixed, cpu_fixed, times = [], [], [], [], []
+    call_bytes: list[float] = []  # bytes of each call's messages
+    cpu_scale: list[float] = []  # what the CPU bound divides them by (0: no CPU bound)
     for op, ranks, nbytes, seconds in points:
         if seconds <= 0 or ranks < 2:
             continue
@@ -425,8 +427,10 @@ def _fit_rounds(
         later = float(max(rounds - 1, 0)) if polls else 0.0
         first = -1.0 if polls and rounds > 0 else 0.0
         path_rows.append(
-            [1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0, 0.0, later, first]
+            [1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0, 0.0, later, first, 0.0]
         )
+        call_bytes.append((w.bytes_sent + w.bytes_received) / 2)
+        cpu_scale.append(shared / share)
         path_fixed.append(fixed + path_reduce_s)
         cpu_rows.append(
             [
@@ -441,6 +445,7 @@ def _fit_rounds(
                 shared * w.receive_waits / share,
                 0.0,
                 0.0,
+                0.0,  # bytes beyond the cache, per candidate below
             ]
         )
         fetch_s = w.deliveries * base.fetch_s if base.fetch_s > 0 and base.fetches(nbytes) else 0.0
@@ -473,17 +478,35 @@ def _fit_rounds(
         assert best is not None
         return best
 
-    # A wait is part of a message's cost unless counting waits apart fits better
-    # (WAITS_MIN_GAIN): where every call waits once per message (no rank
-    # collects several at once) the two are one unknown, and where few calls tell
-    # them apart other parameters may explain the difference as well.
-    no_waits = ac.copy()
-    no_waits[:, 8] = 0.0
-    best = fit(no_waits)
-    if not np.allclose(ac[:, 8], ac[:, 3]):
-        with_waits = fit(ac)
-        if with_waits[0] < WAITS_MIN_GAIN * best[0] - 1e-12:
-            best = with_waits
+    def solve(ac: Any) -> tuple[float, Any]:
+        # A wait is part of a message's cost unless counting waits apart fits better
+        # (WAITS_MIN_GAIN): where every call waits once per message (no rank
+        # collects several at once) the two are one unknown, and where few calls tell
+        # them apart other parameters may explain the difference as well.
+        no_waits = ac.copy()
+        no_waits[:, 8] = 0.0
+        best = fit(no_waits)
+        if not np.allclose(ac[:, 8], ac[:, 3]):
+            with_waits = fit(ac)
+            if with_waits[0] < WAITS_MIN_GAIN * best[0] - 1e-12:
+                best = with_waits
+        return best
+
+    # The CPUs copy a call's bytes more slowly once they outgrow the caches: every
+    # call's size from CACHE_MIN_BYTES on is tried as the limit, and a limit is kept
+    # only when the fit's error falls to CACHE_MIN_GAIN of the fit without one.
+    best = solve(ac)
+    cache = 0.0
+    b, scale = np.array(call_bytes), np.array(cpu_scale)
+    knee: tuple[float, Any] | None = None
+    for limit in sorted({float(v) for v, k in zip(b, scale) if k > 0 and v >= CACHE_MIN_BYTES}):
+        with_cache = ac.copy()
+        with_cache[:, 11] = scale * np.maximum(b - limit, 0.0)
+        tried = solve(with_cache)
+        if tried[1][11] > 0 and (knee is None or tried[0] < knee[1][0]):
+            knee = (limit, tried)
+    if knee is not None and knee[1][0] < CACHE_MIN_GAIN * best[0] - 1e-12:
+        cache, best = knee
     (
         overhead,
         per_message,
@@ -496,8 +519,10 @@ def _fit_rounds(
         cpu_wait,
         later_round,
         first_round,
+        inverse_large_extra,
     ) = (float(v) for v in best[1])
     aggregate = 1.0 / inverse_aggregate if inverse_aggregate > 0 else 64 * single
+    large = 1.0 / (inverse_cpu + inverse_large_extra) if inverse_large_extra > 0 else 0.0
     return best[0], {
         "call_overhead_s": overhead,
         "payload_overhead_s": payload,
@@ -510,10 +535,18 @@ def _fit_rounds(
         "later_round_s": later_round,
         "first_round_saving_s": first_round,
         "cpu_bytes_per_s": 1.0 / inverse_cpu if inverse_cpu > 0 else 0.0,
+        "cpu_cache_bytes": cache if large > 0 else 0.0,
+        "cpu_bytes_large_per_s": large,
         "reduce_bytes_per_s": float(reduce_bytes_per_s),
         "parallel_ranks": float(parallel_ranks),
     }
 
+
+#: Smallest call size (bytes of its messages) tried as ``cpu_cache_bytes``.
+CACHE_MIN_BYTES = 64 * 1024
+#: The fit keeps a cache limit (``cpu_cache_bytes``, ``cpu_bytes_large_per_s``) only when
+#: it lowers the squared relative error to this fraction of the fit without one.
+CACHE_MIN_GAIN = 0.9
 
 #: The fit counts waits apart from messages (``cpu_per_wait_s``) only when that
 #: lowers its squared relative error to this fraction or less (a tie, where the

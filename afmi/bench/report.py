@@ -147,6 +147,13 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
             shared = f" + {_us(params['cpu_per_shared_read_s'])} per read of a shared payload"
         if params.get("cpu_per_wait_s", 0.0) > 0:
             shared += f" + {_us(params['cpu_per_wait_s'])} per wait for messages"
+        if params.get("cpu_bytes_per_s", 0.0) > 0:
+            shared += f", copies {params['cpu_bytes_per_s'] / 1e9:.1f} GB/s"
+        if params.get("cpu_cache_bytes", 0.0) > 0 and params.get("cpu_bytes_large_per_s", 0.0):
+            shared += (
+                f" ({params['cpu_bytes_large_per_s'] / 1e9:.1f} GB/s beyond a call's first "
+                f"{_size(int(params['cpu_cache_bytes']))})"
+            )
         if params.get("fetch_s", 0.0) > 0:
             fetch = (
                 f" (+{_us(params['fetch_s'])} to fetch a message over "

@@ -64,7 +64,9 @@ class ChannelModel:
     The CPU side (see :func:`afmi.model.predict.predict`): one message costs
     ``cpu_per_message_s`` of software work (sender and receiver together), plus
     ``cpu_per_message_rank_s`` for every further rank sharing the CPUs, plus
-    its bytes at ``cpu_bytes_per_s``; every read of a payload stored once for
+    its bytes at ``cpu_bytes_per_s`` (a call's bytes beyond ``cpu_cache_bytes`` at
+    ``cpu_bytes_large_per_s``, when both are set: they no longer fit in the
+    CPU's caches); every read of a payload stored once for
     several readers costs ``cpu_per_shared_read_s`` more (S3's markers and
     pointers), every time a rank waits for messages ``cpu_per_wait_s``
     (``Work.receive_waits``; S3: a LIST of its mailbox, at least), a reduction
@@ -93,6 +95,8 @@ class ChannelModel:
     first_round_saving_s: float = 0.0
     publish_min_bytes: float = 0.0
     cpu_bytes_per_s: float = 0.0
+    cpu_cache_bytes: float = 0.0
+    cpu_bytes_large_per_s: float = 0.0
     reduce_bytes_per_s: float = 0.0
     parallel_ranks: float = 0.0
     price_per_request_usd: float = 0.0
@@ -114,6 +118,19 @@ class ChannelModel:
             return n / self.bandwidth_single_bytes_per_s
         return limit / self.bandwidth_single_bytes_per_s + (n - limit) / (
             self.bandwidth_large_bytes_per_s
+        )
+
+    def cpu_bytes_s(self, nbytes: float) -> float:
+        """CPU seconds to copy and encode ``nbytes`` of one call's messages: the first
+        ``cpu_cache_bytes`` at ``cpu_bytes_per_s``, the rest at ``cpu_bytes_large_per_s``
+        when both of those are set (a rate of 0 is not counted)."""
+        if nbytes <= 0:
+            return 0.0
+        limit, large = self.cpu_cache_bytes, self.cpu_bytes_large_per_s
+        excess = nbytes - limit if limit > 0 and large > 0 and nbytes > limit else 0.0
+        small = self.cpu_bytes_per_s
+        return ((nbytes - excess) / small if small > 0 else 0.0) + (
+            excess / large if excess > 0 else 0.0
         )
 
     def fetches(self, nbytes: int) -> bool:

@@ -147,8 +147,7 @@ def timing(
         cpu += w.deliveries * channel.fetch_s  # a fetch is work of the client and server
     cpu += channel.shared_read_cpu_s(w)
     cpu += w.receive_waits * channel.cpu_per_wait_s
-    if channel.cpu_bytes_per_s > 0:
-        cpu += (w.bytes_sent + w.bytes_received) / 2 / channel.cpu_bytes_per_s
+    cpu += channel.cpu_bytes_s((w.bytes_sent + w.bytes_received) / 2)
     if rate > 0:
         cpu += w.reduce_bytes / rate
     return path, cpu / share

@@ -126,7 +126,35 @@ def test_shared_cpu_work_is_recovered_when_ranks_share_a_loop():
     assert fit["cpu_bytes_per_s"] == pytest.approx(4e9, rel=1e-3)
     assert fit["call_overhead_s"] == pytest.approx(8e-6, rel=1e-3)
     assert fit["payload_overhead_s"] == pytest.approx(30e-6, rel=1e-3)  # seen beside barriers
+    assert fit["cpu_cache_bytes"] == 0.0 and fit["cpu_bytes_large_per_s"] == 0.0  # none here
     _assert_reproduces(ChannelModel(name="local", **{**_WIRE, **fit}), points)
+    # a call's bytes beyond what the caches hold are copied more slowly: the fit finds
+    # where (a 2-rank bcast of 1 MiB moves 1 MiB) and the slower rate
+    truth = dataclasses.replace(truth, cpu_cache_bytes=float(1 << 20), cpu_bytes_large_per_s=1e9)
+    points = _collective_points(truth)
+    fit = calibrate.fit_rounds("local", _WIRE, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
+    assert fit["cpu_cache_bytes"] == 1 << 20
+    assert fit["cpu_bytes_large_per_s"] == pytest.approx(1e9, rel=1e-3)
+    assert fit["cpu_bytes_per_s"] == pytest.approx(4e9, rel=1e-3)
+    _assert_reproduces(ChannelModel(name="local", **{**_WIRE, **fit}), points)
+
+
+def test_the_cpu_copies_a_calls_bytes_beyond_the_cache_at_the_second_rate():
+    model = ChannelModel(
+        name="local",
+        latency_s=1e-5,
+        bandwidth_single_bytes_per_s=5e9,
+        bandwidth_aggregate_bytes_per_s=5e9,
+        cpu_bytes_per_s=4e9,
+    )
+    assert model.cpu_bytes_s(8e6) == pytest.approx(2e-3)  # one rate without a limit
+    cached = dataclasses.replace(model, cpu_cache_bytes=4e6, cpu_bytes_large_per_s=1e9)
+    assert cached.cpu_bytes_s(2e6) == pytest.approx(0.5e-3)
+    assert cached.cpu_bytes_s(8e6) == pytest.approx(1e-3 + 4e-3)
+    # bytes within the limit may be free (rate 0: not counted), the rest are not
+    free_small = dataclasses.replace(cached, cpu_bytes_per_s=0.0)
+    assert free_small.cpu_bytes_s(8e6) == pytest.approx(4e-3)
+    assert dataclasses.replace(model, cpu_bytes_per_s=0.0).cpu_bytes_s(8e6) == 0.0
 
 
 def test_the_fetch_step_of_inline_messages_is_found():
