@@ -140,13 +140,7 @@ def test_shared_cpu_work_is_recovered_when_ranks_share_a_loop():
 
 
 def test_the_cpu_copies_a_calls_bytes_beyond_the_cache_at_the_second_rate():
-    model = ChannelModel(
-        name="local",
-        latency_s=1e-5,
-        bandwidth_single_bytes_per_s=5e9,
-        bandwidth_aggregate_bytes_per_s=5e9,
-        cpu_bytes_per_s=4e9,
-    )
+    model = ChannelModel("local", **_WIRE, bandwidth_aggregate_bytes_per_s=5e9, cpu_bytes_per_s=4e9)
     assert model.cpu_bytes_s(8e6) == pytest.approx(2e-3)  # one rate without a limit
     cached = dataclasses.replace(model, cpu_cache_bytes=4e6, cpu_bytes_large_per_s=1e9)
     assert cached.cpu_bytes_s(2e6) == pytest.approx(0.5e-3)
