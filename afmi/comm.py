@@ -66,7 +66,7 @@ async def _copied_into(coro: Coroutine[Any, Any, Any], out: Any) -> Any:
     """Run a collective; leave its result in ``out`` (unless it wrote there) and return ``out``."""
     result = await coro
     if result is out:
-        return out  # the algorithm wrote there (recursive doubling on a power of two)
+        return out  # the algorithm wrote there (the ring; recursive doubling's reducing ranks)
     same_view = (
         isinstance(result, np.ndarray)
         and result.ctypes.data == out.ctypes.data

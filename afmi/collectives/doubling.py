@@ -32,7 +32,8 @@ __all__ = [
 #: array. Channels copy smaller messages anyway (the direct channel parses whole frames
 #: of up to 64 KiB from its read buffer, the local channel copies below 64 KiB), so below
 #: this the array is received as usual and reduced into ``out``: posting ``out`` as a
-#: landing place and copying into it cost a 2-rank local allreduce of 8 B about 6 us.
+#: landing place and copying into it made a 2-rank local allreduce of 8 B take 73 us a
+#: call where it now takes 61-63 us (57-61 us without ``out=``).
 IN_PLACE_MIN_BYTES = 64 * 1024
 
 
