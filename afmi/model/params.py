@@ -32,6 +32,14 @@ __all__ = [
 ]
 
 
+def _two_rates(nbytes: float, limit: float, rate: float, beyond: float) -> float:
+    """Seconds for ``nbytes`` at ``rate``, those past ``limit`` at ``beyond`` when both
+    ``limit`` and ``beyond`` are set; bytes at a rate of 0 are not counted."""
+    excess = nbytes - limit if limit > 0 and beyond > 0 and nbytes > limit else 0.0
+    within = nbytes - excess
+    return (within / rate if rate > 0 else 0.0) + (excess / beyond if excess > 0 else 0.0)
+
+
 @dataclass(frozen=True)
 class ChannelModel:
     """Latency, bandwidth and prices of one channel.
@@ -112,25 +120,19 @@ class ChannelModel:
 
     def wire_time_s(self, nbytes: int) -> float:
         """Seconds one message of ``nbytes`` spends on a single stream (no latency)."""
-        n = max(int(nbytes), 0)
-        limit = self.large_message_bytes
-        if limit <= 0 or n <= limit or self.bandwidth_large_bytes_per_s <= 0:
-            return n / self.bandwidth_single_bytes_per_s
-        return limit / self.bandwidth_single_bytes_per_s + (n - limit) / (
-            self.bandwidth_large_bytes_per_s
+        return _two_rates(
+            max(int(nbytes), 0),
+            self.large_message_bytes,
+            self.bandwidth_single_bytes_per_s,
+            self.bandwidth_large_bytes_per_s,
         )
 
     def cpu_bytes_s(self, nbytes: float) -> float:
         """CPU seconds to copy and encode ``nbytes`` of one call's messages: the first
         ``cpu_cache_bytes`` at ``cpu_bytes_per_s``, the rest at ``cpu_bytes_large_per_s``
         when both of those are set (a rate of 0 is not counted)."""
-        if nbytes <= 0:
-            return 0.0
-        limit, large = self.cpu_cache_bytes, self.cpu_bytes_large_per_s
-        excess = nbytes - limit if limit > 0 and large > 0 and nbytes > limit else 0.0
-        small = self.cpu_bytes_per_s
-        return ((nbytes - excess) / small if small > 0 else 0.0) + (
-            excess / large if excess > 0 else 0.0
+        return _two_rates(
+            max(nbytes, 0.0), self.cpu_cache_bytes, self.cpu_bytes_per_s, self.cpu_bytes_large_per_s
         )
 
     def fetches(self, nbytes: int) -> bool:
