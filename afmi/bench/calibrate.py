@@ -127,40 +127,45 @@ def fit_wire(points: Sequence[tuple[float, float]], fetch: bool = False) -> dict
     Tries one bandwidth for all sizes, then every split of the measured sizes
     into small and large ones as a continuous two-piece line (small messages
     fit as in :func:`fit_latency_bandwidth`, the bytes beyond the threshold get
-    their own bandwidth), and keeps the fit with the smallest worst relative
-    error. The second regime is kept only if it lowers that error by 5 points.
+    their own bandwidth). The second regime is kept only if its best fit lowers
+    the worst relative error by :data:`WIRE_MIN_GAIN`.
 
     The threshold of a split lies somewhere between its largest small size and
-    its smallest large one. Both the largest small size and the midpoint (in
-    log scale) of the two are tried; when they fit the measured sizes equally
-    well, as they do when one size lies above the threshold, the midpoint is
-    kept: the sizes in between (held out of the calibration, or a user's) are
-    then never more than half a step on the wrong side of the knee.
+    its smallest large one; both the largest small size and the midpoint (in
+    log scale) of the two are tried. Of the thresholds whose worst error lies
+    within :data:`WIRE_MIN_GAIN` of the best one, the largest is kept: the fast
+    regime reaches as far as the measured sizes allow, and a slow point below
+    the knee (one noisy size) does not pull the knee down to it. Where one size
+    lies above the knee, the sizes between it and the largest small one (held
+    out of the calibration, or a user's) are then never more than half a step
+    on the wrong side of the knee.
     """
     if fetch:
         return fit_fetch(points)
     pts = sorted((float(n), float(t)) for n, t in points if t > 0)
-    best = _one_rate(pts)
-    best_score = _score(best, pts)
+    one = _one_rate(pts)
     sizes = sorted({n for n, _ in pts})
+    fits: list[tuple[float, dict[str, float]]] = []
     for i in range(2, len(sizes) - 1):
         split = sizes[i]
         small = [(n, t) for n, t in pts if n <= split]
         large = [(n, t) for n, t in pts if n > split]
         lat, bw = fit_latency_bandwidth(small)
-        fits = [f for f in (_knee(lat, bw, large, k) for k in _knees(split, sizes[i + 1])) if f]
-        if not fits:
-            continue
-        scored = [(_score(f, pts), f) for f in fits]
-        score, cand = scored[0]
-        for s, f in scored[1:]:  # the midpoint, when it fits no worse
-            if s[0] <= score[0] + 1e-9:
-                score, cand = s, f
-        if score[0] < best_score[0] - 0.05 or (
-            best["large_message_bytes"] > 0 and score < best_score
-        ):
-            best, best_score = cand, score
-    return best
+        for k in _knees(split, sizes[i + 1]):
+            f = _knee(lat, bw, large, k)
+            if f:
+                fits.append((_score(f, pts)[0], f))
+    lowest = min((worst for worst, _ in fits), default=math.inf)
+    if lowest >= _score(one, pts)[0] - WIRE_MIN_GAIN:
+        return one
+    near = [f for worst, f in fits if worst <= lowest + WIRE_MIN_GAIN]
+    return max(near, key=lambda f: f["large_message_bytes"])
+
+
+#: A wire fit keeps a second regime (:func:`fit_wire`) or a fetch step
+#: (:func:`fit_fetch`) only when it lowers the worst relative error by this much;
+#: :func:`fit_wire` moves its knee to a smaller size only for as much.
+WIRE_MIN_GAIN = 0.05
 
 
 def _knees(small: float, large: float) -> list[float]:
@@ -196,8 +201,8 @@ def fit_fetch(points: Sequence[tuple[float, float]]) -> dict[str, float]:
     Fits ``t = latency_s + [n > inline_max_bytes] * fetch_s + n / bandwidth`` by
     the relative least squares of :func:`fit_latency_bandwidth`, with every
     measured size tried as ``inline_max_bytes``; the fit with the smallest worst
-    relative error wins (no step, ``fetch_s`` 0, when none improves on it by 5
-    points).
+    relative error wins (no step, ``fetch_s`` 0, when none improves on it by
+    :data:`WIRE_MIN_GAIN`).
     """
     import numpy as np
 
@@ -216,7 +221,7 @@ def fit_fetch(points: Sequence[tuple[float, float]]) -> dict[str, float]:
         bandwidth = 1.0 / inverse if inverse > 0 else 1e15
         cand["bandwidth_single_bytes_per_s"] = cand["bandwidth_large_bytes_per_s"] = bandwidth
         score = _score(cand, pts)
-        if score[0] < best_score[0] - 0.05 or (best["fetch_s"] > 0 and score < best_score):
+        if score[0] < best_score[0] - WIRE_MIN_GAIN or (best["fetch_s"] > 0 and score < best_score):
             best, best_score = cand, score
     return best
 
