@@ -10,7 +10,10 @@ Two figures, both printed by ``afmi bench`` and stored in its JSON:
   from near ties, whether the picked channel measured within 10 % of it);
 * noise: for rows measured in several passes, how far a point's passes lay
   apart (median per channel), and how many points outside the tolerance moved
-  by more than the tolerance between their own passes.
+  by more than the tolerance between their own passes; and how many points
+  outside the tolerance were measured while the machine ran slow
+  (``machine_slowdown`` above :data:`afmi.bench.measure.SLOW_MACHINE`, after
+  the bench's retries) and the slowest it ran for a kept measurement.
 """
 
 from __future__ import annotations
@@ -111,25 +114,38 @@ def _spread(row: dict[str, Any]) -> float | None:
 
 
 def _noise(errors: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
-    """The measurement's own noise, for rows measured in several passes: the median
+    """The measurement's own noise: for rows measured in several passes, the median
     spread of a point's passes per channel, and how many points outside the
-    tolerance moved by more than it between their own passes."""
+    tolerance moved by more than it between their own passes; for rows that
+    watched the machine's speed, how many points outside the tolerance were
+    measured while it ran slow even after their retries."""
+    from afmi.bench.measure import SLOW_MACHINE
+
     spreads: dict[str, list[float]] = defaultdict(list)
     noisy_misses = 0
+    watched = slow_misses = 0
+    slowest = 1.0
     for e, r in errors:
+        slowdown = r.get("machine_slowdown")
+        if slowdown is not None:
+            watched += 1
+            slowest = max(slowest, float(slowdown))
+            slow_misses += e > TOLERANCE and slowdown > SLOW_MACHINE
         spread = _spread(r)
         if spread is None:
             continue
         spreads[r["channel"]].append(spread)
         noisy_misses += e > TOLERANCE and spread > TOLERANCE
-    if not spreads:
-        return {}
-    return {
-        "pass_spread_by_channel": {
+    out: dict[str, Any] = {}
+    if spreads:
+        out["pass_spread_by_channel"] = {
             c: statistics.median_high(v) for c, v in sorted(spreads.items())
-        },
-        "misses_noisier_than_tolerance": noisy_misses,
-    }
+        }
+        out["misses_noisier_than_tolerance"] = noisy_misses
+    if watched:
+        out["slowest_machine"] = slowest
+        out["misses_on_slow_machine"] = slow_misses
+    return out
 
 
 def _brief(row: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from afmi.config import Config
-from afmi.errors import AfmiError
+from afmi.errors import AfmiError, ArgumentError
 
 __all__ = ["HELP", "add_arguments", "main"]
 
@@ -107,6 +107,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="in process: measure the sweep in N passes, each point keeping its fastest "
         "pass (the median when a pass timed fewer than 3 calls; default 3; quick: 1)",
     )
+    parser.add_argument(
+        "--slow-retries",
+        type=int,
+        default=None,
+        metavar="N",
+        help="measure a point again, up to N times, when the CPU ran more than 1.25x slower "
+        "than its fastest in the run while it was measured (default 0: only report it)",
+    )
     parser.add_argument("--no-pingpong", action="store_true", help="skip the ping-pong sweep")
     parser.add_argument("--no-collectives", action="store_true", help="skip collectives")
     parser.add_argument("--no-anchors", action="store_true", help="skip socket/mpi4py anchors")
@@ -176,6 +184,7 @@ def main(args: argparse.Namespace) -> int:
             start_servers=not args.no_servers,
             seconds_per_point=args.seconds_per_point,
             passes=args.passes,
+            slow_retries=_slow_retries(args),
         )
         progress = Progress(enabled=not args.quiet)
         try:
@@ -199,6 +208,15 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _slow_retries(args: argparse.Namespace) -> int:
+    from afmi.bench.measure import SLOW_RETRIES
+
+    n = SLOW_RETRIES if args.slow_retries is None else int(args.slow_retries)
+    if n < 0:
+        raise ArgumentError(f"--slow-retries must be 0 or more, got {n}")
+    return n
+
+
 def _processes(args: argparse.Namespace) -> int:
     """``afmi bench --processes``: the cross-process run (:mod:`afmi.bench.procs`)."""
     import datetime
@@ -220,6 +238,7 @@ def _processes(args: argparse.Namespace) -> int:
             repeat=args.repeat,
             seconds_per_point=args.seconds_per_point,
             ops=args.ops,
+            slow_retries=_slow_retries(args),
         )
         progress = Progress(enabled=not args.quiet)
         try:

@@ -77,6 +77,9 @@ class ProcsOptions:
     #: Collectives to time from one start instant (sizes of ``allreduce_sizes``; a
     #: barrier has one, 0 B).
     ops: list[str] = field(default_factory=lambda: ["barrier", "bcast", "allreduce", "gather"])
+    #: Times a point measured while the machine ran slow is measured again
+    #: (:class:`afmi.bench.measure.MachineWatch`).
+    slow_retries: int = measure.SLOW_RETRIES
 
     def budget(self, channel: str | None = None) -> measure.Budget:
         """Per-point budget (as in the in-process bench, with its
@@ -112,6 +115,8 @@ class ProcsOptions:
             raise ArgumentError(f"--ranks must be counts of 2 or more, got {self.ranks}")
         if self.repeat < 1:
             raise ArgumentError(f"--repeat must be at least 1, got {self.repeat}")
+        if self.slow_retries < 0:
+            raise ArgumentError(f"--slow-retries must be 0 or more, got {self.slow_retries}")
         for op in self.ops:
             if op not in measure.COLLECTIVES:
                 raise ArgumentError(
@@ -165,18 +170,26 @@ async def _rank(plan: dict[str, Any], out_path: str) -> None:
 
     budget = measure.Budget(**plan["budget"])
     jitter = float(plan.get("jitter_s", 0.0))
+    watch = measure.MachineWatch(
+        float(plan.get("reference_s", 0.0)), int(plan.get("slow_retries", 0))
+    )
     async with afmi.connect() as comm:
         pingpong: list[Any] = []
         if comm.size == 2 and plan["pingpong"]:
-            pingpong = await measure._pingpong_main(comm, plan["pingpong"], budget, jitter)
+            pingpong = await measure._pingpong_main(comm, plan["pingpong"], budget, jitter, watch)
         allreduce = await _allreduce_main(comm, plan["allreduce"], budget, jitter)
         collectives = {}
         for op, sizes in plan.get("collectives", {}).items():
             line = measure.ClockStartLine(jitter)
-            collectives[op] = await measure._collective_main(comm, op, sizes, budget, line)
+            collectives[op] = await measure._collective_main(comm, op, sizes, budget, line, watch)
         if comm.rank == 0:
             text = json.dumps(
-                {"pingpong": pingpong, "allreduce": allreduce, "collectives": collectives}
+                {
+                    "pingpong": pingpong,
+                    "allreduce": allreduce,
+                    "collectives": collectives,
+                    "reference_s": measure.MachineWatch.fastest_s,
+                }
             )
             Path(out_path).write_text(text)  # noqa: ASYNC240 - once, after the measurements
 
@@ -204,6 +217,8 @@ def _plan(
     budget: measure.Budget,
     collectives: Mapping[str, Sequence[int]] | None = None,
     jitter_s: float = 0.0,
+    reference_s: float = 0.0,
+    slow_retries: int = 0,
 ) -> dict[str, Any]:
     return {
         "pingpong": list(pingpong),
@@ -211,6 +226,8 @@ def _plan(
         "collectives": {op: list(sizes) for op, sizes in (collectives or {}).items()},
         "budget": dataclasses.asdict(budget),
         "jitter_s": jitter_s,
+        "reference_s": reference_s,
+        "slow_retries": slow_retries,
     }
 
 
@@ -223,10 +240,11 @@ def afmi_job(
     config: Config | None = None,
     timeout: float = 600.0,
     collectives: Mapping[str, Sequence[int]] | None = None,
+    slow_retries: int = measure.SLOW_RETRIES,
 ) -> dict[str, Any]:
     """Run one job of ``ranks`` processes on ``channel``; rank 0's figures as a dict.
 
-    Returns ``{"pingpong": [(nbytes, iters, seconds)...], "allreduce": [...],
+    Returns ``{"pingpong": [(nbytes, iters, seconds, slowdown)...], "allreduce": [...],
     "collectives": {op: [...]}}``; ``collectives`` names the other collectives to
     time and their sizes.
 
@@ -241,7 +259,14 @@ def afmi_job(
         plan_path = Path(tmp, "plan.json")
         out_path = Path(tmp, "out.json")
         jitter = measure.start_jitter_s(channel, config or Config())
-        plan_path.write_text(json.dumps(_plan(pingpong, allreduce, budget, collectives, jitter)))
+        # the fastest the machine ran in this run so far: the ranks' baseline speed
+        measure.MachineWatch().sample("job")
+        reference = measure.MachineWatch.fastest_s
+        plan_path.write_text(
+            json.dumps(
+                _plan(pingpong, allreduce, budget, collectives, jitter, reference, slow_retries)
+            )
+        )
         if config is not None:
             cfg_path = Path(tmp, "config.json")
             cfg_path.write_text(json.dumps(config.to_dict()))
@@ -256,6 +281,7 @@ def afmi_job(
             tail = " | ".join(log.getvalue().strip().splitlines()[-4:])
             raise RuntimeError(f"{channel} job on {ranks} processes failed (codes {codes}): {tail}")
         data: dict[str, Any] = json.loads(out_path.read_text())
+        measure.MachineWatch(float(data.get("reference_s", 0.0)))
         return data
 
 
@@ -345,14 +371,17 @@ def mpi4py_job(
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             raise RuntimeError(f"mpiexec failed (exit {proc.returncode}): {' | '.join(tail)}")
         data: dict[str, Any] = json.loads(out_path.read_text())
+        measure.MachineWatch(float(data.get("reference_s", 0.0)))
         return data
 
 
 # -- the whole run -------------------------------------------------------------------------------
 
 
-def _pp_row(channel: str, nbytes: int, iters: int, half: float) -> dict[str, Any]:
-    return {
+def _pp_row(
+    channel: str, nbytes: int, iters: int, half: float, slowdown: float | None = None
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
         "channel": channel,
         "processes": 2,
         "nbytes": nbytes,
@@ -360,6 +389,9 @@ def _pp_row(channel: str, nbytes: int, iters: int, half: float) -> dict[str, Any
         "latency_s": half,
         "bandwidth_bytes_per_s": nbytes / half if half > 0 else 0.0,
     }
+    if slowdown is not None:
+        row["machine_slowdown"] = slowdown
+    return row
 
 
 def _coll_row(
@@ -370,6 +402,7 @@ def _coll_row(
     seconds: float,
     op: str = "allreduce",
     late: int | None = None,
+    slowdown: float | None = None,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {
         "channel": channel,
@@ -382,6 +415,8 @@ def _coll_row(
     }
     if late is not None:
         row["late_calls"] = late
+    if slowdown is not None:
+        row["machine_slowdown"] = slowdown
     return row
 
 
@@ -481,6 +516,7 @@ def run_procs(
                             run_config,
                             opts.timeout,
                             coll_sizes,
+                            opts.slow_retries,
                         )
                     except Exception as exc:  # noqa: BLE001 - one broken channel must not end the run
                         result["skipped"][ch] = f"{type(exc).__name__}: {exc}"
@@ -494,9 +530,9 @@ def run_procs(
                     result["pingpong"] = _best(result["pingpong"], pp)
                     result["allreduce"] = _best(result["allreduce"], ar)
                     other = [
-                        _coll_row(ch, n, nbytes, iters, seconds, op=op, late=late)
+                        _coll_row(ch, n, nbytes, iters, seconds, op=op, late=late, slowdown=slow)
                         for op, points in data.get("collectives", {}).items()
-                        for nbytes, iters, seconds, late in points
+                        for nbytes, iters, seconds, late, slow in points
                     ]
                     result["collectives"] = _best(result["collectives"], other)
             if opts.anchors:

@@ -396,6 +396,13 @@ def _accuracy_lines(title: str, acc: dict[str, Any]) -> list[str]:
             + f"; {acc['misses_noisier_than_tolerance']} of the {misses} points outside "
             f"{acc['tolerance']:.0%} moved by more than that between their own passes"
         )
+    if acc.get("slowest_machine") is not None:
+        misses = acc["points"] - acc["within_tolerance"]
+        lines.append(
+            f"  machine speed: {acc['misses_on_slow_machine']} of the {misses} points outside "
+            f"{acc['tolerance']:.0%} were measured while the CPU ran slow even after retries; "
+            f"the slowest kept measurement ran at 1/{acc['slowest_machine']:.2f} of full speed"
+        )
     if acc.get("choice_points"):
         lines.append(
             f"  fast choice: {acc['choice_correct']}/{acc['choice_points']} points pick the "

@@ -53,6 +53,9 @@ class Options:
     #: start at random phases of its poller (:func:`merge_passes`; None: 3 passes,
     #: or 1 with ``quick``).
     passes: int | None = None
+    #: Times a point measured while the machine ran slow is measured again
+    #: (:class:`afmi.bench.measure.MachineWatch`).
+    slow_retries: int = measure.SLOW_RETRIES
 
     def pass_count(self) -> int:
         """How many passes the sweep makes."""
@@ -244,7 +247,9 @@ def _sweep(
             if not (opts.pingpong or opts.calibrate):
                 break
             try:
-                rows = measure.pingpong(ch, pp_sizes, config, opts.pass_budget(ch), tell)
+                rows = measure.pingpong(
+                    ch, pp_sizes, config, opts.pass_budget(ch), tell, opts.slow_retries
+                )
             except Exception as exc:  # noqa: BLE001 - one broken channel must not end the run
                 skipped[ch] = f"failed: {type(exc).__name__}: {exc}"
                 measured.remove(ch)
@@ -260,7 +265,14 @@ def _sweep(
                         continue
                     try:
                         rows = measure.collective_latency(
-                            ch, op, n, coll_sizes, config, opts.pass_budget(ch), tell
+                            ch,
+                            op,
+                            n,
+                            coll_sizes,
+                            config,
+                            opts.pass_budget(ch),
+                            tell,
+                            opts.slow_retries,
                         )
                     except Exception as exc:  # noqa: BLE001 - reported, run continues
                         skipped[f"{ch} {op} n={n}"] = f"{type(exc).__name__}: {exc}"
@@ -318,6 +330,10 @@ def merge_passes(rows: list[dict[str, Any]], fastest: bool = True) -> dict[str, 
     times = [r["latency_s"] for r in rows]
     best = fastest and all(int(r["iterations"]) >= BEST_PASS_MIN_CALLS for r in rows)
     out["latency_s"] = min(times) if best else statistics.median_high(times)
+    if all("machine_slowdown" in r for r in rows):
+        kept = rows[times.index(out["latency_s"])]
+        out["machine_slowdown"] = kept["machine_slowdown"]
+        out["pass_machine_slowdown"] = [r["machine_slowdown"] for r in rows]
     out["pass_estimate"] = "fastest" if best else "median"
     out["iterations"] = sum(int(r["iterations"]) for r in rows)
     out["pass_latencies_s"] = times

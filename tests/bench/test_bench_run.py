@@ -238,6 +238,12 @@ def test_passes_share_the_budget_and_merge_to_the_fastest_or_the_median():
     # late calls add up over the passes
     late = [dict(r, late_calls=n) for r, n in zip(rows, (0, 2, 1))]
     assert merge_passes(late)["late_calls"] == 3
+    # the machine's speed while the kept pass was measured goes with it
+    watched = [dict(r, machine_slowdown=s) for r, s in zip(rows, (1.5, 1.1, 1.3))]
+    point = merge_passes(watched)
+    assert point["machine_slowdown"] == 1.1
+    assert point["pass_machine_slowdown"] == [1.5, 1.1, 1.3]
+    assert merge_passes(watched, fastest=False)["machine_slowdown"] == 1.3
 
 
 def test_bench_rejects_bad_passes(subprocess_env):

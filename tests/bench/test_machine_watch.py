@@ -1,0 +1,152 @@
+"""The bench watches the machine's speed and measures a point again when it ran slow."""
+
+import pytest
+
+import afmi
+from afmi.bench import measure
+from afmi.bench.accuracy import summarize
+
+
+@pytest.fixture(autouse=True)
+def _fresh_baseline(monkeypatch):
+    # the baseline is per process: every test starts from none
+    monkeypatch.setattr(measure.MachineWatch, "fastest_s", float("inf"))
+
+
+def test_reference_is_cpu_time_of_a_fixed_loop():
+    t = measure.reference_s()
+    assert 0 < t < 0.5
+    # CPU time, not wall time: a sleeping thread would not count, a busier loop does
+    more = measure.REFERENCE_LOOPS * 4
+    original = measure.REFERENCE_LOOPS
+    try:
+        measure.REFERENCE_LOOPS = more
+        assert measure.reference_s() > t
+    finally:
+        measure.REFERENCE_LOOPS = original
+
+
+class _Scripted(measure.MachineWatch):
+    """A watch whose reference times come from a script (the retry logic alone)."""
+
+    def __init__(self, times, retries=2):
+        super().__init__(retries=retries)
+        self._times = list(times)
+        self.keys = []
+
+    def sample(self, key):
+        if key not in self._samples:
+            self.keys.append(key)
+            self._samples[key] = self._times.pop(0)
+            measure.MachineWatch.fastest_s = min(measure.MachineWatch.fastest_s, self._samples[key])
+        return self._samples[key]
+
+
+def test_samples_are_shared_per_key_and_slowdown_is_against_the_fastest():
+    watch = _Scripted([1.0, 2.0, 1.5])
+    assert watch.sample("a") == 1.0
+    assert watch.sample("a") == 1.0  # a second rank of the loop: the same sample
+    watch.sample("b")
+    assert watch.slowdown("a", "b") == pytest.approx(2.0)
+    watch.sample("c")
+    assert watch.slowdown("c") == pytest.approx(1.5)
+    # a baseline from an earlier process lowers the fastest, never raises it
+    measure.MachineWatch(0.5)
+    assert measure.MachineWatch.fastest_s == 0.5
+    measure.MachineWatch(3.0)
+    assert measure.MachineWatch.fastest_s == 0.5
+
+
+def _steady_run(times, results, retries=2):
+    watch = _Scripted(times, retries)
+
+    async def main(comm):
+        tried = []
+
+        async def attempt(i):
+            tried.append(i)
+            return results[i], comm.rank
+
+        kept = await measure._steady(comm, watch, ("op", 8), attempt)
+        return kept, tried
+
+    return afmi.run_local(main, 2, channel="local"), watch
+
+
+def test_a_point_measured_on_a_slow_machine_is_measured_again_and_keeps_its_fastest():
+    # attempt 0 ran at half speed, attempt 1 at full speed: two attempts, the faster kept
+    per_rank, watch = _steady_run([1.0, 2.0, 1.0, 1.0], [5.0, 3.0, 9.0])
+    (kept, slow), tried = per_rank[0]
+    assert tried == [0, 1] and per_rank[1][1] == [0, 1]  # every rank agreed
+    assert kept == (3.0, 0) and slow == pytest.approx(1.0)
+    assert len(watch.keys) == 4  # before and after each attempt, once for both ranks
+
+
+def test_a_point_on_a_steady_machine_is_measured_once():
+    per_rank, _ = _steady_run([1.0, 1.1], [5.0])
+    (kept, slow), tried = per_rank[0]
+    assert tried == [0] and kept == (5.0, 0) and slow == pytest.approx(1.1)
+
+
+def test_retries_are_bounded_and_the_fastest_attempt_wins():
+    slow_every_time = [1.0] + [3.0] * 5
+    per_rank, _ = _steady_run(slow_every_time, [4.0, 2.0, 6.0])
+    (kept, slow), tried = per_rank[0]
+    assert tried == [0, 1, 2]
+    assert kept == (2.0, 0) and slow == pytest.approx(3.0)
+
+
+def test_by_default_a_slow_point_is_only_reported():
+    assert measure.SLOW_RETRIES == 0
+    per_rank, _ = _steady_run([1.0, 3.0], [4.0], retries=measure.SLOW_RETRIES)
+    (kept, slow), tried = per_rank[0]
+    assert tried == [0] and kept == (4.0, 0) and slow == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="retries must be >= 0"):
+        measure.MachineWatch(retries=-1)
+
+
+def test_the_bench_takes_slow_retries_and_rejects_negative_ones(subprocess_env):
+    import subprocess
+    import sys
+
+    from afmi.bench.procs import ProcsOptions
+    from afmi.bench.suite import Options
+    from afmi.errors import ArgumentError
+
+    assert Options().slow_retries == ProcsOptions().slow_retries == 0
+    with pytest.raises(ArgumentError, match="--slow-retries must be 0 or more"):
+        ProcsOptions(slow_retries=-1).check()
+    command = [sys.executable, "-m", "afmi", "bench", "--channels", "direct"]
+    for extra in ([], ["--processes"]):
+        res = subprocess.run(
+            [*command, "--slow-retries", "-1", *extra],
+            capture_output=True,
+            text=True,
+            env=subprocess_env,
+            timeout=60,
+        )
+        assert res.returncode == 2 and "--slow-retries must be 0 or more" in res.stderr
+
+
+def test_rows_say_how_slow_the_machine_ran_and_the_summary_counts_slow_misses():
+    rows = measure.collective_latency(
+        "local", "bcast", 2, [64], budget=measure.Budget(5, 5, 1, 1, 0.05, 3)
+    )
+    assert rows[0]["machine_slowdown"] >= 1.0
+    (pp,) = measure.pingpong("local", [64], budget=measure.Budget(5, 5, 1, 1, 0.05, 3))
+    assert pp["machine_slowdown"] >= 1.0
+
+    def row(err, slowdown):
+        return {
+            "channel": "local",
+            "op": "bcast",
+            "ranks": 2,
+            "nbytes": 1,
+            "latency_s": 1.0,
+            "rel_error": err,
+            "machine_slowdown": slowdown,
+        }
+
+    acc = summarize([row(0.5, 1.6), row(0.5, 1.0), row(0.1, 1.7)], afmi.Config())
+    assert acc["misses_on_slow_machine"] == 1
+    assert acc["slowest_machine"] == pytest.approx(1.7)
