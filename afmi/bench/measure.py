@@ -266,20 +266,26 @@ async def _steady(
     1 + ``watch.retries`` times); return ``(rank 0's fastest result, its slowdown)``.
 
     An attempt's slowdown is the slowest of every rank's reference before and
-    after it (:class:`MachineWatch`); rank 0 compares results by their first
-    element (seconds) and decides for every rank whether to go on (the other
-    ranks return their first attempt's result).
+    after it (:class:`MachineWatch`). With retries every rank learns it (one
+    allgather) and so makes the same decision; without, only rank 0 does (one
+    gather: on S3 a collective takes tens of milliseconds). Rank 0 compares
+    results by their first element (seconds); the other ranks return their
+    first attempt's result.
     """
     best: tuple[Any, float] | None = None
     for i in range(1 + watch.retries):
         watch.sample((point, i, 0))
         result = await attempt(i)
         watch.sample((point, i, 1))
-        slow = max(await comm.allgather(watch.slowdown((point, i, 0), (point, i, 1))))
+        mine = watch.slowdown((point, i, 0), (point, i, 1))
+        if i < watch.retries:
+            every: list[float] | None = await comm.allgather(mine)
+        else:
+            every = await comm.gather(mine, root=0)
+        slow = max(every) if every else mine
         if best is None or (comm.rank == 0 and result[0] < best[0][0]):
             best = (result, slow)
-        again = comm.rank == 0 and slow > SLOW_MACHINE and i < watch.retries
-        if not await comm.bcast(again, root=0):
+        if slow <= SLOW_MACHINE:
             break
     assert best is not None
     return best
