@@ -13,7 +13,7 @@ Two figures, both printed by ``afmi bench`` and stored in its JSON:
   by more than the tolerance between their own passes; and how many points
   outside the tolerance were measured while the machine ran slow
   (``machine_slowdown`` above :data:`afmi.bench.measure.SLOW_MACHINE`, after
-  the bench's retries) and the slowest it ran for a kept measurement.
+  any retries) and the slowest it ran for a kept measurement.
 """
 
 from __future__ import annotations

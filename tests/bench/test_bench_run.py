@@ -78,6 +78,10 @@ def test_quick_run_writes_json(bench_run):
         assert len(r["pass_latencies_s"]) == 2
         keep = min if r["pass_estimate"] == "fastest" else max
         assert r["latency_s"] == keep(r["pass_latencies_s"])
+        # how fast the machine ran while each pass was measured, the kept pass's with it
+        assert len(r["pass_machine_slowdown"]) == 2 and min(r["pass_machine_slowdown"]) >= 1.0
+        kept = r["pass_latencies_s"].index(r["latency_s"])
+        assert r["machine_slowdown"] == r["pass_machine_slowdown"][kept]
     ops = {(r["op"], r["ranks"]) for r in data["collectives"]}
     assert ops == {("barrier", 2), ("allreduce", 2)}
     assert all(r["latency_s"] > 0 and r["algorithm"] for r in data["collectives"])
@@ -120,6 +124,7 @@ def test_quick_run_prints_tables_and_progress(bench_run):
     assert " local " in worst and "measured " in worst and ", model " in worst
     assert "{" not in worst
     assert "measurement noise: a point's passes lay apart" in res.stdout  # two passes
+    assert "machine speed: " in res.stdout  # every point watched the CPU's speed
     assert "ping-pong local" in res.stderr  # progress goes to stderr
     assert "skipped" not in res.stdout  # only local was asked for
 
