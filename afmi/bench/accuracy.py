@@ -13,7 +13,8 @@ Two figures, both printed by ``afmi bench`` and stored in its JSON:
   by more than the tolerance between their own passes; and how many points
   outside the tolerance were measured while the machine ran slow
   (``machine_slowdown`` above :data:`afmi.bench.measure.SLOW_MACHINE`, after
-  any retries) and the slowest it ran for a kept measurement.
+  any retries), the slowest it ran for a kept measurement, and the share
+  within the tolerance of the points measured at speed.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def _noise(errors: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
 
     spreads: dict[str, list[float]] = defaultdict(list)
     noisy_misses = 0
-    watched = slow_misses = 0
+    watched = slow_misses = at_speed = at_speed_within = 0
     slowest = 1.0
     for e, r in errors:
         slowdown = r.get("machine_slowdown")
@@ -131,6 +132,8 @@ def _noise(errors: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
             watched += 1
             slowest = max(slowest, float(slowdown))
             slow_misses += e > TOLERANCE and slowdown > SLOW_MACHINE
+            at_speed += slowdown <= SLOW_MACHINE
+            at_speed_within += slowdown <= SLOW_MACHINE and e <= TOLERANCE
         spread = _spread(r)
         if spread is None:
             continue
@@ -145,6 +148,8 @@ def _noise(errors: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
     if watched:
         out["slowest_machine"] = slowest
         out["misses_on_slow_machine"] = slow_misses
+        out["at_speed_points"] = at_speed
+        out["at_speed_within"] = at_speed_within
     return out
 
 

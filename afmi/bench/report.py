@@ -403,7 +403,9 @@ def _accuracy_lines(title: str, acc: dict[str, Any]) -> list[str]:
         lines.append(
             f"  machine speed: {acc['misses_on_slow_machine']} of the {misses} points outside "
             f"{acc['tolerance']:.0%} were measured while the CPU ran over {SLOW_MACHINE:g}x "
-            f"slower than its fastest in the run (at worst {acc['slowest_machine']:.2f}x)"
+            f"slower than its fastest in the run (at worst {acc['slowest_machine']:.2f}x); "
+            f"of the {acc['at_speed_points']} points measured at speed, "
+            f"{acc['at_speed_within']} are within {acc['tolerance']:.0%}"
         )
     if acc.get("choice_points"):
         lines.append(

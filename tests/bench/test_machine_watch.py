@@ -150,3 +150,4 @@ def test_rows_say_how_slow_the_machine_ran_and_the_summary_counts_slow_misses():
     acc = summarize([row(0.5, 1.6), row(0.5, 1.0), row(0.1, 1.7)], afmi.Config())
     assert acc["misses_on_slow_machine"] == 1
     assert acc["slowest_machine"] == pytest.approx(1.7)
+    assert acc["at_speed_points"] == 1 and acc["at_speed_within"] == 0
