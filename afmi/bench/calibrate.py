@@ -91,14 +91,19 @@ def fit_latency_bandwidth(points: Sequence[tuple[float, float]]) -> tuple[float,
 
 
 def _wire(params: dict[str, float], n: float) -> float:
-    limit = params["large_message_bytes"]
-    x = min(n, limit) if limit > 0 else n
-    t = params["latency_s"] + x / params["bandwidth_single_bytes_per_s"]
+    """A message's time under wire ``params``, as :class:`~afmi.model.params.ChannelModel`
+    puts it (latency, the fetch above the inline size, the bytes at their rates)."""
+    from afmi.model.params import _two_rates
+
+    t = params["latency_s"] + _two_rates(
+        n,
+        params["large_message_bytes"],
+        params["bandwidth_single_bytes_per_s"],
+        params["bandwidth_large_bytes_per_s"],
+    )
     inline = params.get("inline_max_bytes", 0.0)
     if inline <= 0 or n > inline:
         t += params.get("fetch_s", 0.0)
-    if limit > 0 and n > limit:
-        t += (n - limit) / params["bandwidth_large_bytes_per_s"]
     return t
 
 
