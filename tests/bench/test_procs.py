@@ -68,6 +68,10 @@ def test_cli_run_writes_json_and_skips_mpi_without_mpiexec(tmp_path, subprocess_
     assert all(r["latency_s"] > 0 and r["predicted_s"] > 0 for r in data["collectives"])
     assert all(0 <= r["late_calls"] <= r["iterations"] for r in data["collectives"])
     assert data["accuracy"]["points"] == 4 + 4
+    # every afmi point says how fast the CPUs of its rank processes ran meanwhile
+    assert all(r["machine_slowdown"] >= 1.0 for r in pp + data["collectives"])
+    assert data["accuracy"]["at_speed_points"] <= data["accuracy"]["points"]
+    assert "machine speed: " in res.stdout
 
 
 @pytest.mark.skipif(procs.mpi4py_unavailable() is not None, reason="mpi4py/mpiexec missing")
