@@ -119,7 +119,7 @@ def _noise(errors: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
     spread of a point's passes per channel, and how many points outside the
     tolerance moved by more than it between their own passes; for rows that
     watched the machine's speed, how many points outside the tolerance were
-    measured while it ran slow even after their retries."""
+    measured while it ran slow, and how the points measured at speed fared."""
     from afmi.bench.measure import SLOW_MACHINE
 
     spreads: dict[str, list[float]] = defaultdict(list)

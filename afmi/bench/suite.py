@@ -353,6 +353,8 @@ def run_suite(
     say = progress or (lambda _m: None)
     budget = opts.budget()
     opts.pass_count()  # a bad count fails before any server starts
+    if opts.slow_retries < 0:
+        raise ArgumentError(f"--slow-retries must be 0 or more, got {opts.slow_retries}")
     max_pp = min(opts.max_bytes, 1 << 20) if opts.quick else opts.max_bytes
     pp_sizes = measure.sizes(max_pp, opts.quick)
     coll_sizes = [8, 4096, 1 << 18] if opts.quick else measure.sizes(opts.collective_max_bytes)[::2]

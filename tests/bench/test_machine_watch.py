@@ -110,12 +110,14 @@ def test_the_bench_takes_slow_retries_and_rejects_negative_ones(subprocess_env):
     import sys
 
     from afmi.bench.procs import ProcsOptions
-    from afmi.bench.suite import Options
+    from afmi.bench.suite import Options, run_suite
     from afmi.errors import ArgumentError
 
     assert Options().slow_retries == ProcsOptions().slow_retries == 0
     with pytest.raises(ArgumentError, match="--slow-retries must be 0 or more"):
         ProcsOptions(slow_retries=-1).check()
+    with pytest.raises(ArgumentError, match="--slow-retries must be 0 or more"):
+        run_suite(Options(channels=["local"], slow_retries=-1))
     command = [sys.executable, "-m", "afmi", "bench", "--channels", "direct"]
     for extra in ([], ["--processes"]):
         res = subprocess.run(
