@@ -607,7 +607,8 @@ async def _collective_main(
     slowdown)`` on rank 0.
 
     ``line`` starts the calls (default: a :class:`ClockStartLine` without pauses).
-    A point measured while the machine ran slow is measured again (:func:`_steady`).
+    A point measured while the machine ran slow is measured again when ``watch``
+    allows retries (:func:`_steady`).
     """
     call = COLLECTIVES[op]
     line = line or ClockStartLine()
