@@ -224,11 +224,7 @@ def _sweep(
     that timed only a call or two (:func:`merge_passes`). On a shared machine
     whose cores change speed from one second to the next this keeps one slow
     window from moving a point, and keeps points that are compared (fitted and
-    held out, one channel against another) measured under the same conditions:
-    within a pass every ping-pong size, and every collective on every rank
-    count, is measured on each channel in turn before the next, so the
-    channels the ``fast`` choice compares are measured seconds apart, not
-    minutes.
+    held out, one channel against another) measured under the same conditions.
     With ``--calibrate`` every pass also times the reduction, on arrays of the
     sweep's largest collective size, and the fastest pass's rate is kept.
     """
@@ -247,23 +243,24 @@ def _sweep(
             tell("the reduction (SUM of uint8 arrays, as the bench's payloads)")
             rates.append(calibrate.measure_reduce_rate("uint8", max(coll_sizes, default=1 << 18)))
 
-        for nbytes in pp_sizes if opts.pingpong or opts.calibrate else []:
-            for ch in list(measured):
-                try:
-                    rows = measure.pingpong(
-                        ch, [nbytes], config, opts.pass_budget(ch), tell, opts.slow_retries
-                    )
-                except Exception as exc:  # noqa: BLE001 - one broken channel must not end the run
-                    skipped[ch] = f"failed: {type(exc).__name__}: {exc}"
-                    measured.remove(ch)
-                    continue
-                for row in rows:
-                    runs.setdefault(("send", ch, 2, row["nbytes"]), []).append(row)
+        for ch in list(measured):
+            if not (opts.pingpong or opts.calibrate):
+                break
+            try:
+                rows = measure.pingpong(
+                    ch, pp_sizes, config, opts.pass_budget(ch), tell, opts.slow_retries
+                )
+            except Exception as exc:  # noqa: BLE001 - one broken channel must not end the run
+                skipped[ch] = f"failed: {type(exc).__name__}: {exc}"
+                measured.remove(ch)
+                continue
+            for row in rows:
+                runs.setdefault(("send", ch, 2, row["nbytes"]), []).append(row)
         if not opts.collectives:
             continue
-        for op in opts.ops:
-            for n in ranks:
-                for ch in measured:
+        for ch in measured:
+            for op in opts.ops:
+                for n in ranks:
                     if (ch, op, n) in failed:
                         continue
                     try:
@@ -283,16 +280,9 @@ def _sweep(
                         continue
                     for row in rows:
                         runs.setdefault((op, ch, n, row["nbytes"]), []).append(row)
-    ops = ["send", *opts.ops]
-
-    def order(key: tuple[Any, ...]) -> tuple[int, int, int, int]:
-        # rows by channel, then operation, ranks and size, as the passes did not take them
-        op, ch, n, nbytes = key
-        return channels.index(ch), ops.index(op), n, nbytes
-
     merged = [
-        merge_passes(runs[key], measure.start_jitter_s(key[1], config) <= 0)
-        for key in sorted(runs, key=order)
+        merge_passes(rows, measure.start_jitter_s(key[1], config) <= 0)
+        for key, rows in runs.items()
         if key[1] in measured
     ]
     pingpong = [r for r in merged if "op" not in r]
