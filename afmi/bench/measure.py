@@ -229,21 +229,26 @@ class MachineWatch:
     """How fast the machine runs now, against the fastest it ran in this process.
 
     :meth:`sample` times :func:`reference_s` once per key: ranks that are tasks
-    of one event loop share a watch (and so its samples); ranks in processes of
-    their own each keep one. The fastest time of every watch of the process is
-    the baseline (``fastest_s`` starts it lower, from an earlier process).
+    of one event loop share a watch (``shared``: they see the same samples, so
+    they need not tell each other theirs); ranks in processes of their own each
+    keep one. The fastest time of every watch of the process is the baseline
+    (``fastest_s`` starts it lower, from an earlier process).
     """
 
     #: The fastest reference seen in this process, seconds.
     fastest_s = float("inf")
 
-    def __init__(self, fastest_s: float | None = None, retries: int = SLOW_RETRIES) -> None:
+    def __init__(
+        self, fastest_s: float | None = None, retries: int = SLOW_RETRIES, shared: bool = False
+    ) -> None:
         if fastest_s is not None and fastest_s > 0:
             MachineWatch.fastest_s = min(MachineWatch.fastest_s, float(fastest_s))
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         #: How many times a point measured on a slow machine is measured again.
         self.retries = int(retries)
+        #: Whether every rank of the measurement uses this one watch (one process).
+        self.shared = shared
         self._samples: dict[Any, float] = {}
 
     def sample(self, key: Any) -> float:
@@ -266,9 +271,10 @@ async def _steady(
     1 + ``watch.retries`` times); return ``(rank 0's fastest result, its slowdown)``.
 
     An attempt's slowdown is the slowest of every rank's reference before and
-    after it (:class:`MachineWatch`). With retries every rank learns it (one
-    allgather) and so makes the same decision; without, only rank 0 does (one
-    gather: on S3 a collective takes tens of milliseconds). Rank 0 compares
+    after it (:class:`MachineWatch`). Ranks that share the watch already agree
+    on it; otherwise, with retries every rank learns it (one allgather) and so
+    makes the same decision, and without, only rank 0 does (one gather: on S3 a
+    collective takes tens of milliseconds). Rank 0 compares
     results by their first element (seconds); the other ranks return their
     first attempt's result.
     """
@@ -278,10 +284,10 @@ async def _steady(
         result = await attempt(i)
         watch.sample((point, i, 1))
         mine = watch.slowdown((point, i, 0), (point, i, 1))
-        if i < watch.retries:
-            every: list[float] | None = await comm.allgather(mine)
-        else:
-            every = await comm.gather(mine, root=0)
+        every: list[float] | None = None
+        if not watch.shared:
+            last = i == watch.retries
+            every = await (comm.gather(mine, root=0) if last else comm.allgather(mine))
         slow = max(every) if every else mine
         if best is None or (comm.rank == 0 and result[0] < best[0][0]):
             best = (result, slow)
@@ -378,7 +384,7 @@ def pingpong(
         if progress:
             progress(f"ping-pong {channel} {nbytes} B")
         jitter = start_jitter_s(channel, config)
-        watch = MachineWatch(retries=slow_retries)
+        watch = MachineWatch(retries=slow_retries, shared=True)
         ((n, iters, half, slow),) = _run(
             _pingpong_main, 2, channel, config, [nbytes], budget, jitter, watch
         )[0]
@@ -707,7 +713,7 @@ def collective_latency(
         progress(f"{op} {channel} {ranks} ranks")
     sizes_used = [0] if op == "barrier" else list(nbytes_list)
     line = LoopStartLine(ranks, start_jitter_s(channel, config))
-    watch = MachineWatch(retries=slow_retries)
+    watch = MachineWatch(retries=slow_retries, shared=True)
     per_rank = _run(_collective_main, ranks, channel, config, op, sizes_used, budget, line, watch)
     rows = []
     for i, nbytes in enumerate(sizes_used):

@@ -29,8 +29,8 @@ def test_reference_is_cpu_time_of_a_fixed_loop():
 class _Scripted(measure.MachineWatch):
     """A watch whose reference times come from a script (the retry logic alone)."""
 
-    def __init__(self, times, retries=2):
-        super().__init__(retries=retries)
+    def __init__(self, times, retries=2, shared=True):
+        super().__init__(retries=retries, shared=shared)
         self._times = list(times)
         self.keys = []
 
@@ -57,8 +57,12 @@ def test_samples_are_shared_per_key_and_slowdown_is_against_the_fastest():
     assert measure.MachineWatch.fastest_s == 0.5
 
 
-def _steady_run(times, results, retries=2):
-    watch = _Scripted(times, retries)
+def _steady_run(times, results, retries=2, shared=True):
+    # shared: both ranks use one watch, as ranks of one event loop do; otherwise each
+    # rank has its own, as ranks in processes of their own do (the same script each)
+    watches = [_Scripted(times, retries, shared)]
+    if not shared:
+        watches.append(_Scripted(times, retries, shared))
 
     async def main(comm):
         tried = []
@@ -67,30 +71,38 @@ def _steady_run(times, results, retries=2):
             tried.append(i)
             return results[i], comm.rank
 
-        kept = await measure._steady(comm, watch, ("op", 8), attempt)
-        return kept, tried
+        before = comm._coll_seq_box[0]
+        kept = await measure._steady(comm, watches[comm.rank % len(watches)], ("op", 8), attempt)
+        return kept, tried, comm._coll_seq_box[0] - before
 
-    return afmi.run_local(main, 2, channel="local"), watch
+    per_rank = afmi.run_local(main, 2, channel="local")
+    return [(kept, tried) for kept, tried, _ in per_rank], watches[0], per_rank[0][2]
 
 
 def test_a_point_measured_on_a_slow_machine_is_measured_again_and_keeps_its_fastest():
     # attempt 0 ran at half speed, attempt 1 at full speed: two attempts, the faster kept
-    per_rank, watch = _steady_run([1.0, 2.0, 1.0, 1.0], [5.0, 3.0, 9.0])
+    per_rank, watch, collectives = _steady_run([1.0, 2.0, 1.0, 1.0], [5.0, 3.0, 9.0])
     (kept, slow), tried = per_rank[0]
     assert tried == [0, 1] and per_rank[1][1] == [0, 1]  # every rank agreed
     assert kept == (3.0, 0) and slow == pytest.approx(1.0)
     assert len(watch.keys) == 4  # before and after each attempt, once for both ranks
+    assert collectives == 0  # ranks sharing the watch share its samples: nothing to send
+    # ranks with a watch each learn every rank's slowdown: one allgather an attempt
+    per_rank, _, collectives = _steady_run([1.0, 2.0, 1.0, 1.0], [5.0, 3.0, 9.0], shared=False)
+    assert per_rank[0][1] == per_rank[1][1] == [0, 1]
+    assert per_rank[0][0] == ((3.0, 0), pytest.approx(1.0))
+    assert collectives == 2
 
 
 def test_a_point_on_a_steady_machine_is_measured_once():
-    per_rank, _ = _steady_run([1.0, 1.1], [5.0])
+    per_rank, _, _ = _steady_run([1.0, 1.1], [5.0])
     (kept, slow), tried = per_rank[0]
     assert tried == [0] and kept == (5.0, 0) and slow == pytest.approx(1.1)
 
 
 def test_retries_are_bounded_and_the_fastest_attempt_wins():
     slow_every_time = [1.0] + [3.0] * 5
-    per_rank, _ = _steady_run(slow_every_time, [4.0, 2.0, 6.0])
+    per_rank, _, _ = _steady_run(slow_every_time, [4.0, 2.0, 6.0])
     (kept, slow), tried = per_rank[0]
     assert tried == [0, 1, 2]
     assert kept == (2.0, 0) and slow == pytest.approx(3.0)
@@ -98,9 +110,12 @@ def test_retries_are_bounded_and_the_fastest_attempt_wins():
 
 def test_by_default_a_slow_point_is_only_reported():
     assert measure.SLOW_RETRIES == 0
-    per_rank, _ = _steady_run([1.0, 3.0], [4.0], retries=measure.SLOW_RETRIES)
+    per_rank, _, _ = _steady_run([1.0, 3.0], [4.0], retries=measure.SLOW_RETRIES)
     (kept, slow), tried = per_rank[0]
     assert tried == [0] and kept == (4.0, 0) and slow == pytest.approx(3.0)
+    # without retries, ranks with a watch each send rank 0 theirs: one gather
+    per_rank, _, collectives = _steady_run([1.0, 3.0], [4.0], retries=0, shared=False)
+    assert per_rank[0][0] == ((4.0, 0), pytest.approx(3.0)) and collectives == 1
     with pytest.raises(ValueError, match="retries must be >= 0"):
         measure.MachineWatch(retries=-1)
 
