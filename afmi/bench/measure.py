@@ -241,8 +241,8 @@ class MachineWatch:
     def __init__(
         self, fastest_s: float | None = None, retries: int = SLOW_RETRIES, shared: bool = False
     ) -> None:
-        if fastest_s is not None and fastest_s > 0:
-            MachineWatch.fastest_s = min(MachineWatch.fastest_s, float(fastest_s))
+        if fastest_s is not None:
+            MachineWatch.lower_baseline(fastest_s)
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         #: How many times a point measured on a slow machine is measured again.
@@ -251,12 +251,18 @@ class MachineWatch:
         self.shared = shared
         self._samples: dict[Any, float] = {}
 
+    @classmethod
+    def lower_baseline(cls, seconds: float) -> None:
+        """Take ``seconds`` (a reference time seen elsewhere) as the fastest, if it is."""
+        if seconds > 0:
+            MachineWatch.fastest_s = min(MachineWatch.fastest_s, float(seconds))
+
     def sample(self, key: Any) -> float:
         """The reference time for ``key`` (timed on the first call with it)."""
         seconds = self._samples.get(key)
         if seconds is None:
             seconds = self._samples[key] = reference_s()
-            MachineWatch.fastest_s = min(MachineWatch.fastest_s, seconds)
+            MachineWatch.lower_baseline(seconds)
         return seconds
 
     def slowdown(self, *keys: Any) -> float:

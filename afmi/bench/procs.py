@@ -260,7 +260,7 @@ def afmi_job(
         out_path = Path(tmp, "out.json")
         jitter = measure.start_jitter_s(channel, config or Config())
         # the fastest the machine ran in this run so far: the ranks' baseline speed
-        measure.MachineWatch().sample("job")
+        measure.MachineWatch.lower_baseline(measure.reference_s())
         reference = measure.MachineWatch.fastest_s
         plan_path.write_text(
             json.dumps(
@@ -281,7 +281,7 @@ def afmi_job(
             tail = " | ".join(log.getvalue().strip().splitlines()[-4:])
             raise RuntimeError(f"{channel} job on {ranks} processes failed (codes {codes}): {tail}")
         data: dict[str, Any] = json.loads(out_path.read_text())
-        measure.MachineWatch(float(data.get("reference_s", 0.0)))
+        measure.MachineWatch.lower_baseline(float(data.get("reference_s", 0.0)))
         return data
 
 
@@ -371,7 +371,6 @@ def mpi4py_job(
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             raise RuntimeError(f"mpiexec failed (exit {proc.returncode}): {' | '.join(tail)}")
         data: dict[str, Any] = json.loads(out_path.read_text())
-        measure.MachineWatch(float(data.get("reference_s", 0.0)))
         return data
 
 
