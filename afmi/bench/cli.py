@@ -160,7 +160,7 @@ def main(args: argparse.Namespace) -> int:
         return int(runner(args))
     import signal
 
-    from afmi.bench.report import Progress, format_report, write_json, write_plots
+    from afmi.bench.report import Progress, format_report, write_json
     from afmi.bench.suite import Options, run_suite
 
     # SIGTERM unwinds like Ctrl-C, so servers the bench started are stopped.
@@ -198,13 +198,21 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         write_json(results, args.json)
         print(f"\nresults written to {args.json}")
-    if args.plots:
-        try:
-            for path in write_plots(results, args.plots):
-                print(f"plot written to {path}")
-        except RuntimeError as exc:
-            print(f"afmi bench: {exc}", file=sys.stderr)
-            return 1
+    return _plots(results, args.plots)
+
+
+def _plots(results: dict[str, Any], directory: str | None) -> int:
+    """Write ``--plots``, when asked for; 1 when they cannot be drawn (no matplotlib)."""
+    from afmi.bench.report import write_plots
+
+    if not directory:
+        return 0
+    try:
+        for path in write_plots(results, directory):
+            print(f"plot written to {path}")
+    except RuntimeError as exc:
+        print(f"afmi bench: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -249,11 +257,6 @@ def _processes(args: argparse.Namespace) -> int:
         print(f"afmi bench: {exc}", file=sys.stderr)
         return 2
     print(format_processes(proc))
-    if args.plots:
-        print(
-            "afmi bench: --plots draws in-process runs only; ignored with --processes",
-            file=sys.stderr,
-        )
     if args.json:
         results = {
             "afmi_bench": 1,
@@ -266,4 +269,4 @@ def _processes(args: argparse.Namespace) -> int:
         }
         write_json(results, args.json)
         print(f"\nresults written to {args.json}")
-    return 0
+    return _plots(proc, args.plots)

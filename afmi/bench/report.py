@@ -269,8 +269,15 @@ def write_json(results: dict[str, Any], path: str | Path) -> Path:
     return p
 
 
+#: Rows of these channels are anchors measured beside afmi (cross-process runs).
+ANCHORS = ("socket", "mpi4py")
+
+
 def write_plots(results: dict[str, Any], directory: str | Path) -> list[Path]:
-    """PNG plots: ping-pong latency and bandwidth vs size per channel, collective latency.
+    """PNG plots: ping-pong latency and bandwidth vs size per channel (with the model's
+    prediction and the anchors), collective latency, and, for a cross-process run
+    (``results`` of :func:`afmi.bench.procs.run_procs`) that timed allreduce beside
+    mpi4py, the back-to-back allreduce of every channel and mpi4py.
 
     Raises:
         RuntimeError: matplotlib is not installed (``pip install afmi[bench]``).
@@ -287,7 +294,8 @@ def write_plots(results: dict[str, Any], directory: str | Path) -> list[Path]:
     written = []
     series: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in results.get("pingpong", []):
-        series[r["channel"]].append(r)
+        anchor = r["channel"] in ANCHORS
+        series[f"{r['channel']} (anchor)" if anchor else r["channel"]].append(r)
     for value in results.get("anchors", {}).values():
         if isinstance(value, list):
             for r in value:
@@ -324,8 +332,20 @@ def write_plots(results: dict[str, Any], directory: str | Path) -> list[Path]:
             fig.savefig(d / fname, dpi=110)
             plt.close(fig)
             written.append(d / fname)
-    coll = results.get("collectives", [])
+    written += _plot_collectives(plt, d, results.get("collectives", []), "collectives_latency.png")
+    written += _plot_collectives(
+        plt, d, results.get("allreduce", []), "allreduce_vs_anchor.png", "back to back"
+    )
+    return written
+
+
+def _plot_collectives(
+    plt: Any, d: Path, coll: list[dict[str, Any]], fname: str, note: str = ""
+) -> list[Path]:
+    """One panel per op of ``coll``: latency vs bytes per rank, a line per channel and rank
+    count; nothing (and no file) without rows."""
     ops = sorted({r["op"] for r in coll})
+    written = []
     if ops:
         fig, axes = plt.subplots(1, len(ops), figsize=(4 * len(ops), 4), squeeze=False)
         for ax, op in zip(axes[0], ops):
@@ -343,7 +363,7 @@ def write_plots(results: dict[str, Any], directory: str | Path) -> list[Path]:
                     markersize=3,
                     label=f"{ch} n={ranks}",
                 )
-            ax.set_title(op)
+            ax.set_title(f"{op} ({note})" if note else op)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("bytes per rank")
@@ -351,9 +371,9 @@ def write_plots(results: dict[str, Any], directory: str | Path) -> list[Path]:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(d / "collectives_latency.png", dpi=110)
+        fig.savefig(d / fname, dpi=110)
         plt.close(fig)
-        written.append(d / "collectives_latency.png")
+        written.append(d / fname)
     return written
 
 

@@ -39,7 +39,7 @@ def test_cli_run_writes_json_and_skips_mpi_without_mpiexec(tmp_path, subprocess_
     env = dict(subprocess_env, PATH=str(tmp_path))  # nothing to find there: no mpiexec
     out = tmp_path / "out.json"
     res = subprocess.run(
-        [sys.executable, "-m", "afmi", "bench", *TINY, "--json", str(out)],
+        [sys.executable, "-m", "afmi", "bench", *TINY, "--json", str(out), "--plots", "plots"],
         env=env,
         capture_output=True,
         text=True,
@@ -72,10 +72,15 @@ def test_cli_run_writes_json_and_skips_mpi_without_mpiexec(tmp_path, subprocess_
     assert all(r["machine_slowdown"] >= 1.0 for r in pp + data["collectives"])
     assert data["accuracy"]["at_speed_points"] <= data["accuracy"]["points"]
     assert "machine speed: " in res.stdout
+    # --plots draws the cross-process run too: its ping-pong beside the socket anchor
+    # and its collectives (no back-to-back allreduce without mpi4py)
+    plots = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert plots == ["collectives_latency.png", "pingpong_bandwidth.png", "pingpong_latency.png"]
+    assert all((tmp_path / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in plots)
 
 
 @pytest.mark.skipif(procs.mpi4py_unavailable() is not None, reason="mpi4py/mpiexec missing")
-def test_run_procs_with_mpi4py_anchor():
+def test_run_procs_with_mpi4py_anchor(tmp_path):
     opts = procs.ProcsOptions(
         channels=["direct"], ranks=[2], max_bytes=64, allreduce_max_bytes=8, quick=True
     )
@@ -89,6 +94,11 @@ def test_run_procs_with_mpi4py_anchor():
     ratio = next(r for r in result["ratios"] if r["op"] == "allreduce")
     assert ratio["vs_mpi4py"] == pytest.approx(direct["latency_s"] / mpi[0]["latency_s"])
     assert {r["nbytes"] for r in result["pingpong"] if r["channel"] == "mpi4py"} == {1, 16}
+    # the plots set the back-to-back allreduce beside mpi4py's
+    from afmi.bench.report import write_plots
+
+    names = {p.name for p in write_plots(result, tmp_path)}
+    assert "allreduce_vs_anchor.png" in names
 
 
 def test_mpi4py_job_reports_missing_mpiexec(monkeypatch, tmp_path):
