@@ -244,6 +244,9 @@ class ChannelModelConfig:
     #: Payloads sent to several ranks are stored once from this size on, smaller ones sent
     #: to every reader alone (default: ``channels.s3.publish_min_bytes`` for s3, else 0), bytes.
     publish_min_bytes: float | None = None
+    #: A payload small enough to ride inline, published to several ranks, costs as one
+    #: write read by each (Redis pipelines an entry per reader), not a message per reader.
+    publish_inline_once: bool | None = None
     #: Rate at which the CPUs copy and encode message bytes, bytes per second (0: not counted).
     cpu_bytes_per_s: float | None = None
     #: Bytes of one call's messages that the CPUs copy at ``cpu_bytes_per_s``; the rest go
@@ -282,7 +285,9 @@ class ChannelModelConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name != "include_infrastructure" and value is not None and value < 0:
+            if isinstance(value, bool):
+                continue
+            if value is not None and value < 0:
                 raise ConfigError(f"model.<channel>.{f.name} must be >= 0, got {value!r}")
         for name in ("bandwidth_single_bytes_per_s", "bandwidth_aggregate_bytes_per_s"):
             value = getattr(self, name)

@@ -123,11 +123,14 @@ def _one_rate(pts: list[tuple[float, float]]) -> dict[str, float]:
     }
 
 
-def fit_wire(points: Sequence[tuple[float, float]], fetch: bool = False) -> dict[str, float]:
+def fit_wire(
+    points: Sequence[tuple[float, float]], fetch: bool = False, inline: float | None = None
+) -> dict[str, float]:
     """Latency, bandwidth and (when it helps) a second bandwidth for large messages.
 
     With ``fetch`` (a channel whose small messages travel inline and larger ones
-    need a fetch of their own, as S3's), the fit is :func:`fit_fetch` instead.
+    need a fetch of their own, as S3's and Redis's), the fit is :func:`fit_fetch`
+    instead, with the channel's configured ``inline`` size when it is known.
 
     Tries one bandwidth for all sizes, then every split of the measured sizes
     into small and large ones as a continuous two-piece line (small messages
@@ -146,7 +149,7 @@ def fit_wire(points: Sequence[tuple[float, float]], fetch: bool = False) -> dict
     on the wrong side of the knee.
     """
     if fetch:
-        return fit_fetch(points)
+        return fit_fetch(points, inline)
     pts = sorted((float(n), float(t)) for n, t in points if t > 0)
     one = _one_rate(pts)
     sizes = sorted({n for n, _ in pts})
@@ -200,24 +203,29 @@ def _knee(
     }
 
 
-def fit_fetch(points: Sequence[tuple[float, float]]) -> dict[str, float]:
+def fit_fetch(
+    points: Sequence[tuple[float, float]], inline: float | None = None
+) -> dict[str, float]:
     """Latency, one bandwidth, and the step a fetch adds above the inline size.
 
     Fits ``t = latency_s + [n > inline_max_bytes] * fetch_s + n / bandwidth`` by
     the relative least squares of :func:`fit_latency_bandwidth`, with every
-    measured size tried as ``inline_max_bytes``; the fit with the smallest worst
-    relative error wins (no step, ``fetch_s`` 0, when none improves on it by
-    :data:`WIRE_MIN_GAIN`).
+    measured size tried as ``inline_max_bytes``, or only ``inline`` when the
+    channel's configuration gives it (Redis: ``channels.redis.inline_bytes``);
+    the fit with the smallest worst relative error wins (no step, ``fetch_s``
+    0, when none improves on it by :data:`WIRE_MIN_GAIN`; ``inline_max_bytes``
+    stays ``inline`` then).
     """
     import numpy as np
 
     pts = sorted((float(n), float(t)) for n, t in points if t > 0)
-    best = {**_one_rate(pts), "inline_max_bytes": 0.0, "fetch_s": 0.0}
+    known = float(inline or 0.0)  # 0: not known, every measured size is tried
+    best = {**_one_rate(pts), "inline_max_bytes": known, "fetch_s": 0.0}
     best_score = _score(best, pts)
     ns = np.array([n for n, _ in pts])
     ts = np.array([t for _, t in pts])
     sizes = sorted({n for n, _ in pts})
-    for limit in sizes[1:-1]:
+    for limit in [known] if known > 0 else sizes[1:-1]:
         a = np.stack([np.ones_like(ns), (ns > limit).astype(float), ns], axis=1) / ts[:, None]
         lat, step, inverse = (float(v) for v in _nnls(a, np.ones_like(ts)))
         if lat <= 0 or step <= 0:
@@ -385,8 +393,8 @@ def _fit_rounds(
     settles (from two starts: all points on the path, all on the CPU); the
     solution with the smallest squared relative error wins. The aggregate is
     kept at least a quarter of the single-stream bandwidth. What the channel
-    is configured to do (``publish_min_bytes``) comes from ``config``'s model
-    of it, as it will when the fitted model predicts.
+    is configured to do (``publish_min_bytes``, ``publish_inline_once``) comes
+    from ``config``'s model of it, as it will when the fitted model predicts.
     """
     import numpy as np
 
@@ -398,6 +406,7 @@ def _fit_rounds(
     configured = model_for(channel, config)
     values: dict[str, Any] = dict(wire)
     values.setdefault("publish_min_bytes", configured.publish_min_bytes)
+    values.setdefault("publish_inline_once", configured.publish_inline_once)
     base = ChannelModel(
         name=channel,
         bandwidth_aggregate_bytes_per_s=single,

@@ -639,8 +639,13 @@ def model_accuracy(
                 )
             ]
             try:
-                fetch = model_for(ch, config).inline_max_bytes > 0  # S3: small ones ride inline
-                wire = dict(calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in pp], fetch))
+                # S3 and Redis: small messages ride inline, larger ones are fetched
+                inline = model_for(ch, config).inline_max_bytes
+                wire = dict(
+                    calibrate.fit_wire(
+                        [(r["nbytes"], r["latency_s"]) for r in pp], inline > 0, inline
+                    )
+                )
                 wire.update(
                     calibrate.fit_parallel(
                         ch,

@@ -173,9 +173,9 @@ def _calibrate_channel(
 
     budget = opts.budget(channel)
     fit_rows = calibrate.split_fitted(rows)
-    fetch = model_for(channel, config).inline_max_bytes > 0  # small messages ride inline
+    inline = model_for(channel, config).inline_max_bytes  # small messages ride inline
     params: dict[str, float] = dict(
-        calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in fit_rows], fetch)
+        calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in fit_rows], inline > 0, inline)
     )
     top = min(1 << 18, opts.collective_max_bytes) if opts.quick else opts.collective_max_bytes
     points = []

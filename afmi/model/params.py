@@ -102,6 +102,7 @@ class ChannelModel:
     later_round_s: float = 0.0
     first_round_saving_s: float = 0.0
     publish_min_bytes: float = 0.0
+    publish_inline_once: bool = False
     cpu_bytes_per_s: float = 0.0
     cpu_cache_bytes: float = 0.0
     cpu_bytes_large_per_s: float = 0.0
@@ -159,10 +160,11 @@ class ChannelModel:
         )
 
     def stores_once(self, nbytes: int) -> bool:
-        """Whether a payload of ``nbytes`` sent to several readers is stored once (else the
-        channel sends it to every reader alone: it rides inline, or is below
-        ``publish_min_bytes``)."""
-        return self.fetches(nbytes) and nbytes >= self.publish_min_bytes
+        """Whether a payload of ``nbytes`` sent to several readers costs as one stored once
+        and read by each (else the channel sends it to every reader alone: it is below
+        ``publish_min_bytes``, or it rides inline and ``publish_inline_once`` is not set)."""
+        once = self.fetches(nbytes) or self.publish_inline_once
+        return once and nbytes >= self.publish_min_bytes
 
     def channel_work(self, work: Work) -> Work:
         """``work`` as this channel does it: payloads published for several readers that it
@@ -245,6 +247,9 @@ DEFAULTS: dict[str, ChannelModel] = {
         per_message_s=0.1e-3,
         bandwidth_single_bytes_per_s=100e6,
         bandwidth_aggregate_bytes_per_s=400e6,
+        # inline_max_bytes is channels.redis.inline_bytes; a payload that small published
+        # to several ranks goes as one pipelined write of an entry per reader
+        publish_inline_once=True,
         infrastructure_usd_per_hour=0.038,  # cache.t3.small-class instance
         requests_per_hour=1e6,
     ),
@@ -322,6 +327,14 @@ def load_model_file(path: str | Path) -> dict[str, dict[str, Any]]:
     return {name: getattr(cfg.model, name).overrides() for name in DEFAULTS if name in table}
 
 
+def s3_inline_bytes(key_payload_bytes: int) -> int:
+    """Payload bytes that ride in an S3 object key of ``key_payload_bytes`` characters
+    (``channels.s3.key_payload_bytes``), about: base64 takes 4 characters for 3 bytes,
+    and the message's envelope and header about a ninth of those (600 characters hold
+    450 bytes, 394-434 of them payload for headers of 0-40 bytes); 0: none."""
+    return key_payload_bytes * 2 // 3 if key_payload_bytes > 0 else 0
+
+
 def _mtime(config: Config) -> float:
     if not config.model.file:
         return 0.0
@@ -344,9 +357,20 @@ def _resolve_cached(config: Config, mtime: float) -> dict[str, ChannelModel]:
 
 
 def _resolve_uncached(config: Config) -> dict[str, ChannelModel]:
-    # What the S3 channel is configured to do is what its model predicts (lowest layer).
+    # What the S3 and Redis channels are configured to do is what their models predict
+    # (lowest layer): S3 stores a payload once for several readers from publish_min_bytes
+    # on, and sends one in the object key when its encoding fits in key_payload_bytes
+    # characters; Redis sends payloads up to inline_bytes inside the mailbox entry,
+    # larger ones as chunks that the receiver fetches.
+    s3 = config.channels.s3
     layers: list[dict[str, dict[str, Any]]] = [
-        {"s3": {"publish_min_bytes": float(config.channels.s3.publish_min_bytes)}}
+        {
+            "s3": {
+                "publish_min_bytes": float(s3.publish_min_bytes),
+                "inline_max_bytes": float(s3_inline_bytes(s3.key_payload_bytes)),
+            },
+            "redis": {"inline_max_bytes": float(config.channels.redis.inline_bytes)},
+        }
     ]
     if config.model.file:
         layers.append(load_model_file(config.model.file))

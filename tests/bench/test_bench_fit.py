@@ -184,6 +184,24 @@ def test_the_fetch_step_of_inline_messages_is_found():
     assert flat["fetch_s"] == 0
 
 
+def test_a_configured_inline_size_places_the_fetch_step():
+    # Redis-like: payloads up to 64 KiB ride in the mailbox entry, larger ones are chunks
+    # the receiver GETs (one more round trip). The configured size is where the step is,
+    # even where another size would fit the noise as well.
+    inline = 64 * 1024
+
+    def t(n):
+        return 120e-6 + (110e-6 if n > inline else 0.0) + n / 2e9
+
+    pts = [(n, t(n) * (1.08 if n == 2 * inline else 1.0)) for n in SIZES]
+    fit = calibrate.fit_wire(pts, fetch=True, inline=inline)
+    assert fit["inline_max_bytes"] == inline
+    assert fit["fetch_s"] == pytest.approx(110e-6, rel=0.2)
+    # no step in the data: none is fitted, and the threshold stays the configured one
+    flat = calibrate.fit_fetch([(n, 120e-6 + n / 2e9) for n in SIZES], inline=inline)
+    assert flat["fetch_s"] == 0 and flat["inline_max_bytes"] == inline
+
+
 def test_collectives_with_fetched_messages_are_fitted():
     # One loop drives every rank and the server takes the fetches: the CPU bound
     # counts every fetch, the critical path every fetch on it.

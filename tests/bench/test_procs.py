@@ -13,6 +13,7 @@ from afmi.bench import procs
 from afmi.bench.measure import Budget
 from afmi.config import Config
 from afmi.errors import ArgumentError
+from afmi.model import channel_models
 
 TINY = [
     "--processes",
@@ -230,9 +231,10 @@ def test_rank_main_usage(capsys):
 
 
 def test_the_cross_process_calibration_finds_the_s3_fetch_step(tmp_path):
-    # S3 across processes: messages up to 256 B ride in the key, larger ones pay a GET
+    # S3 across processes: messages up to ~400 B ride in the key (channels.s3.
+    # key_payload_bytes), larger ones pay a GET
     def t(n):
-        return 15e-3 + (7e-3 if n > 256 else 0.0) + n / 1e8
+        return 15e-3 + (7e-3 if n > 400 else 0.0) + n / 1e8
 
     sizes = [4**k for k in range(11)]  # 1 B ... 1 MiB
     result = {
@@ -245,7 +247,7 @@ def test_the_cross_process_calibration_finds_the_s3_fetch_step(tmp_path):
     out = procs.model_accuracy(result, Config(), str(tmp_path / "model.json"))
     s3 = out["calibration"]["channels"]["s3"]
     assert s3["fetch_s"] == pytest.approx(7e-3, rel=0.01)
-    assert s3["inline_max_bytes"] == 256
+    assert s3["inline_max_bytes"] == channel_models(Config())["s3"].inline_max_bytes == 400
     assert all(abs(r["rel_error"]) < 0.01 for r in result["pingpong"])
 
 

@@ -258,3 +258,39 @@ def test_missing_or_bad_model_file(tmp_path):
     flat.write_text("{}")
     with pytest.raises(ConfigError, match="'model' table"):
         channel_models(Config.from_dict({"model": {"file": str(flat)}}))
+
+
+def test_redis_and_s3_models_follow_what_the_channels_are_configured_to_do():
+    models = channel_models()
+    assert models["redis"].inline_max_bytes == Config().channels.redis.inline_bytes
+    assert models["s3"].inline_max_bytes == 400  # 600 key characters hold ~400 B of payload
+    cfg = Config.from_dict(
+        {"channels": {"redis": {"inline_bytes": 1024}, "s3": {"key_payload_bytes": 0}}}
+    )
+    models = channel_models(cfg)
+    assert models["redis"].inline_max_bytes == 1024
+    assert models["s3"].inline_max_bytes == 0  # nothing rides in a key: every message is fetched
+    assert models["s3"].fetches(1)
+    # the config's model table still overrides what the channel config implies
+    cfg = Config.from_dict({"model": {"redis": {"inline_max_bytes": 10}}})
+    assert channel_models(cfg)["redis"].inline_max_bytes == 10
+
+
+def test_a_small_payload_published_to_several_readers_costs_per_reader_only_on_s3():
+    """S3 PUTs an object per reader for a payload that rides in the key; Redis sends one
+    pipelined write with an entry per reader, which costs as one payload read by each."""
+    from afmi.model.work import Work
+
+    shared = Work(1, 100, 7, 700, shared_deliveries=7, shared_uploads=1, shared_bytes=100)
+    redis = dataclasses.replace(DEFAULTS["redis"], inline_max_bytes=65536.0)
+    assert redis.publish_inline_once and redis.stores_once(100)
+    assert redis.channel_work(shared) == shared
+    s3 = DEFAULTS["s3"]
+    assert not s3.publish_inline_once and not s3.stores_once(100)
+    per_reader = s3.channel_work(shared)
+    assert per_reader.messages == 7 and per_reader.shared_deliveries == 0
+    # below publish_min_bytes a payload goes to every reader whatever rides inline
+    assert not dataclasses.replace(s3, publish_inline_once=True).stores_once(100 << 10)
+    assert s3.stores_once(5 << 20)
+    cfg = Config.from_dict({"model": {"redis": {"publish_inline_once": False}}})
+    assert not channel_models(cfg)["redis"].stores_once(100)
