@@ -202,6 +202,26 @@ def test_a_configured_inline_size_places_the_fetch_step():
     assert flat["fetch_s"] == 0 and flat["inline_max_bytes"] == inline
 
 
+def test_the_bytes_beyond_a_configured_inline_size_get_a_rate_of_their_own():
+    # Redis-like: the mailbox entry moves at 0.8 GB/s, the chunks beyond it at 2 GB/s
+    inline = 64 * 1024
+
+    def t(n):
+        return 130e-6 + min(n, inline) / 0.8e9 + (60e-6 + (n - inline) / 2e9 if n > inline else 0)
+
+    fit = calibrate.fit_wire([(n, t(n)) for n in SIZES], fetch=True, inline=inline)
+    assert fit["fetch_s"] == pytest.approx(60e-6, rel=1e-3)
+    assert fit["bandwidth_single_bytes_per_s"] == pytest.approx(0.8e9, rel=1e-3)
+    assert fit["large_message_bytes"] == inline
+    assert fit["bandwidth_large_bytes_per_s"] == pytest.approx(2e9, rel=1e-3)
+    model = ChannelModel(name="redis", bandwidth_aggregate_bytes_per_s=1e10, **fit)
+    for n in SIZES:
+        assert model.round_time_s(1, n) == pytest.approx(t(n), rel=1e-3)
+    # without a configured size only the plain step is searched for: one rate for all
+    searched = calibrate.fit_wire([(n, t(n)) for n in SIZES], fetch=True)
+    assert searched["bandwidth_single_bytes_per_s"] == searched["bandwidth_large_bytes_per_s"]
+
+
 def test_collectives_with_fetched_messages_are_fitted():
     # One loop drives every rank and the server takes the fetches: the CPU bound
     # counts every fetch, the critical path every fetch on it.
