@@ -253,7 +253,7 @@ def fit_fetch(
 def _fetch_with_own_rate(ns: Any, ts: Any, limit: float) -> dict[str, float] | None:
     """``t = latency_s + [n > limit] * fetch_s + min(n, limit) / single + max(n - limit, 0)
     / large`` fitted to the sizes ``ns`` and times ``ts`` (relative least squares), or
-    None where a term comes out at zero."""
+    None where a term comes out at zero or the inline bytes at a tenth of the other rate."""
     import numpy as np
 
     columns = [np.ones_like(ns), (ns > limit).astype(float), np.minimum(ns, limit)]
@@ -262,6 +262,8 @@ def _fetch_with_own_rate(ns: Any, ts: Any, limit: float) -> dict[str, float] | N
     lat, step, inverse_small, inverse_large = (float(v) for v in _nnls(a, np.ones_like(ts)))
     if lat <= 0 or inverse_small <= 0 or inverse_large <= 0:
         return None
+    if inverse_small > 10 * inverse_large:
+        return None  # latency noise posing as a slow rate of the inline bytes (as in _knee)
     return {
         "latency_s": lat,
         "bandwidth_single_bytes_per_s": 1.0 / inverse_small,

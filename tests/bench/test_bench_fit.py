@@ -222,6 +222,18 @@ def test_the_bytes_beyond_a_configured_inline_size_get_a_rate_of_their_own():
     assert searched["bandwidth_single_bytes_per_s"] == searched["bandwidth_large_bytes_per_s"]
 
 
+def test_noise_below_a_tiny_inline_size_is_not_a_rate_of_its_own():
+    # S3-like: the times of messages up to 256 B wander by a millisecond with the polling;
+    # a "rate" for the 400 B that ride in the key would be that noise
+    def t(n):
+        noise = 1e-3 * n / 256 if n <= 256 else 0.0
+        return 15e-3 + noise + (7e-3 if n > 400 else 0.0) + n / 1e8
+
+    fit = calibrate.fit_wire([(n, t(n)) for n in SIZES], fetch=True, inline=400)
+    assert fit["bandwidth_single_bytes_per_s"] == fit["bandwidth_large_bytes_per_s"]
+    assert fit["fetch_s"] == pytest.approx(7e-3, rel=0.1)
+
+
 def test_collectives_with_fetched_messages_are_fitted():
     # One loop drives every rank and the server takes the fetches: the CPU bound
     # counts every fetch, the critical path every fetch on it.
