@@ -234,6 +234,10 @@ class ChannelModelConfig:
     #: CPU time of every time a rank waits for messages (S3: a LIST of its mailbox; a
     #: linear gather's root waits once for all its messages), seconds.
     cpu_per_wait_s: float | None = None
+    #: Where ranks share CPUs: time of every round of a collective's critical path in which
+    #: all of them wait for its messages (with the channel's server or the kernel) and none
+    #: has work to run, seconds; added to the shared CPU bound.
+    wait_per_round_s: float | None = None
     #: Extra time of every round of a collective call after its first, seconds: a
     #: receiver that polls (S3) backs off while its rank waits through the first round.
     later_round_s: float | None = None

@@ -422,7 +422,8 @@ def _fit_rounds(
     ``call_overhead_s``, ``payload_overhead_s``, ``cpu_per_message_s``,
     ``cpu_per_message_rank_s``, ``cpu_per_shared_read_s``, ``cpu_per_wait_s``
     (only where some call waits other than once per message, else it is part
-    of ``cpu_per_message_s``) and ``1 / cpu_bytes_per_s``. The fit
+    of ``cpu_per_message_s``), ``1 / cpu_bytes_per_s`` and ``wait_per_round_s``
+    (the rounds on the critical path, not divided among the ranks). The fit
     assigns every point to the bound that predicts more, solves one non-negative
     least-squares problem of the relative error, and repeats until the assignment
     settles (from two starts: all points on the path, all on the CPU); the
@@ -481,7 +482,7 @@ def _fit_rounds(
         later = float(max(rounds - 1, 0)) if polls else 0.0
         first = -1.0 if polls and rounds > 0 else 0.0
         path_rows.append(
-            [1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0, 0.0, later, first, 0.0]
+            [1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0, 0.0, later, first, 0.0, 0.0]
         )
         call_bytes.append((w.bytes_sent + w.bytes_received) / 2)
         cpu_scale.append(shared / share)
@@ -500,6 +501,7 @@ def _fit_rounds(
                 0.0,
                 0.0,
                 0.0,  # bytes beyond the cache, per candidate below
+                shared * rounds,  # rounds all ranks wait through (not shared out)
             ]
         )
         fetch_s = w.deliveries * base.fetch_s if base.fetch_s > 0 and base.fetches(nbytes) else 0.0
@@ -532,7 +534,7 @@ def _fit_rounds(
         assert best is not None
         return best
 
-    def solve(ac: Any) -> tuple[float, Any]:
+    def solve_waits(ac: Any) -> tuple[float, Any]:
         # A wait is part of a message's cost unless counting waits apart fits better
         # (WAITS_MIN_GAIN): where every call waits once per message (no rank
         # collects several at once) the two are one unknown, and where few calls tell
@@ -544,6 +546,19 @@ def _fit_rounds(
             with_waits = fit(ac)
             if with_waits[0] < WAITS_MIN_GAIN * best[0] - 1e-12:
                 best = with_waits
+        return best
+
+    def solve(ac: Any) -> tuple[float, Any]:
+        # The rounds all ranks wait through (wait_per_round_s) count only where they fit
+        # better (ROUND_WAITS_MIN_GAIN): where the calls' rounds grow with their messages
+        # the two explain the same times.
+        no_rounds = ac.copy()
+        no_rounds[:, 12] = 0.0
+        best = solve_waits(no_rounds)
+        if ac[:, 12].any():
+            with_rounds = solve_waits(ac)
+            if with_rounds[0] < ROUND_WAITS_MIN_GAIN * best[0] - 1e-12:
+                best = with_rounds
         return best
 
     # The CPUs copy a call's bytes more slowly once they outgrow the caches: every
@@ -574,6 +589,7 @@ def _fit_rounds(
         later_round,
         first_round,
         inverse_large_extra,
+        wait_round,
     ) = (float(v) for v in best[1])
     aggregate = 1.0 / inverse_aggregate if inverse_aggregate > 0 else 64 * single
     large = 1.0 / (inverse_cpu + inverse_large_extra) if inverse_large_extra > 0 else 0.0
@@ -586,6 +602,7 @@ def _fit_rounds(
         "cpu_per_message_rank_s": cpu_rank,
         "cpu_per_shared_read_s": cpu_shared,
         "cpu_per_wait_s": cpu_wait,
+        "wait_per_round_s": wait_round,
         "later_round_s": later_round,
         "first_round_saving_s": first_round,
         "cpu_bytes_per_s": 1.0 / inverse_cpu if inverse_cpu > 0 else 0.0,
@@ -601,6 +618,11 @@ CACHE_MIN_BYTES = 64 * 1024
 #: The fit keeps a cache limit (``cpu_cache_bytes``, ``cpu_bytes_large_per_s``) only when
 #: it lowers the squared relative error to this fraction of the fit without one.
 CACHE_MIN_GAIN = 0.9
+
+#: The fit counts the rounds that ranks sharing CPUs all wait through
+#: (``wait_per_round_s``) only when that lowers its squared relative error to this
+#: fraction or less (as :data:`WAITS_MIN_GAIN`).
+ROUND_WAITS_MIN_GAIN = 0.99
 
 #: The fit counts waits apart from messages (``cpu_per_wait_s``) only when that
 #: lowers its squared relative error to this fraction or less (a tie, where the

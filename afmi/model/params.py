@@ -80,7 +80,11 @@ class ChannelModel:
     (``Work.receive_waits``; S3: a LIST of its mailbox, at least), a reduction
     runs at ``reduce_bytes_per_s``,
     and ``parallel_ranks`` says how many ranks' work runs at the same time
-    (0: each rank has its own CPU; 1: every rank shares one event loop).
+    (0: each rank has its own CPU; 1: every rank shares one event loop). Where
+    ranks share CPUs, every round of a collective's critical path adds
+    ``wait_per_round_s`` to that work: while the round's messages are with the
+    channel (its server, the kernel) every rank waits for them and none has
+    work to run.
     """
 
     name: str
@@ -99,6 +103,7 @@ class ChannelModel:
     cpu_per_message_rank_s: float = 0.0
     cpu_per_shared_read_s: float = 0.0
     cpu_per_wait_s: float = 0.0
+    wait_per_round_s: float = 0.0
     later_round_s: float = 0.0
     first_round_saving_s: float = 0.0
     publish_min_bytes: float = 0.0

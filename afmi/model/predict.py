@@ -117,7 +117,9 @@ def timing(
     bound is the work of all ranks (call overheads, every message's software
     cost, which grows with the ranks sharing the CPUs, its bytes, every wait
     for messages, every reduction) divided by how many ranks run at once
-    (:meth:`ChannelModel.parallelism`). It exists only where ranks share CPUs:
+    (:meth:`ChannelModel.parallelism`), plus ``wait_per_round_s`` for every round
+    on the critical path, in which all ranks wait for the round's messages and
+    none has work to run. It exists only where ranks share CPUs:
     with a CPU per rank (and for a point-to-point message) every rank's own
     work is already part of the measured latencies on the path.
     """
@@ -150,7 +152,7 @@ def timing(
     cpu += channel.cpu_bytes_s((w.bytes_sent + w.bytes_received) / 2)
     if rate > 0:
         cpu += w.reduce_bytes / rate
-    return path, cpu / share
+    return path, cpu / share + rounds * channel.wait_per_round_s
 
 
 def predict(

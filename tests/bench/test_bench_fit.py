@@ -155,6 +155,34 @@ def test_shared_cpu_work_is_recovered_when_ranks_share_a_loop():
     _assert_reproduces(ChannelModel(name="local", **{**_WIRE, **fit}), points)
 
 
+def test_the_rounds_that_ranks_sharing_a_loop_wait_through_are_fitted():
+    # Redis in one process: every round of a call's path leaves the loop idle for a
+    # server round trip, on top of the work of all ranks
+    truth = ChannelModel(
+        name="redis",
+        latency_s=120e-6,
+        bandwidth_single_bytes_per_s=1.6e9,
+        bandwidth_aggregate_bytes_per_s=1.6e9,
+        call_overhead_s=5e-6,
+        cpu_per_message_s=30e-6,
+        cpu_bytes_per_s=2e9,
+        reduce_bytes_per_s=2e9,
+        wait_per_round_s=150e-6,
+        parallel_ranks=1.0,
+    )
+    points = _collective_points(truth)
+    wire = {**_WIRE, "latency_s": 120e-6, "bandwidth_single_bytes_per_s": 1.6e9}
+    wire["bandwidth_large_bytes_per_s"] = 1.6e9
+    fit = calibrate.fit_rounds("redis", wire, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
+    assert fit["wait_per_round_s"] == pytest.approx(150e-6, rel=1e-3)
+    assert fit["cpu_per_message_s"] == pytest.approx(30e-6, rel=1e-3)
+    _assert_reproduces(dataclasses.replace(truth, **fit), points)
+    # with a CPU per rank there is no shared bound, and nothing to fit it from
+    own = dataclasses.replace(truth, parallel_ranks=0.0)
+    fit = calibrate.fit_rounds("redis", wire, _collective_points(own), reduce_bytes_per_s=2e9)
+    assert fit["wait_per_round_s"] == 0.0
+
+
 def test_the_cpu_copies_a_calls_bytes_beyond_the_cache_at_the_second_rate():
     model = ChannelModel("local", **_WIRE, bandwidth_aggregate_bytes_per_s=5e9, cpu_bytes_per_s=4e9)
     assert model.cpu_bytes_s(8e6) == pytest.approx(2e-3)  # one rate without a limit

@@ -294,3 +294,17 @@ def test_a_small_payload_published_to_several_readers_costs_per_reader_only_on_s
     assert s3.stores_once(5 << 20)
     cfg = Config.from_dict({"model": {"redis": {"publish_inline_once": False}}})
     assert not channel_models(cfg)["redis"].stores_once(100)
+
+
+def test_ranks_sharing_cpus_wait_through_every_round_of_the_path():
+    """One event loop: while a round's messages are with the server, no rank has work."""
+    alg = Rounds([Step(3, 100, 1)])
+    loop = dataclasses.replace(DEFAULTS["redis"], parallel_ranks=1.0, cpu_per_message_s=10e-6)
+    path, cpu = timing("bcast", 100, 4, alg, loop)
+    waiting = dataclasses.replace(loop, wait_per_round_s=50e-6)
+    assert timing("bcast", 100, 4, alg, waiting) == pytest.approx((path, cpu + 3 * 50e-6))
+    # a CPU per rank: every rank's waits are already on its own path
+    own = dataclasses.replace(waiting, parallel_ranks=0.0)
+    assert timing("bcast", 100, 4, alg, own)[1] == 0.0
+    cfg = Config.from_dict({"model": {"redis": {"wait_per_round_s": 1e-4}}})
+    assert channel_models(cfg)["redis"].wait_per_round_s == 1e-4
