@@ -216,7 +216,8 @@ def fit_fetch(
     0, when none improves on it by :data:`WIRE_MIN_GAIN`; ``inline_max_bytes``
     stays ``inline`` then). With ``inline`` the step is also fitted with a rate
     of its own for the bytes beyond it (``large_message_bytes`` at ``inline``),
-    kept when its squared relative error is the smaller: the step is known to
+    kept when its squared relative error is the smaller (given
+    :data:`OWN_RATE_MIN_SIZES` measured sizes above ``inline``): the step is known to
     be there, and Redis moves the bytes of its mailbox entries more slowly than
     those of its chunks (three runs of session 10: 0.7-1.0 GB/s up to 64 KiB,
     1.8-2.0 GB/s beyond, a step of 46-69 us).
@@ -241,13 +242,20 @@ def fit_fetch(
         score = _score(cand, pts)
         if score[0] < best_score[0] - WIRE_MIN_GAIN or (best["fetch_s"] > 0 and score < best_score):
             best, best_score = cand, score
-    if known > 0:
+    if known > 0 and len({n for n in sizes if n > known}) >= OWN_RATE_MIN_SIZES:
         # The step is where the channel is configured to put it: the bytes beyond it may
         # move at a rate of their own (Redis: chunks SET and GET, not a mailbox entry).
         cand2 = _fetch_with_own_rate(ns, ts, known)
         if cand2 is not None and _score(cand2, pts)[1] < best_score[1]:
             best = cand2
     return best
+
+
+#: Measured sizes above the inline size that :func:`fit_fetch` needs before it fits
+#: the bytes beyond it a rate of their own: with two, step and rate are fitted to two
+#: noisy points exactly (a bench run to 1 MiB predicted a Redis ping-pong of 512 KiB
+#: 67 % high).
+OWN_RATE_MIN_SIZES = 3
 
 
 def _fetch_with_own_rate(ns: Any, ts: Any, limit: float) -> dict[str, float] | None:

@@ -248,6 +248,10 @@ def test_the_bytes_beyond_a_configured_inline_size_get_a_rate_of_their_own():
     # without a configured size only the plain step is searched for: one rate for all
     searched = calibrate.fit_wire([(n, t(n)) for n in SIZES], fetch=True)
     assert searched["bandwidth_single_bytes_per_s"] == searched["bandwidth_large_bytes_per_s"]
+    # two sizes above the inline size cannot tell a step from a rate: one rate for all
+    few = [(n, t(n)) for n in SIZES if n <= 4 * inline]
+    fit = calibrate.fit_wire(few, fetch=True, inline=inline)
+    assert fit["bandwidth_single_bytes_per_s"] == fit["bandwidth_large_bytes_per_s"]
 
 
 def test_noise_below_a_tiny_inline_size_is_not_a_rate_of_its_own():
