@@ -211,7 +211,8 @@ def fit_fetch(
     Fits ``t = latency_s + [n > inline_max_bytes] * fetch_s + n / bandwidth`` by
     the relative least squares of :func:`fit_latency_bandwidth`, with every
     measured size tried as ``inline_max_bytes``, or only ``inline`` when the
-    channel's configuration gives it (Redis: ``channels.redis.inline_bytes``);
+    channel's configuration gives it (Redis: ``channels.redis.inline_bytes``;
+    S3: what fits in ``channels.s3.key_payload_bytes``);
     the fit with the smallest worst relative error wins (no step, ``fetch_s``
     0, when none improves on it by :data:`WIRE_MIN_GAIN`; ``inline_max_bytes``
     stays ``inline`` then). With ``inline`` the step is also fitted with a rate
@@ -219,8 +220,8 @@ def fit_fetch(
     kept when its squared relative error is the smaller (given
     :data:`OWN_RATE_MIN_SIZES` measured sizes above ``inline``): the step is known to
     be there, and Redis moves the bytes of its mailbox entries more slowly than
-    those of its chunks (three runs of session 10: 0.7-1.0 GB/s up to 64 KiB,
-    1.8-2.0 GB/s beyond, a step of 46-69 us).
+    those of its chunks (five runs of session 10: 0.7-1.0 GB/s up to 64 KiB,
+    1.8-2.1 GB/s beyond, a step of 46-86 us).
     """
     import numpy as np
 
