@@ -29,7 +29,10 @@ from typing import Any
 from afmi.bench.measure import Budget
 from afmi.testing.servers import stop_process
 
-__all__ = ["mpi4py_pingpong", "socket_pingpong"]
+__all__ = ["ANCHORS", "mpi4py_pingpong", "socket_pingpong"]
+
+#: The channel names of the anchors' rows, measured beside afmi's channels.
+ANCHORS = ("socket", "mpi4py")
 
 _LEN = struct.Struct("!Q")
 

@@ -51,7 +51,14 @@ from typing import Any
 import numpy as np
 
 from afmi.bench import measure
-from afmi.bench.anchors import _child_env, _mpiexec, mpi4py_unavailable, mpi_env, socket_pingpong
+from afmi.bench.anchors import (
+    ANCHORS,
+    _child_env,
+    _mpiexec,
+    mpi4py_unavailable,
+    mpi_env,
+    socket_pingpong,
+)
 from afmi.config import Config
 from afmi.errors import ArgumentError
 
@@ -443,7 +450,7 @@ def ratios(pingpong: list[dict[str, Any]], allreduce: list[dict[str, Any]]) -> l
         for r in pingpong + allreduce
     }
     for r in pingpong + allreduce:
-        if r["channel"] in ("socket", "mpi4py"):
+        if r["channel"] in ANCHORS:
             continue
         op = r.get("op", "pingpong")
         ranks = r.get("ranks", 2)
@@ -453,7 +460,7 @@ def ratios(pingpong: list[dict[str, Any]], allreduce: list[dict[str, Any]]) -> l
             "ranks": ranks,
             "nbytes": r["nbytes"],
         }
-        for anchor in ("socket", "mpi4py"):
+        for anchor in ANCHORS:
             a = by.get((anchor, op, ranks, r["nbytes"]))
             if a is not None and a["latency_s"] > 0:
                 item[f"vs_{anchor}"] = r["latency_s"] / a["latency_s"]
@@ -613,9 +620,7 @@ def model_accuracy(
     # The back-to-back allreduce rows (result["allreduce"]) overlap one call with the
     # next; the model describes one call from a common start, as the collectives rows time it.
     rows = [
-        r
-        for r in result["pingpong"] + result.get("collectives", [])
-        if r["channel"] not in ("socket", "mpi4py")
+        r for r in result["pingpong"] + result.get("collectives", []) if r["channel"] not in ANCHORS
     ]
     out: dict[str, Any] = {"calibration": None}
     model_config = config

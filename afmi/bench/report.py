@@ -9,6 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, TextIO
 
+from afmi.bench.anchors import ANCHORS
+
 __all__ = ["Progress", "format_processes", "format_report", "write_json", "write_plots"]
 
 
@@ -207,7 +209,7 @@ def format_processes(proc: dict[str, Any]) -> str:
     ratio = {(r["channel"], r["op"], r["ranks"], r["nbytes"]): r for r in proc.get("ratios", [])}
     pp = proc.get("pingpong", [])
     names = [c for c in proc.get("channels", []) if any(r["channel"] == c for r in pp)]
-    anchors = [a for a in ("socket", "mpi4py") if any(r["channel"] == a for r in pp)]
+    anchors = [a for a in ANCHORS if any(r["channel"] == a for r in pp)]
     if pp:
         by = {(r["channel"], r["nbytes"]): r for r in pp}
         headers = ["size"]
@@ -267,10 +269,6 @@ def write_json(results: dict[str, Any], path: str | Path) -> Path:
     p = Path(path)
     p.write_text(json.dumps(results, indent=2) + "\n")
     return p
-
-
-#: Rows of these channels are anchors measured beside afmi (cross-process runs).
-ANCHORS = ("socket", "mpi4py")
 
 
 def write_plots(results: dict[str, Any], directory: str | Path) -> list[Path]:

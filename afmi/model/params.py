@@ -332,7 +332,7 @@ def load_model_file(path: str | Path) -> dict[str, dict[str, Any]]:
     return {name: getattr(cfg.model, name).overrides() for name in DEFAULTS if name in table}
 
 
-def s3_inline_bytes(key_payload_bytes: int) -> int:
+def _s3_inline_bytes(key_payload_bytes: int) -> int:
     """Payload bytes that ride in an S3 object key of ``key_payload_bytes`` characters
     (``channels.s3.key_payload_bytes``), about: base64 takes 4 characters for 3 bytes,
     and the message's envelope and header about a ninth of those (600 characters hold
@@ -372,7 +372,7 @@ def _resolve_uncached(config: Config) -> dict[str, ChannelModel]:
         {
             "s3": {
                 "publish_min_bytes": float(s3.publish_min_bytes),
-                "inline_max_bytes": float(s3_inline_bytes(s3.key_payload_bytes)),
+                "inline_max_bytes": float(_s3_inline_bytes(s3.key_payload_bytes)),
             },
             "redis": {"inline_max_bytes": float(config.channels.redis.inline_bytes)},
         }
