@@ -128,9 +128,10 @@ def fit_wire(
 ) -> dict[str, float]:
     """Latency, bandwidth and (when it helps) a second bandwidth for large messages.
 
-    With ``fetch`` (a channel whose small messages travel inline and larger ones
-    need a fetch of their own, as S3's and Redis's), the fit is :func:`fit_fetch`
-    instead, with the channel's configured ``inline`` size when it is known.
+    With ``fetch`` or an ``inline`` size (a channel whose small messages travel
+    inline and larger ones need a fetch of their own, as S3's and Redis's), the
+    fit is :func:`fit_fetch` instead, at the channel's configured ``inline`` size
+    when it is known.
 
     Tries one bandwidth for all sizes, then every split of the measured sizes
     into small and large ones as a continuous two-piece line (small messages
@@ -148,7 +149,7 @@ def fit_wire(
     out of the calibration, or a user's) are then never more than half a step
     on the wrong side of the knee.
     """
-    if fetch:
+    if fetch or (inline or 0.0) > 0:
         return fit_fetch(points, inline)
     pts = sorted((float(n), float(t)) for n, t in points if t > 0)
     one = _one_rate(pts)

@@ -647,9 +647,7 @@ def model_accuracy(
                 # S3 and Redis: small messages ride inline, larger ones are fetched
                 inline = model_for(ch, config).inline_max_bytes
                 wire = dict(
-                    calibrate.fit_wire(
-                        [(r["nbytes"], r["latency_s"]) for r in pp], inline > 0, inline
-                    )
+                    calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in pp], inline=inline)
                 )
                 wire.update(
                     calibrate.fit_parallel(

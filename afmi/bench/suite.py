@@ -175,7 +175,7 @@ def _calibrate_channel(
     fit_rows = calibrate.split_fitted(rows)
     inline = model_for(channel, config).inline_max_bytes  # small messages ride inline
     params: dict[str, float] = dict(
-        calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in fit_rows], inline > 0, inline)
+        calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in fit_rows], inline=inline)
     )
     top = min(1 << 18, opts.collective_max_bytes) if opts.quick else opts.collective_max_bytes
     points = []
