@@ -112,6 +112,14 @@ def _score(params: dict[str, float], pts: list[tuple[float, float]]) -> tuple[fl
     return max(errs), sum(e * e for e in errs)
 
 
+def _worst_but_one(params: dict[str, float], pts: list[tuple[float, float]]) -> float:
+    """The second-largest relative error of ``params`` over ``pts`` (the largest when
+    there are fewer than 5 points): how :func:`fit_wire` compares its regimes, so that
+    one noisy size does not decide where the knee goes."""
+    errs = sorted((abs(_wire(params, n) / t - 1) for n, t in pts), reverse=True)
+    return errs[1] if len(errs) >= 5 else errs[0]
+
+
 def _one_rate(pts: list[tuple[float, float]]) -> dict[str, float]:
     """The wire parameters of :func:`fit_latency_bandwidth`: one rate for all sizes."""
     latency, single = fit_latency_bandwidth(pts)
@@ -136,12 +144,15 @@ def fit_wire(
     Tries one bandwidth for all sizes, then every split of the measured sizes
     into small and large ones as a continuous two-piece line (small messages
     fit as in :func:`fit_latency_bandwidth`, the bytes beyond the threshold get
-    their own bandwidth). The second regime is kept only if its best fit lowers
-    the worst relative error by :data:`WIRE_MIN_GAIN`.
+    their own bandwidth). Fits are compared by their worst relative error but
+    one (:func:`_worst_but_one`): a single noisy size, often a small one that
+    every split fits alike, would otherwise make them all look equal. The
+    second regime is kept only if its best fit lowers that error by
+    :data:`WIRE_MIN_GAIN`.
 
     The threshold of a split lies somewhere between its largest small size and
     its smallest large one; both the largest small size and the midpoint (in
-    log scale) of the two are tried. Of the thresholds whose worst error lies
+    log scale) of the two are tried. Of the thresholds whose error lies
     within :data:`WIRE_MIN_GAIN` of the best one, the largest is kept: the fast
     regime reaches as far as the measured sizes allow, and a slow point below
     the knee (one noisy size) does not pull the knee down to it. Where one size
@@ -163,9 +174,9 @@ def fit_wire(
         for k in _knees(split, sizes[i + 1]):
             f = _knee(lat, bw, large, k)
             if f:
-                fits.append((_score(f, pts)[0], f))
+                fits.append((_worst_but_one(f, pts), f))
     lowest = min((worst for worst, _ in fits), default=math.inf)
-    if lowest >= _score(one, pts)[0] - WIRE_MIN_GAIN:
+    if lowest >= _worst_but_one(one, pts) - WIRE_MIN_GAIN:
         return one
     near = [f for worst, f in fits if worst <= lowest + WIRE_MIN_GAIN]
     return max(near, key=lambda f: f["large_message_bytes"])
