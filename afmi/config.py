@@ -272,8 +272,14 @@ class ChannelModelConfig:
     reads_per_message: float | None = None
     #: Price of each poll that looks for messages (an S3 LIST), dollars.
     price_per_poll_usd: float | None = None
-    #: Polls per message received (at least the one that finds it; idle polls add more).
+    #: Polls per message received: the one that finds it (idle polls come on top).
     polls_per_message: float | None = None
+    #: First interval of a receiver's poller, which doubles while nothing arrives
+    #: (default: ``channels.s3.poll_min`` for s3, else 0: no idle polls), seconds. A wait
+    #: of ``w`` seconds makes about ``log2(1 + w / poll_backoff_s)`` polls that find nothing.
+    poll_backoff_s: float | None = None
+    #: The poller's longest interval (default: ``channels.s3.poll_max`` for s3), seconds.
+    poll_backoff_max_s: float | None = None
     #: Further requests, at ``price_per_request_usd``, of every read of a payload stored
     #: once for several readers (S3: a marker and a pointer PUT, a LIST of the markers).
     requests_per_shared_read: float | None = None

@@ -64,7 +64,10 @@ class ChannelModel:
     ``price_per_request_usd`` to write, ``reads_per_message *
     price_per_read_usd`` to read (one read less when it needs no fetch of its
     own, see :meth:`fetches`) and ``polls_per_message * price_per_poll_usd``
-    to find, every read of a payload stored once for several readers
+    to find, plus :meth:`idle_polls` for every time a rank waits for messages
+    (a wait lasts the call's predicted time over its rounds, or over the
+    waits per round where there are more of those: they end one after
+    another), every read of a payload stored once for several readers
     ``requests_per_shared_read`` more requests, every byte moved ``price_per_gb_usd / 1e9``,
     and when ``include_infrastructure`` is set the servers' hourly price is
     spread over ``requests_per_hour`` requests.
@@ -118,6 +121,8 @@ class ChannelModel:
     reads_per_message: float = 1.0
     price_per_poll_usd: float = 0.0
     polls_per_message: float = 0.0
+    poll_backoff_s: float = 0.0
+    poll_backoff_max_s: float = 0.0
     requests_per_shared_read: float = 0.0
     price_per_gb_usd: float = 0.0
     infrastructure_usd_per_hour: float = 0.0
@@ -202,6 +207,21 @@ class ChannelModel:
             return float(max(size, 1))
         return float(max(min(size, self.parallel_ranks), 1))
 
+    def idle_polls(self, wait_s: float) -> float:
+        """Polls that find nothing while one receive waits ``wait_s`` seconds: the poller
+        lists after ``poll_backoff_s``, doubling the interval while nothing arrives, up to
+        ``poll_backoff_max_s`` (then one poll per such interval); 0 without a backoff."""
+        start = self.poll_backoff_s
+        if start <= 0 or wait_s <= 0:
+            return 0.0
+        polls = math.log2(1.0 + wait_s / start)
+        top = self.poll_backoff_max_s
+        if top > start:
+            doublings = math.log2(top / start)  # the interval reaches its cap after these
+            if polls > doublings:
+                polls = doublings + (wait_s - (top - start)) / top
+        return polls
+
     def infrastructure_usd_per_request(self) -> float:
         """Share of the hourly server price charged to one request (0 if not included)."""
         if not self.include_infrastructure or self.infrastructure_usd_per_hour == 0:
@@ -277,6 +297,8 @@ DEFAULTS: dict[str, ChannelModel] = {
         reads_per_message=1.0,
         price_per_poll_usd=5.4e-6,  # LIST, billed like a PUT
         polls_per_message=1.0,  # the LIST that finds it (idle polls come on top)
+        poll_backoff_s=0.005,  # channels.s3.poll_min: idle LISTs while a receive waits
+        poll_backoff_max_s=0.5,  # channels.s3.poll_max
         requests_per_shared_read=3.0,  # marker and pointer PUTs, the LIST of the markers
     ),
 }
@@ -365,14 +387,17 @@ def _resolve_uncached(config: Config) -> dict[str, ChannelModel]:
     # What the S3 and Redis channels are configured to do is what their models predict
     # (lowest layer): S3 stores a payload once for several readers from publish_min_bytes
     # on, and sends one in the object key when its encoding fits in key_payload_bytes
-    # characters; Redis sends payloads up to inline_bytes inside the mailbox entry,
-    # larger ones as chunks that the receiver fetches.
+    # characters, and its receivers poll from poll_min, doubling up to poll_max; Redis
+    # sends payloads up to inline_bytes inside the mailbox entry, larger ones as chunks
+    # that the receiver fetches.
     s3 = config.channels.s3
     layers: list[dict[str, dict[str, Any]]] = [
         {
             "s3": {
                 "publish_min_bytes": float(s3.publish_min_bytes),
                 "inline_max_bytes": float(_s3_inline_bytes(s3.key_payload_bytes)),
+                "poll_backoff_s": float(s3.poll_min),
+                "poll_backoff_max_s": float(s3.poll_max),
             },
             "redis": {"inline_max_bytes": float(config.channels.redis.inline_bytes)},
         }

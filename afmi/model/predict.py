@@ -76,6 +76,11 @@ class Prediction:
     infrastructure_usd: float
     #: Function time: GiB-s price x memory x time x every participating function, dollars.
     function_usd: float
+    #: Storage requests behind ``request_usd``: writes (PUTs of messages, markers and
+    #: pointers), reads (GETs of fetched payloads) and polls (LISTs of mailboxes).
+    writes: float = 0.0
+    reads: float = 0.0
+    polls: float = 0.0
 
     @property
     def usd(self) -> float:
@@ -98,6 +103,9 @@ class Prediction:
             "transfer_usd": self.transfer_usd,
             "infrastructure_usd": self.infrastructure_usd,
             "function_usd": self.function_usd,
+            "writes": self.writes,
+            "reads": self.reads,
+            "polls": self.polls,
         }
 
 
@@ -180,6 +188,12 @@ def predict(
         per_message = max(per_message - 1, 0.0)  # no GET: the message rode in the key
     reads = w.deliveries * per_message
     polls = w.deliveries * channel.polls_per_message
+    if w.receive_waits:
+        # A wait lasts about one round of the call, less where a round's waits end one
+        # after another (a root's messages go out in turn); it polls idly meanwhile.
+        rounds = max(sum(s.rounds for s in algorithm.steps(size, nbytes) if s.messages > 0), 1)
+        wait_s = time_s / max(rounds, w.receive_waits / rounds)
+        polls += w.receive_waits * channel.idle_polls(wait_s)
     writes = messages + w.shared_deliveries * channel.requests_per_shared_read
     return Prediction(
         op=op,
@@ -196,4 +210,7 @@ def predict(
         transfer_usd=moved / 1e9 * channel.price_per_gb_usd,
         infrastructure_usd=(messages + reads) * channel.infrastructure_usd_per_request(),
         function_usd=functions.usd(time_s, size),
+        writes=writes,
+        reads=reads,
+        polls=polls,
     )

@@ -177,10 +177,12 @@ def test_memory_scales_the_function_price():
 
 def test_storage_requests_and_infrastructure_are_priced():
     price = FunctionPrice(0.0, 1.0)
-    s3 = predict("send", 10_000, 2, P2P, DEFAULTS["s3"], price)
+    no_idle = dataclasses.replace(DEFAULTS["s3"], poll_backoff_s=0.0)  # no idle LISTs
+    s3 = predict("send", 10_000, 2, P2P, no_idle, price)
     # PUT, then the LIST that finds it (billed like a PUT) and the GET
     assert s3.request_usd == pytest.approx(5.4e-6 + 5.4e-6 + 4.3e-7)
-    inline = predict("send", 10, 2, P2P, DEFAULTS["s3"], price)
+    assert (s3.writes, s3.reads, s3.polls) == (1, 1, 1)
+    inline = predict("send", 10, 2, P2P, no_idle, price)
     assert inline.request_usd == pytest.approx(5.4e-6 + 5.4e-6)  # rides in the key: no GET
     assert s3.infrastructure_usd == 0
     redis = predict("send", 10, 2, P2P, DEFAULTS["redis"], price)
@@ -190,6 +192,30 @@ def test_storage_requests_and_infrastructure_are_priced():
     assert predict("send", 10, 2, P2P, off, price).infrastructure_usd == 0
     gb = ChannelModel(**{**DEFAULTS["direct"].__dict__, "price_per_gb_usd": 0.02})
     assert predict("send", 10**9, 2, P2P, gb, price).transfer_usd == pytest.approx(0.02)
+
+
+def test_a_waiting_receiver_polls_idly_as_its_poller_backs_off():
+    s3 = DEFAULTS["s3"]
+    # the poller lists after 5 ms, 10, 20, ... (doubling) while nothing arrives
+    assert s3.idle_polls(0.0) == 0
+    assert s3.idle_polls(0.005) == pytest.approx(1.0)
+    assert s3.idle_polls(0.035) == pytest.approx(3.0)  # after 5, 15 and 35 ms
+    # from 0.5 s on (channels.s3.poll_max) one LIST per 0.5 s
+    capped = s3.idle_polls(0.495)
+    assert s3.idle_polls(1.495) == pytest.approx(capped + 2.0)
+    assert dataclasses.replace(s3, poll_backoff_s=0.0).idle_polls(1.0) == 0
+    # a message takes its predicted time to arrive, and the receiver lists meanwhile
+    p = predict("send", 10, 2, P2P, s3, FunctionPrice(0.0, 1.0))
+    assert p.polls == pytest.approx(1 + s3.idle_polls(p.time_s))
+    assert p.request_usd == pytest.approx(s3.price_per_request_usd + p.polls * 5.4e-6)
+
+
+def test_the_model_polls_as_the_s3_channel_is_configured():
+    cfg = Config.from_dict({"channels": {"s3": {"poll_min": 0.02, "poll_max": 1.0}}})
+    s3 = channel_models(cfg)["s3"]
+    assert (s3.poll_backoff_s, s3.poll_backoff_max_s) == (0.02, 1.0)
+    over = Config.from_dict({"model": {"s3": {"poll_backoff_s": 0.0}}})
+    assert channel_models(over)["s3"].idle_polls(1.0) == 0
 
 
 def test_total_is_the_sum_of_the_parts():

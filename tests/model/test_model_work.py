@@ -50,7 +50,7 @@ def test_storage_algorithms_grow_with_the_ranks():
     # the reduced slices: (p - 1) * n in all, (p - 1) * n / p on the critical path
     assert w8.reduce_bytes == 7 * (1 << 20) and w8.path_reduce_bytes == 7 * (1 << 17)
     # every read of a stored payload is priced (s3 GETs)
-    s3 = dataclasses.replace(DEFAULTS["s3"], publish_min_bytes=0)
+    s3 = dataclasses.replace(DEFAULTS["s3"], publish_min_bytes=0, poll_backoff_s=0.0)
     p2 = predict("bcast", 1000, 2, publish, s3, FREE)
     p8 = predict("bcast", 1000, 8, publish, s3, FREE)
     # six more readers: a GET and a LIST each, and the marker, pointer and marker LIST of
@@ -84,7 +84,7 @@ def test_a_payload_small_enough_to_ride_inline_is_sent_to_every_reader():
     # a larger one as one upload (a PUT) read 7 times
     publish = registry.get("bcast", "storage_publish")
     s3 = DEFAULTS["s3"]
-    s3 = dataclasses.replace(s3, publish_min_bytes=0)
+    s3 = dataclasses.replace(s3, publish_min_bytes=0, poll_backoff_s=0.0)  # no idle polls
     small = predict("bcast", 100, 8, publish, s3, FREE)
     large = predict("bcast", 1000, 8, publish, s3, FREE)
     assert small.messages == 7 and large.messages == 1
