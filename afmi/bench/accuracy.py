@@ -1,6 +1,6 @@
 """How well the model predicts what the bench measured.
 
-Two figures, both printed by ``afmi bench`` and stored in its JSON:
+The figures, all printed by ``afmi bench`` and stored in its JSON:
 
 * time: for every measured point, ``predicted / measured - 1``; the share of
   points within +-30 % and the worst point, over all points and over the
@@ -8,6 +8,11 @@ Two figures, both printed by ``afmi bench`` and stored in its JSON:
 * choice: for every point measured on two or more channels, whether the
   ``fast`` hint picks the channel that measured fastest (and, to tell misses
   from near ties, whether the picked channel measured within 10 % of it);
+* requests: for every point whose storage requests were counted (S3:
+  ``requests_per_call``, every rank's PUTs, GETs, LISTs and DELETEs over the
+  timed calls, per call), the request dollars the model predicts against the
+  counted requests at the model's prices, and how many points predict the
+  writes and reads exactly;
 * noise: for rows measured in several passes, how far a point's passes lay
   apart (median per channel), and how many points outside the tolerance moved
   by more than the tolerance between their own passes; and how many points
@@ -40,14 +45,50 @@ def _predicted(row: dict[str, Any], config: Config, channels: list[str]) -> Any:
     return explain_offline(op, int(row["nbytes"]), size, channels, config, "fast")
 
 
+#: Storage request types by how a channel model prices them (DELETE is free).
+WRITES = ("put", "post")
+READS = ("get", "head")
+POLLS = ("list",)
+
+
+def counted_requests(counted: dict[str, float]) -> dict[str, float]:
+    """``{"writes", "reads", "polls"}`` of counted requests by type (``put``, ``get``, ...)."""
+    return {
+        "writes": sum(counted.get(k, 0.0) for k in WRITES),
+        "reads": sum(counted.get(k, 0.0) for k in READS),
+        "polls": sum(counted.get(k, 0.0) for k in POLLS),
+    }
+
+
 def annotate(rows: list[dict[str, Any]], config: Config) -> None:
-    """Add ``predicted_s``, ``algorithm`` and ``rel_error`` to measured rows (in place)."""
+    """Add ``predicted_s``, ``algorithm`` and ``rel_error`` to measured rows (in place);
+    rows with counted storage requests (``requests_per_call``) also get the predicted
+    and counted requests and their dollars, and ``request_error``."""
+    from afmi.model.params import model_for
+
     for row in rows:
         winner = _predicted(row, config, [row["channel"]]).winner
         row["predicted_s"] = winner.time_s
         row["predicted_usd"] = winner.usd
         row["algorithm"] = winner.algorithm
         row["rel_error"] = winner.time_s / row["latency_s"] - 1 if row["latency_s"] > 0 else None
+        if not row.get("requests_per_call"):
+            continue
+        model = model_for(row["channel"], config)
+        counted = counted_requests(row["requests_per_call"])
+        usd = (
+            counted["writes"] * model.price_per_request_usd
+            + counted["reads"] * model.price_per_read_usd
+            + counted["polls"] * model.price_per_poll_usd
+        )
+        row["predicted_requests"] = {
+            "writes": winner.writes,
+            "reads": winner.reads,
+            "polls": winner.polls,
+        }
+        row["predicted_request_usd"] = winner.request_usd
+        row["counted_request_usd"] = usd
+        row["request_error"] = winner.request_usd / usd - 1 if usd > 0 else None
 
 
 def summarize(rows: list[dict[str, Any]], config: Config) -> dict[str, Any]:
@@ -105,7 +146,37 @@ def summarize(rows: list[dict[str, Any]], config: Config) -> dict[str, Any]:
     if not judged:
         out["choice_note"] = "only one channel measured: the fast choice cannot be judged"
     out.update(_noise(errors))
+    out.update(_requests(rows))
     return out
+
+
+def _requests(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The request figures (see the module docstring) over rows with ``request_error``."""
+    judged = [r for r in rows if r.get("request_error") is not None]
+    if not judged:
+        return {}
+    worst = max(judged, key=lambda r: abs(r["request_error"]))
+
+    def exact(kind: str) -> int:
+        return sum(
+            1
+            for r in judged
+            if abs(r["predicted_requests"][kind] - counted_requests(r["requests_per_call"])[kind])
+            < 0.05
+        )
+
+    return {
+        "request_points": len(judged),
+        "request_within": sum(1 for r in judged if abs(r["request_error"]) <= TOLERANCE),
+        "request_worst": {
+            **_brief(worst),
+            "request_error": worst["request_error"],
+            "predicted_requests": worst["predicted_requests"],
+            "counted_requests": counted_requests(worst["requests_per_call"]),
+        },
+        "request_writes_exact": exact("writes"),
+        "request_reads_exact": exact("reads"),
+    }
 
 
 def _spread(row: dict[str, Any]) -> float | None:

@@ -614,9 +614,9 @@ async def _collective_main(
     budget: Budget,
     line: StartLine | None = None,
     watch: MachineWatch | None = None,
-) -> list[tuple[int, int, float, int, float]]:
+) -> list[tuple[int, int, float, int, float, dict[str, float]]]:
     """Time ``op`` per size: ``(nbytes, iterations, median seconds, late calls,
-    slowdown)`` on rank 0.
+    slowdown, storage requests per call by type)`` on rank 0.
 
     ``line`` starts the calls (default: a :class:`ClockStartLine` without pauses).
     A point measured while the machine ran slow is measured again when ``watch``
@@ -642,26 +642,45 @@ async def _collective_main(
             result: np.ndarray = result,
             with_op: Any = with_op,
             nbytes: int = nbytes,
-        ) -> tuple[float, int, int]:
+        ) -> tuple[float, int, int, dict[str, float]]:
             nonlocal plan
             if i == 0:
                 plan = await _warm_then_plan(comm, budget, nbytes, with_op)
             iters, per_iter = plan
             await line.agree(comm, per_iter)
             stamps = []
+            before = storage_requests(comm)
             for k in range(iters):
                 t0, late = await line.start(comm, k)
                 await call(comm, buf, result)
                 stamps.append((t0, time.perf_counter(), late))
-            every = await comm.gather(stamps, root=0)
+            after = storage_requests(comm)
+            mine = {kind: after[kind] - before.get(kind, 0) for kind in after}
+            every = await comm.gather((stamps, mine), root=0)
             if comm.rank != 0:
-                return 0.0, iters, 0
+                return 0.0, iters, 0, {}
             assert every is not None
-            spans, late_calls = _spans(every, iters)
-            return _median(spans), iters, late_calls
+            spans, late_calls = _spans([s for s, _ in every], iters)
+            total: dict[str, float] = {}
+            for _, counted in every:
+                for kind, n in counted.items():
+                    total[kind] = total.get(kind, 0.0) + n / iters
+            return _median(spans), iters, late_calls, total
 
-        (seconds, iters, late_calls), slow = await _steady(comm, watch, (op, nbytes), attempt)
-        out.append((nbytes, iters, seconds, late_calls, slow))
+        (seconds, iters, late_calls, requests), slow = await _steady(
+            comm, watch, (op, nbytes), attempt
+        )
+        out.append((nbytes, iters, seconds, late_calls, slow, requests))
+    return out
+
+
+def storage_requests(comm: Communicator) -> dict[str, int]:
+    """The storage requests this rank's channels made so far, by type (S3: ``put``,
+    ``get``, ``list``, ``delete``, ...); empty where no channel counts requests."""
+    out: dict[str, int] = {}
+    for channel in comm.endpoint.channels.values():
+        for kind, n in channel.stats().get("requests", {}).items():
+            out[kind] = out.get(kind, 0) + int(n)
     return out
 
 
@@ -735,4 +754,7 @@ def collective_latency(
                 "machine_slowdown": per_rank[0][i][4],
             }
         )
+        if per_rank[0][i][5]:
+            # every rank's storage requests over the timed calls, per call (S3)
+            rows[-1]["requests_per_call"] = per_rank[0][i][5]
     return rows

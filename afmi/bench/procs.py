@@ -409,6 +409,7 @@ def _coll_row(
     op: str = "allreduce",
     late: int | None = None,
     slowdown: float | None = None,
+    requests: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {
         "channel": channel,
@@ -423,6 +424,8 @@ def _coll_row(
         row["late_calls"] = late
     if slowdown is not None:
         row["machine_slowdown"] = slowdown
+    if requests:
+        row["requests_per_call"] = requests  # every rank's storage requests, per call (S3)
     return row
 
 
@@ -536,9 +539,9 @@ def run_procs(
                     result["pingpong"] = _best(result["pingpong"], pp)
                     result["allreduce"] = _best(result["allreduce"], ar)
                     other = [
-                        _coll_row(ch, n, nbytes, iters, seconds, op=op, late=late, slowdown=slow)
+                        _coll_row(ch, n, nbytes, iters, seconds, op, late, slow, requests)
                         for op, points in data.get("collectives", {}).items()
-                        for nbytes, iters, seconds, late, slow in points
+                        for nbytes, iters, seconds, late, slow, requests in points
                     ]
                     result["collectives"] = _best(result["collectives"], other)
             if opts.anchors:

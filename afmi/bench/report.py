@@ -425,6 +425,17 @@ def _accuracy_lines(title: str, acc: dict[str, Any]) -> list[str]:
             f"of the {acc['at_speed_points']} points measured at speed, "
             f"{acc['at_speed_within']} are within {acc['tolerance']:.0%}"
         )
+    if acc.get("request_points"):
+        w = acc["request_worst"]
+        lines.append(
+            f"  storage requests: {acc['request_within']}/{acc['request_points']} points "
+            f"predict the request dollars within {acc['tolerance']:.0%} of the requests "
+            f"counted; writes exact at {acc['request_writes_exact']}, reads at "
+            f"{acc['request_reads_exact']}; worst {w['request_error']:+.0%}: "
+            f"{w['channel']} {w['op']} {_size(int(w['nbytes'] or 0))} on {w['ranks']} ranks "
+            f"(polls {w['predicted_requests']['polls']:.1f} predicted, "
+            f"{w['counted_requests']['polls']:.1f} counted)"
+        )
     if acc.get("choice_points"):
         lines.append(
             f"  fast choice: {acc['choice_correct']}/{acc['choice_points']} points pick the "
