@@ -332,3 +332,33 @@ async def test_the_bench_allreduce_writes_into_one_reused_result():
 
     out = await afmi.launch_local(main, 3)
     assert out == [(True, [6, 6, 6, 6])] * 3
+
+
+def test_the_channels_of_one_point_are_measured_one_after_the_other():
+    # the fast choice compares them: they must meet the same state of the machine
+    from afmi.bench import suite
+
+    said: list[str] = []
+    opts = suite.Options(
+        channels=["local", "direct"],
+        quick=True,
+        ranks=[2],
+        ops=["barrier", "bcast"],
+        seconds_per_point=0.02,
+        passes=1,
+    )
+    swept = suite._sweep(opts, ["local", "direct"], Config(), [1, 64], [8], [2], {}, said.append)
+    assert swept.channels == ["local", "direct"]
+    assert said == [
+        "ping-pong local 1 B",
+        "ping-pong direct 1 B",
+        "ping-pong local 64 B",
+        "ping-pong direct 64 B",
+        "barrier local 2 ranks",
+        "barrier direct 2 ranks",
+        "bcast local 2 ranks",
+        "bcast direct 2 ranks",
+    ]
+    assert {(r["channel"], r["op"]) for r in swept.collectives} == {
+        (ch, op) for ch in ("local", "direct") for op in ("barrier", "bcast")
+    }
