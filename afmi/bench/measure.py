@@ -341,7 +341,8 @@ async def _pingpong_main(
     jitter_s: float = 0.0,
     watch: MachineWatch | None = None,
 ) -> Any:
-    """Ping-pong per size: ``(nbytes, iterations, half round trip s, slowdown)`` on rank 0."""
+    """Ping-pong per size: ``(nbytes, iterations, half round trip s, slowdown, storage
+    requests per message by type)`` on rank 0."""
     watch = watch or MachineWatch()
     out = []
     for nbytes in nbytes_list:
@@ -359,15 +360,26 @@ async def _pingpong_main(
 
         async def attempt(
             i: int, one: Any = one, pause: Any = pause, nbytes: int = nbytes
-        ) -> tuple[float, int]:
+        ) -> tuple[float, int, dict[str, float]]:
             nonlocal iters
             if i == 0:
                 iters = await _warm_then_count(comm, budget, nbytes, one)
             await comm.barrier()
-            return await _timed(iters, one, pause) / 2, iters
+            before = storage_requests(comm)
+            seconds = await _timed(iters, one, pause)
+            if not before:  # no channel counts its requests: nothing to gather
+                return seconds / 2, iters, {}
+            after = storage_requests(comm)
+            mine = {kind: after[kind] - before.get(kind, 0) for kind in after}
+            every = await comm.gather(mine, root=0)
+            total: dict[str, float] = {}
+            for counted in every or []:
+                for kind, n in counted.items():
+                    total[kind] = total.get(kind, 0.0) + n / (2 * iters)  # per message
+            return seconds / 2, iters, total
 
-        (half, count), slow = await _steady(comm, watch, ("send", nbytes), attempt)
-        out.append((nbytes, count, half, slow))
+        (half, count, requests), slow = await _steady(comm, watch, ("send", nbytes), attempt)
+        out.append((nbytes, count, half, slow, requests))
     return out
 
 
@@ -391,7 +403,7 @@ def pingpong(
             progress(f"ping-pong {channel} {nbytes} B")
         jitter = start_jitter_s(channel, config)
         watch = MachineWatch(retries=slow_retries, shared=True)
-        ((n, iters, half, slow),) = _run(
+        ((n, iters, half, slow, requests),) = _run(
             _pingpong_main, 2, channel, config, [nbytes], budget, jitter, watch
         )[0]
         rows.append(
@@ -404,6 +416,8 @@ def pingpong(
                 "machine_slowdown": slow,
             }
         )
+        if requests:
+            rows[-1]["requests_per_call"] = requests  # both ranks' requests, per message
     return rows
 
 
@@ -679,7 +693,10 @@ def storage_requests(comm: Communicator) -> dict[str, int]:
     ``get``, ``list``, ``delete``, ...); empty where no channel counts requests."""
     out: dict[str, int] = {}
     for channel in comm.endpoint.channels.values():
-        for kind, n in channel.stats().get("requests", {}).items():
+        stats = channel.stats()
+        if "requests" in stats:
+            out["put"] = out.get("put", 0)  # counted, even before the first request
+        for kind, n in stats.get("requests", {}).items():
             out[kind] = out.get(kind, 0) + int(n)
     return out
 

@@ -385,7 +385,12 @@ def mpi4py_job(
 
 
 def _pp_row(
-    channel: str, nbytes: int, iters: int, half: float, slowdown: float | None = None
+    channel: str,
+    nbytes: int,
+    iters: int,
+    half: float,
+    slowdown: float | None = None,
+    requests: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {
         "channel": channel,
@@ -397,6 +402,8 @@ def _pp_row(
     }
     if slowdown is not None:
         row["machine_slowdown"] = slowdown
+    if requests:
+        row["requests_per_call"] = requests  # both ranks' storage requests, per message (S3)
     return row
 
 

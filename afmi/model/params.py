@@ -178,10 +178,17 @@ class ChannelModel:
 
     def channel_work(self, work: Work) -> Work:
         """``work`` as this channel does it: payloads published for several readers that it
-        does not store once (:meth:`stores_once`) go as one message per reader."""
-        if work.shared_deliveries <= 0 or self.stores_once(work.shared_bytes):
+        does not store once (:meth:`stores_once`) go as one message per reader; those it
+        writes once but inline (``publish_inline_once``: Redis pipelines an entry per
+        reader) are one message whose bytes are copied for every reader."""
+        if work.shared_deliveries <= 0:
             return work
         extra = work.shared_deliveries - work.shared_uploads
+        if self.stores_once(work.shared_bytes):
+            if self.fetches(work.shared_bytes):
+                return work
+            # one write, but the payload is copied into every reader's entry
+            return dataclasses.replace(work, bytes_sent=work.bytes_sent + extra * work.shared_bytes)
         return dataclasses.replace(
             work,
             messages=work.messages + extra,

@@ -55,3 +55,24 @@ def test_channels_without_request_counters_add_no_request_figures():
     accuracy.annotate(rows, Config())
     assert "request_error" not in rows[0]
     assert "request_points" not in accuracy.summarize(rows, Config())
+
+
+def test_s3_ping_pongs_count_their_requests_per_message(s3):
+    config = _config(s3)
+    budget = measure.Budget(10, 3, 2, 2, 0.2, 2)
+    small, large = measure.pingpong("s3", [8, 4096], config, budget)
+    # one PUT per message, a GET only for a payload too large for the key, and a LIST
+    # at least to find it
+    assert small["requests_per_call"]["put"] == pytest.approx(1)
+    assert small["requests_per_call"].get("get", 0) == 0
+    assert large["requests_per_call"]["get"] == pytest.approx(1)
+    assert min(small["requests_per_call"]["list"], large["requests_per_call"]["list"]) >= 1
+    accuracy.annotate([small, large], config)
+    assert small["predicted_requests"]["writes"] == 1 and small["predicted_requests"]["reads"] == 0
+    assert large["predicted_requests"]["reads"] == 1
+    assert small["request_error"] is not None
+
+
+def test_channels_without_request_counters_measure_ping_pongs_as_before():
+    (row,) = measure.pingpong("local", [8], Config(), measure.Budget.quick())
+    assert "requests_per_call" not in row and row["latency_s"] > 0

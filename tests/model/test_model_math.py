@@ -304,13 +304,20 @@ def test_redis_and_s3_models_follow_what_the_channels_are_configured_to_do():
 
 def test_a_small_payload_published_to_several_readers_costs_per_reader_only_on_s3():
     """S3 PUTs an object per reader for a payload that rides in the key; Redis sends one
-    pipelined write with an entry per reader, which costs as one payload read by each."""
+    pipelined write with an entry per reader, which costs as one payload read by each,
+    with the payload's bytes copied per reader."""
     from afmi.model.work import Work
 
     shared = Work(1, 100, 7, 700, shared_deliveries=7, shared_uploads=1, shared_bytes=100)
     redis = dataclasses.replace(DEFAULTS["redis"], inline_max_bytes=65536.0)
     assert redis.publish_inline_once and redis.stores_once(100)
-    assert redis.channel_work(shared) == shared
+    once = redis.channel_work(shared)
+    # one write and its shared reads, but the payload is copied into every reader's entry
+    assert once.messages == 1 and once.shared_deliveries == 7
+    assert once.bytes_sent == 700
+    # a payload above the inline size is stored once, as chunks every reader fetches
+    big = Work(1, 1 << 20, 7, 7 << 20, shared_deliveries=7, shared_uploads=1, shared_bytes=1 << 20)
+    assert redis.channel_work(big) == big
     s3 = DEFAULTS["s3"]
     assert not s3.publish_inline_once and not s3.stores_once(100)
     per_reader = s3.channel_work(shared)
