@@ -9,8 +9,9 @@ The figures, all printed by ``afmi bench`` and stored in its JSON:
   ``fast`` hint picks the channel that measured fastest (and, to tell misses
   from near ties, whether the picked channel measured within 10 % of it);
 * requests: for every point whose storage requests were counted (S3:
-  ``requests_per_call``, every rank's PUTs, GETs, LISTs and DELETEs over the
-  timed calls, per call), the request dollars the model predicts against the
+  ``requests_per_call``, every rank's PUTs, GETs, LISTs and DELETEs from each
+  timed call's start to the rank's exit, per call; per message of a
+  ping-pong), the request dollars the model predicts against the
   counted requests at the model's prices, and how many points predict the
   writes and reads exactly;
 * noise: for rows measured in several passes, how far a point's passes lay

@@ -116,28 +116,61 @@ def _run(main: Callable[..., Any], size: int, channel: str, config: Config, *arg
         return runner.run(launch_local(main, size, *args, channel=channel, config=config))
 
 
-async def _timed(iters: int, one: Callable[[], Any], pause: Pauses | None = None) -> float:
+class Tally:
+    """The storage requests (:func:`storage_requests`) a rank makes while it is timed:
+    between :meth:`start` and :meth:`stop`, summed over every such span in ``total``.
+    A rank whose channels count no requests (or no ``comm``) does nothing (``counting``
+    is false)."""
+
+    def __init__(self, comm: Communicator | None) -> None:
+        self.comm = comm
+        self.counting = comm is not None and bool(storage_requests(comm))
+        self.total: dict[str, int] = {}
+        self._before: dict[str, int] = {}
+
+    def start(self) -> None:
+        """A timed span begins."""
+        if self.counting and self.comm is not None:
+            self._before = storage_requests(self.comm)
+
+    def stop(self) -> None:
+        """The timed span ends: add its requests to ``total``."""
+        if not self.counting or self.comm is None:
+            return
+        for kind, n in storage_requests(self.comm).items():
+            self.total[kind] = self.total.get(kind, 0) + n - self._before.get(kind, 0)
+
+
+async def _timed(
+    iters: int, one: Callable[[], Any], pause: Pauses | None = None, tally: Tally | None = None
+) -> float:
     """Seconds per iteration: the median of up to five batch means (robust to interference).
 
     With ``pause``, every iteration starts after a sleep of ``pause.next()`` seconds,
-    which is not timed (see :func:`start_jitter_s`).
+    which is not timed (see :func:`start_jitter_s`). ``tally`` counts the storage
+    requests of the timed iterations (not those of the pauses).
     """
+    tally = tally or Tally(None)
     batches = min(5, iters)
     per_batch = [iters // batches + (1 if i < iters % batches else 0) for i in range(batches)]
     means = []
     for count in per_batch:
         if pause is None:
+            tally.start()
             t0 = time.perf_counter()
             for _ in range(count):
                 await one()
             means.append((time.perf_counter() - t0) / count)
+            tally.stop()
             continue
         spent = 0.0
         for _ in range(count):
             await asyncio.sleep(pause.next())
+            tally.start()
             t0 = time.perf_counter()
             await one()
             spent += time.perf_counter() - t0
+            tally.stop()
         means.append(spent / count)
     means.sort()
     mid = len(means) // 2
@@ -365,13 +398,11 @@ async def _pingpong_main(
             if i == 0:
                 iters = await _warm_then_count(comm, budget, nbytes, one)
             await comm.barrier()
-            before = storage_requests(comm)
-            seconds = await _timed(iters, one, pause)
-            if not before:  # no channel counts its requests: nothing to gather
+            tally = Tally(comm)
+            seconds = await _timed(iters, one, pause, tally)
+            if not tally.counting:  # no channel counts its requests: nothing to gather
                 return seconds / 2, iters, {}
-            after = storage_requests(comm)
-            mine = {kind: after[kind] - before.get(kind, 0) for kind in after}
-            every = await comm.gather(mine, root=0)
+            every = await comm.gather(tally.total, root=0)
             total: dict[str, float] = {}
             for counted in every or []:
                 for kind, n in counted.items():
@@ -663,14 +694,16 @@ async def _collective_main(
             iters, per_iter = plan
             await line.agree(comm, per_iter)
             stamps = []
-            before = storage_requests(comm)
+            # a rank's requests from the call's start to its own exit: its poller's LISTs
+            # between calls belong to no call
+            tally = Tally(comm)
             for k in range(iters):
                 t0, late = await line.start(comm, k)
+                tally.start()
                 await call(comm, buf, result)
                 stamps.append((t0, time.perf_counter(), late))
-            after = storage_requests(comm)
-            mine = {kind: after[kind] - before.get(kind, 0) for kind in after}
-            every = await comm.gather((stamps, mine), root=0)
+                tally.stop()
+            every = await comm.gather((stamps, tally.total), root=0)
             if comm.rank != 0:
                 return 0.0, iters, 0, {}
             assert every is not None
@@ -772,6 +805,6 @@ def collective_latency(
             }
         )
         if per_rank[0][i][5]:
-            # every rank's storage requests over the timed calls, per call (S3)
+            # every rank's storage requests from each call's start to its exit, per call (S3)
             rows[-1]["requests_per_call"] = per_rank[0][i][5]
     return rows
