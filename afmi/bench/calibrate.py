@@ -108,14 +108,15 @@ def _wire(params: dict[str, float], n: float) -> float:
 
 
 def _score(params: dict[str, float], pts: list[tuple[float, float]]) -> tuple[float, float]:
+    """``(worst relative error but one, squared relative error)`` of ``params`` over ``pts``."""
     errs = [abs(_wire(params, n) / t - 1) for n, t in pts]
-    return max(errs), sum(e * e for e in errs)
+    return _worst_but_one(params, pts), sum(e * e for e in errs)
 
 
 def _worst_but_one(params: dict[str, float], pts: list[tuple[float, float]]) -> float:
     """The second-largest relative error of ``params`` over ``pts`` (the largest when
-    there are fewer than 5 points): how :func:`fit_wire` compares its regimes, so that
-    one noisy size does not decide where the knee goes."""
+    there are fewer than 5 points): how :func:`fit_wire` and :func:`fit_fetch` compare
+    their fits, so that one noisy size does not decide where the knee or the step goes."""
     errs = sorted((abs(_wire(params, n) / t - 1) for n, t in pts), reverse=True)
     return errs[1] if len(errs) >= 5 else errs[0]
 
@@ -225,7 +226,8 @@ def fit_fetch(
     measured size tried as ``inline_max_bytes``, or only ``inline`` when the
     channel's configuration gives it (Redis: ``channels.redis.inline_bytes``;
     S3: what fits in ``channels.s3.key_payload_bytes``);
-    the fit with the smallest worst relative error wins (no step, ``fetch_s``
+    the fit with the smallest worst relative error but one wins
+    (:func:`_worst_but_one`; no step, ``fetch_s``
     0, when none improves on it by :data:`WIRE_MIN_GAIN`; ``inline_max_bytes``
     stays ``inline`` then). With ``inline`` the step is also fitted with a rate
     of its own for the bytes beyond it (``large_message_bytes`` at ``inline``),
