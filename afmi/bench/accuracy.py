@@ -9,11 +9,11 @@ The figures, all printed by ``afmi bench`` and stored in its JSON:
   ``fast`` hint picks the channel that measured fastest (and, to tell misses
   from near ties, whether the picked channel measured within 10 % of it);
 * requests: for every point whose storage requests were counted (S3:
-  ``requests_per_call``, every rank's PUTs, GETs, LISTs and DELETEs from each
-  timed call's start to the rank's exit, per call; per message of a
-  ping-pong), the request dollars the model predicts against the
-  counted requests at the model's prices, and how many points predict the
-  writes and reads exactly;
+  ``requests_per_call``, every rank's LISTs from each timed call's start to
+  its exit, its PUTs, GETs and DELETEs over all the timed calls, per call;
+  per message of a ping-pong; :class:`afmi.bench.measure.Tally`), the request
+  dollars the model predicts against the counted requests at the model's
+  prices, and how many points predict the writes and reads exactly;
 * noise: for rows measured in several passes, how far a point's passes lay
   apart (median per channel), and how many points outside the tolerance moved
   by more than the tolerance between their own passes; and how many points

@@ -116,29 +116,60 @@ def _run(main: Callable[..., Any], size: int, channel: str, config: Config, *arg
         return runner.run(launch_local(main, size, *args, channel=channel, config=config))
 
 
+#: Storage request types a :class:`Tally` counts only while its rank is in a timed call
+#: (a poller's LISTs go on between calls, for no call); every other type (writes,
+#: reads, deletes) is made for a timed message whenever it comes, and is counted over
+#: the whole timed loop: S3's poller fetches a message as soon as a LIST shows it,
+#: which may be before its rank has entered the call that receives it.
+SPAN_COUNTED = ("list",)
+
+
 class Tally:
-    """The storage requests (:func:`storage_requests`) a rank makes while it is timed:
-    between :meth:`start` and :meth:`stop`, summed over every such span in ``total``.
-    A rank whose channels count no requests (or no ``comm``) does nothing (``counting``
-    is false)."""
+    """The storage requests (:func:`storage_requests`) of a rank's timed calls, in
+    ``total`` once :meth:`end` is called: the polls (:data:`SPAN_COUNTED`) made
+    between each :meth:`start` and :meth:`stop`, every other type from the tally's
+    creation to :meth:`end`. A rank whose channels count no requests (or no ``comm``)
+    does nothing (``counting`` is false)."""
 
     def __init__(self, comm: Communicator | None) -> None:
-        self.comm = comm
-        self.counting = comm is not None and bool(storage_requests(comm))
+        first = storage_requests(comm) if comm is not None else None
+        self.comm = comm if first is not None else None
+        self.counting = self.comm is not None
         self.total: dict[str, int] = {}
+        self._first: dict[str, int] = first or {}
+        self._spans: dict[str, int] = {}
         self._before: dict[str, int] = {}
 
     def start(self) -> None:
-        """A timed span begins."""
-        if self.counting and self.comm is not None:
-            self._before = storage_requests(self.comm)
+        """A timed call begins."""
+        if self.comm is not None:
+            self._before = storage_requests(self.comm) or {}
 
     def stop(self) -> None:
-        """The timed span ends: add its requests to ``total``."""
-        if not self.counting or self.comm is None:
+        """The timed call ends: add its polls."""
+        if self.comm is None:
             return
-        for kind, n in storage_requests(self.comm).items():
-            self.total[kind] = self.total.get(kind, 0) + n - self._before.get(kind, 0)
+        now = storage_requests(self.comm) or {}
+        for kind in SPAN_COUNTED:
+            self._spans[kind] = self._spans.get(kind, 0) + now.get(kind, 0)
+            self._spans[kind] -= self._before.get(kind, 0)
+
+    def end(self) -> dict[str, int]:
+        """The timed calls are over: ``total`` (also returned)."""
+        if self.comm is not None:
+            now = storage_requests(self.comm) or {}
+            self.total = {k: n - self._first.get(k, 0) for k, n in now.items()}
+            self.total.update(self._spans)
+        return self.total
+
+
+def _per(tallies: list[dict[str, int]] | None, count: int) -> dict[str, float]:
+    """Every rank's requests (their :meth:`Tally.end`) together, per one of ``count``."""
+    out: dict[str, float] = {}
+    for counted in tallies or []:
+        for kind, n in counted.items():
+            out[kind] = out.get(kind, 0.0) + n / count
+    return out
 
 
 async def _timed(
@@ -402,12 +433,8 @@ async def _pingpong_main(
             seconds = await _timed(iters, one, pause, tally)
             if not tally.counting:  # no channel counts its requests: nothing to gather
                 return seconds / 2, iters, {}
-            every = await comm.gather(tally.total, root=0)
-            total: dict[str, float] = {}
-            for counted in every or []:
-                for kind, n in counted.items():
-                    total[kind] = total.get(kind, 0.0) + n / (2 * iters)  # per message
-            return seconds / 2, iters, total
+            every = await comm.gather(tally.end(), root=0)
+            return seconds / 2, iters, _per(every, 2 * iters)  # two messages an iteration
 
         (half, count, requests), slow = await _steady(comm, watch, ("send", nbytes), attempt)
         out.append((nbytes, count, half, slow, requests))
@@ -694,8 +721,8 @@ async def _collective_main(
             iters, per_iter = plan
             await line.agree(comm, per_iter)
             stamps = []
-            # a rank's requests from the call's start to its own exit: its poller's LISTs
-            # between calls belong to no call
+            # a rank's polls from the call's start to its own exit (its poller's LISTs
+            # between calls belong to no call), its other requests over all the calls
             tally = Tally(comm)
             for k in range(iters):
                 t0, late = await line.start(comm, k)
@@ -703,16 +730,12 @@ async def _collective_main(
                 await call(comm, buf, result)
                 stamps.append((t0, time.perf_counter(), late))
                 tally.stop()
-            every = await comm.gather((stamps, tally.total), root=0)
+            every = await comm.gather((stamps, tally.end()), root=0)
             if comm.rank != 0:
                 return 0.0, iters, 0, {}
             assert every is not None
             spans, late_calls = _spans([s for s, _ in every], iters)
-            total: dict[str, float] = {}
-            for _, counted in every:
-                for kind, n in counted.items():
-                    total[kind] = total.get(kind, 0.0) + n / iters
-            return _median(spans), iters, late_calls, total
+            return _median(spans), iters, late_calls, _per([t for _, t in every], iters)
 
         (seconds, iters, late_calls, requests), slow = await _steady(
             comm, watch, (op, nbytes), attempt
@@ -721,15 +744,16 @@ async def _collective_main(
     return out
 
 
-def storage_requests(comm: Communicator) -> dict[str, int]:
+def storage_requests(comm: Communicator) -> dict[str, int] | None:
     """The storage requests this rank's channels made so far, by type (S3: ``put``,
-    ``get``, ``list``, ``delete``, ...); empty where no channel counts requests."""
-    out: dict[str, int] = {}
+    ``get``, ``list``, ``delete``, ...); None where no channel counts requests."""
+    out: dict[str, int] | None = None
     for channel in comm.endpoint.channels.values():
         stats = channel.stats()
-        if "requests" in stats:
-            out["put"] = out.get("put", 0)  # counted, even before the first request
-        for kind, n in stats.get("requests", {}).items():
+        if "requests" not in stats:
+            continue
+        out = out if out is not None else {}
+        for kind, n in stats["requests"].items():
             out[kind] = out.get(kind, 0) + int(n)
     return out
 
@@ -805,6 +829,6 @@ def collective_latency(
             }
         )
         if per_rank[0][i][5]:
-            # every rank's storage requests from each call's start to its exit, per call (S3)
+            # every rank's storage requests in the timed calls, per call (S3; Tally)
             rows[-1]["requests_per_call"] = per_rank[0][i][5]
     return rows

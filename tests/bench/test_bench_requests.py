@@ -76,3 +76,24 @@ def test_s3_ping_pongs_count_their_requests_per_message(s3):
 def test_channels_without_request_counters_measure_ping_pongs_as_before():
     (row,) = measure.pingpong("local", [8], Config(), measure.Budget.quick())
     assert "requests_per_call" not in row and row["latency_s"] > 0
+
+
+def test_a_tally_counts_polls_inside_calls_and_other_requests_throughout():
+    # logic only: a stand-in for a rank whose one channel counts its requests
+    from types import SimpleNamespace
+
+    counts = {"put": 0, "get": 0, "list": 0}
+    channel = SimpleNamespace(stats=lambda: {"requests": dict(counts)})
+    comm = SimpleNamespace(endpoint=SimpleNamespace(channels={"s3": channel}))
+    tally = measure.Tally(comm)
+    assert tally.counting
+    counts["list"] += 3  # the poller between calls: no call's
+    tally.start()
+    counts.update(put=counts["put"] + 1, list=counts["list"] + 2)
+    tally.stop()
+    counts.update(get=counts["get"] + 1, list=counts["list"] + 4)  # a prefetch, more polls
+    assert tally.end() == {"put": 1, "get": 1, "list": 2}
+    silent = SimpleNamespace(
+        endpoint=SimpleNamespace(channels={"local": SimpleNamespace(stats=dict)})
+    )
+    assert not measure.Tally(silent).counting and measure.Tally(silent).end() == {}
