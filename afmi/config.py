@@ -272,8 +272,11 @@ class ChannelModelConfig:
     reads_per_message: float | None = None
     #: Price of each poll that looks for messages (an S3 LIST), dollars.
     price_per_poll_usd: float | None = None
-    #: Polls per message received: the one that finds it (idle polls come on top).
+    #: Polls per message received (idle polls come on top; s3 counts them per wait).
     polls_per_message: float | None = None
+    #: Polls per time a rank waits for messages: the one that finds them (one LIST finds
+    #: every message stored by then, as a linear gather's root's do); idle polls on top.
+    polls_per_wait: float | None = None
     #: First interval of a receiver's poller, which doubles while nothing arrives
     #: (default: ``channels.s3.poll_min`` for s3, else 0: no idle polls), seconds. A wait
     #: of ``w`` seconds makes about ``log2(1 + w / poll_backoff_s)`` polls that find nothing.

@@ -64,7 +64,8 @@ class ChannelModel:
     ``price_per_request_usd`` to write, ``reads_per_message *
     price_per_read_usd`` to read (one read less when it needs no fetch of its
     own, see :meth:`fetches`) and ``polls_per_message * price_per_poll_usd``
-    to find, plus :meth:`idle_polls` for every time a rank waits for messages
+    to find, every time a rank waits for messages ``polls_per_wait`` polls (S3:
+    the LIST that finds them, all that are stored by then) plus :meth:`idle_polls`
     (a wait lasts the call's predicted time over its rounds, or over the
     waits per round where there are more of those: they end one after
     another), every read of a payload stored once for several readers
@@ -121,6 +122,7 @@ class ChannelModel:
     reads_per_message: float = 1.0
     price_per_poll_usd: float = 0.0
     polls_per_message: float = 0.0
+    polls_per_wait: float = 0.0
     poll_backoff_s: float = 0.0
     poll_backoff_max_s: float = 0.0
     requests_per_shared_read: float = 0.0
@@ -303,7 +305,7 @@ DEFAULTS: dict[str, ChannelModel] = {
         price_per_read_usd=4.3e-7,  # GET
         reads_per_message=1.0,
         price_per_poll_usd=5.4e-6,  # LIST, billed like a PUT
-        polls_per_message=1.0,  # the LIST that finds it (idle polls come on top)
+        polls_per_wait=1.0,  # the LIST that finds a wait's messages (idle polls on top)
         poll_backoff_s=0.005,  # channels.s3.poll_min: idle LISTs while a receive waits
         poll_backoff_max_s=0.5,  # channels.s3.poll_max
         requests_per_shared_read=3.0,  # marker and pointer PUTs, the LIST of the markers

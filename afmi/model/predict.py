@@ -187,7 +187,7 @@ def predict(
     if not channel.fetches(nbytes):
         per_message = max(per_message - 1, 0.0)  # no GET: the message rode in the key
     reads = w.deliveries * per_message
-    polls = w.deliveries * channel.polls_per_message
+    polls = w.deliveries * channel.polls_per_message + w.receive_waits * channel.polls_per_wait
     if w.receive_waits:
         # A wait lasts about one round of the call, less where a round's waits end one
         # after another (a root's messages go out in turn); it polls idly meanwhile.

@@ -210,6 +210,20 @@ def test_a_waiting_receiver_polls_idly_as_its_poller_backs_off():
     assert p.request_usd == pytest.approx(s3.price_per_request_usd + p.polls * 5.4e-6)
 
 
+def test_one_poll_finds_every_message_a_wait_collects():
+    # a linear gather's root waits once for all its messages: one LIST finds those stored
+    # by then (counted on S3: 2.6-4.0 LISTs for a 4-rank gather, idle ones included)
+    from afmi.collectives import registry
+
+    s3 = dataclasses.replace(DEFAULTS["s3"], poll_backoff_s=0.0)
+    linear = registry.get("gather", "linear")
+    p = predict("gather", 100, 4, linear, s3, FunctionPrice(0.0, 1.0))
+    assert (p.writes, p.polls) == (3, 1)
+    # a channel may still price a poll per message
+    per_message = dataclasses.replace(s3, polls_per_message=1.0)
+    assert predict("gather", 100, 4, linear, per_message, FunctionPrice(0.0, 1.0)).polls == 4
+
+
 def test_the_model_polls_as_the_s3_channel_is_configured():
     cfg = Config.from_dict({"channels": {"s3": {"poll_min": 0.02, "poll_max": 1.0}}})
     s3 = channel_models(cfg)["s3"]
