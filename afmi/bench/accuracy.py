@@ -77,11 +77,7 @@ def annotate(rows: list[dict[str, Any]], config: Config) -> None:
             continue
         model = model_for(row["channel"], config)
         counted = counted_requests(row["requests_per_call"])
-        usd = (
-            counted["writes"] * model.price_per_request_usd
-            + counted["reads"] * model.price_per_read_usd
-            + counted["polls"] * model.price_per_poll_usd
-        )
+        usd = model.requests_usd(**counted)
         row["predicted_requests"] = {
             "writes": winner.writes,
             "reads": winner.reads,

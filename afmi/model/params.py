@@ -231,6 +231,15 @@ class ChannelModel:
                 polls = doublings + (wait_s - (top - start)) / top
         return polls
 
+    def requests_usd(self, writes: float, reads: float, polls: float) -> float:
+        """Dollars of storage requests: writes at ``price_per_request_usd``, reads at
+        ``price_per_read_usd``, polls at ``price_per_poll_usd``."""
+        return (
+            writes * self.price_per_request_usd
+            + reads * self.price_per_read_usd
+            + polls * self.price_per_poll_usd
+        )
+
     def infrastructure_usd_per_request(self) -> float:
         """Share of the hourly server price charged to one request (0 if not included)."""
         if not self.include_infrastructure or self.infrastructure_usd_per_hour == 0:

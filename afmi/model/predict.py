@@ -204,9 +204,7 @@ def predict(
         time_s=time_s,
         messages=messages,
         bytes_moved=moved,
-        request_usd=writes * channel.price_per_request_usd
-        + reads * channel.price_per_read_usd
-        + polls * channel.price_per_poll_usd,
+        request_usd=channel.requests_usd(writes, reads, polls),
         transfer_usd=moved / 1e9 * channel.price_per_gb_usd,
         infrastructure_usd=(messages + reads) * channel.infrastructure_usd_per_request(),
         function_usd=functions.usd(time_s, size),
