@@ -15,7 +15,7 @@ import dataclasses
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -134,11 +134,15 @@ class Tally:
     def __init__(self, comm: Communicator | None) -> None:
         first = storage_requests(comm) if comm is not None else None
         self.comm = comm if first is not None else None
-        self.counting = self.comm is not None
         self.total: dict[str, int] = {}
         self._first: dict[str, int] = first or {}
         self._spans: dict[str, int] = {}
         self._before: dict[str, int] = {}
+
+    @property
+    def counting(self) -> bool:
+        """Whether the rank's channels count their requests."""
+        return self.comm is not None
 
     def start(self) -> None:
         """A timed call begins."""
@@ -163,8 +167,9 @@ class Tally:
         return self.total
 
 
-def _per(tallies: list[dict[str, int]] | None, count: int) -> dict[str, float]:
-    """Every rank's requests (their :meth:`Tally.end`) together, per one of ``count``."""
+def per_count(tallies: Sequence[Mapping[str, float]] | None, count: int) -> dict[str, float]:
+    """Requests by type summed over ``tallies`` (ranks' :meth:`Tally.end`, or passes'
+    ``requests_per_call``), per one of ``count``."""
     out: dict[str, float] = {}
     for counted in tallies or []:
         for kind, n in counted.items():
@@ -434,7 +439,7 @@ async def _pingpong_main(
             if not tally.counting:  # no channel counts its requests: nothing to gather
                 return seconds / 2, iters, {}
             every = await comm.gather(tally.end(), root=0)
-            return seconds / 2, iters, _per(every, 2 * iters)  # two messages an iteration
+            return seconds / 2, iters, per_count(every, 2 * iters)  # two messages an iteration
 
         (half, count, requests), slow = await _steady(comm, watch, ("send", nbytes), attempt)
         out.append((nbytes, count, half, slow, requests))
@@ -735,7 +740,7 @@ async def _collective_main(
                 return 0.0, iters, 0, {}
             assert every is not None
             spans, late_calls = _spans([s for s, _ in every], iters)
-            return _median(spans), iters, late_calls, _per([t for _, t in every], iters)
+            return _median(spans), iters, late_calls, per_count([t for _, t in every], iters)
 
         (seconds, iters, late_calls, requests), slow = await _steady(
             comm, watch, (op, nbytes), attempt

@@ -348,10 +348,7 @@ def merge_passes(rows: list[dict[str, Any]], fastest: bool = True) -> dict[str, 
         out["late_calls"] = sum(int(r.get("late_calls", 0)) for r in rows)
     counted = [r["requests_per_call"] for r in rows if r.get("requests_per_call")]
     if counted:  # storage requests per call: the mean over the passes that counted them
-        kinds = sorted({k for c in counted for k in c})
-        out["requests_per_call"] = {
-            k: sum(c.get(k, 0.0) for c in counted) / len(counted) for k in kinds
-        }
+        out["requests_per_call"] = measure.per_count(counted, len(counted))
     if "bandwidth_bytes_per_s" in out:
         n, t = out["nbytes"], out["latency_s"]
         out["bandwidth_bytes_per_s"] = n / t if t > 0 else 0.0
