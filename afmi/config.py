@@ -217,6 +217,11 @@ class ChannelModelConfig:
     large_message_bytes: float | None = None
     #: Bandwidth for the bytes of a message beyond ``large_message_bytes``, bytes per second.
     bandwidth_large_bytes_per_s: float | None = None
+    #: Bytes of a message beyond this size move at ``bandwidth_huge_bytes_per_s`` (0: the
+    #: large rate goes on; a message outgrows one cache, then the next), bytes.
+    huge_message_bytes: float | None = None
+    #: Bandwidth for the bytes of a message beyond ``huge_message_bytes``, bytes per second.
+    bandwidth_huge_bytes_per_s: float | None = None
     #: Fixed software cost of one collective call (setting up its rounds), seconds.
     call_overhead_s: float | None = None
     #: Extra fixed cost of a collective call that carries data (checking and wrapping the

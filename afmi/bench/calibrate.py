@@ -93,13 +93,13 @@ def fit_latency_bandwidth(points: Sequence[tuple[float, float]]) -> tuple[float,
 def _wire(params: dict[str, float], n: float) -> float:
     """A message's time under wire ``params``, as :class:`~afmi.model.params.ChannelModel`
     puts it (latency, the fetch above the inline size, the bytes at their rates)."""
-    from afmi.model.params import _two_rates
+    from afmi.model.params import _rates
 
-    t = params["latency_s"] + _two_rates(
+    t = params["latency_s"] + _rates(
         n,
-        params["large_message_bytes"],
         params["bandwidth_single_bytes_per_s"],
-        params["bandwidth_large_bytes_per_s"],
+        (params["large_message_bytes"], params["bandwidth_large_bytes_per_s"]),
+        (params.get("huge_message_bytes", 0.0), params.get("bandwidth_huge_bytes_per_s", 0.0)),
     )
     inline = params.get("inline_max_bytes", 0.0)
     if inline <= 0 or n > inline:
@@ -129,13 +129,16 @@ def _one_rate(pts: list[tuple[float, float]]) -> dict[str, float]:
         "bandwidth_single_bytes_per_s": single,
         "large_message_bytes": 0.0,
         "bandwidth_large_bytes_per_s": single,
+        "huge_message_bytes": 0.0,
+        "bandwidth_huge_bytes_per_s": 0.0,
     }
 
 
 def fit_wire(
     points: Sequence[tuple[float, float]], fetch: bool = False, inline: float | None = None
 ) -> dict[str, float]:
-    """Latency, bandwidth and (when it helps) a second bandwidth for large messages.
+    """Latency, bandwidth and (when it helps) a second and a third bandwidth for larger
+    messages.
 
     With ``fetch`` or an ``inline`` size (a channel whose small messages travel
     inline and larger ones need a fetch of their own, as S3's and Redis's), the
@@ -145,48 +148,69 @@ def fit_wire(
     Tries one bandwidth for all sizes, then every split of the measured sizes
     into small and large ones as a continuous two-piece line (small messages
     fit as in :func:`fit_latency_bandwidth`, the bytes beyond the threshold get
-    their own bandwidth). Fits are compared by their worst relative error but
-    one (:func:`_worst_but_one`): a single noisy size, often a small one that
-    every split fits alike, would otherwise make them all look equal. The
-    second regime is kept only if its best fit lowers that error by
-    :data:`WIRE_MIN_GAIN`.
+    their own bandwidth), then every pair of splits as a continuous three-piece
+    line, each rate slower than the one before it (a message outgrows one
+    cache, then the next: across processes the loopback moved 256-512 KiB at
+    6 GB/s, 1-16 MiB at 3.5 GB/s and 32-64 MiB at 2.4 GB/s). Fits are compared
+    by their worst relative error but one (:func:`_worst_but_one`): a single
+    noisy size, often a small one that every split fits alike, would otherwise
+    make them all look equal. A second regime is kept only if its best fit
+    lowers that error by :data:`WIRE_MIN_GAIN`, and a third only if it lowers
+    it by as much again.
 
     The threshold of a split lies somewhere between its largest small size and
     its smallest large one; both the largest small size and the midpoint (in
-    log scale) of the two are tried. Of the thresholds whose error lies
-    within :data:`WIRE_MIN_GAIN` of the best one, the largest is kept: the fast
-    regime reaches as far as the measured sizes allow, and a slow point below
-    the knee (one noisy size) does not pull the knee down to it. Where one size
-    lies above the knee, the sizes between it and the largest small one (held
-    out of the calibration, or a user's) are then never more than half a step
-    on the wrong side of the knee.
+    log scale) of the two are tried. Of the fits whose error lies within
+    :data:`WIRE_MIN_GAIN` of the best one, the one whose first threshold is
+    largest is kept, and of those the one whose second is smallest: the fastest
+    and the slowest regime each reach as far as the measured sizes allow, and a
+    slow point below the knee (one noisy size) does not pull the knee down to
+    it. Where one size lies above the knee, the sizes between it and the
+    largest small one (held out of the calibration, or a user's) are then never
+    more than half a step on the wrong side of the knee. (Across processes the
+    held-out 32 MiB ping-pong ran as slowly as 64 MiB, and the 512 KiB one as
+    fast as 256 KiB.)
     """
     if fetch or (inline or 0.0) > 0:
         return fit_fetch(points, inline)
     pts = sorted((float(n), float(t)) for n, t in points if t > 0)
     one = _one_rate(pts)
     sizes = sorted({n for n, _ in pts})
-    fits: list[tuple[float, dict[str, float]]] = []
+    twos: list[tuple[float, dict[str, float]]] = []
+    threes: list[tuple[float, dict[str, float]]] = []
     for i in range(2, len(sizes) - 1):
         split = sizes[i]
         small = [(n, t) for n, t in pts if n <= split]
-        large = [(n, t) for n, t in pts if n > split]
         lat, bw = fit_latency_bandwidth(small)
         for k in _knees(split, sizes[i + 1]):
-            f = _knee(lat, bw, large, k)
+            f = _knee(lat, bw, [(n, t) for n, t in pts if n > split], k)
             if f:
-                fits.append((_worst_but_one(f, pts), f))
-    lowest = min((worst for worst, _ in fits), default=math.inf)
-    if lowest >= _worst_but_one(one, pts) - WIRE_MIN_GAIN:
-        return one
-    near = [f for worst, f in fits if worst <= lowest + WIRE_MIN_GAIN]
-    return max(near, key=lambda f: f["large_message_bytes"])
+                twos.append((_worst_but_one(f, pts), f))
+            for j in range(i + 1, len(sizes) - 1):
+                for k2 in _knees(sizes[j], sizes[j + 1]):
+                    f = _second_knee(lat, bw, pts, k, sizes[j], k2)
+                    if f:
+                        threes.append((_worst_but_one(f, pts), f))
+    best, score = one, _worst_but_one(one, pts)
+    for fits in (twos, threes):
+        lowest = min((worst for worst, _ in fits), default=math.inf)
+        if lowest < score - WIRE_MIN_GAIN:
+            near = [f for worst, f in fits if worst <= lowest + WIRE_MIN_GAIN]
+            best = max(near, key=lambda f: (f["large_message_bytes"], -f["huge_message_bytes"]))
+            score = lowest
+    return best
 
 
 #: A wire fit keeps a second regime (:func:`fit_wire`) or a fetch step
-#: (:func:`fit_fetch`) only when it lowers the worst relative error by this much;
-#: :func:`fit_wire` moves its knee to a smaller size only for as much.
+#: (:func:`fit_fetch`) only when it lowers the worst relative error by this much,
+#: and a third regime only when it lowers it by as much again; :func:`fit_wire`
+#: moves a knee to a smaller size only for as much.
 WIRE_MIN_GAIN = 0.05
+
+
+#: A three-piece wire fit (:func:`fit_wire`) fits its middle rate to at least this many
+#: measured sizes.
+MIDDLE_MIN_SIZES = 3
 
 
 def _knees(small: float, large: float) -> list[float]:
@@ -195,25 +219,64 @@ def _knees(small: float, large: float) -> list[float]:
     return [small] if mid <= small or mid >= large else [small, mid]
 
 
-def _knee(
-    lat: float, bw: float, large: list[tuple[float, float]], limit: float
-) -> dict[str, float] | None:
-    """The two-piece line with its threshold at ``limit``, or None where the sizes above
-    it do not make a slower regime."""
-    base = lat + limit / bw
+def _rate_beyond(base: float, limit: float, large: list[tuple[float, float]]) -> float:
+    """The rate of the bytes past ``limit`` of a line through ``(limit, base)`` that fits
+    ``large`` best in relative error; 0 where those sizes take no longer than ``base``."""
     num = den = 0.0
     for n, t in large:
         w = 1.0 / (t * t)
         num += w * (n - limit) * (t - base)
         den += w * (n - limit) ** 2
-    if num <= 0 or den <= 0 or bw < (den / num) / 10:
+    return den / num if num > 0 and den > 0 else 0.0
+
+
+def _knee(
+    lat: float, bw: float, large: list[tuple[float, float]], limit: float
+) -> dict[str, float] | None:
+    """The two-piece line with its threshold at ``limit``, or None where the sizes above
+    it do not make a slower regime."""
+    rate = _rate_beyond(lat + limit / bw, limit, large)
+    if rate <= 0 or bw < rate / 10:
         return None  # latency noise posing as a slow small-message bandwidth
     return {
         "latency_s": lat,
         "bandwidth_single_bytes_per_s": bw,
         "large_message_bytes": float(limit),
-        "bandwidth_large_bytes_per_s": den / num,
+        "bandwidth_large_bytes_per_s": rate,
+        "huge_message_bytes": 0.0,
+        "bandwidth_huge_bytes_per_s": 0.0,
     }
+
+
+def _second_knee(
+    lat: float,
+    bw: float,
+    pts: list[tuple[float, float]],
+    limit: float,
+    split: float,
+    huge: float,
+) -> dict[str, float] | None:
+    """The three-piece line with thresholds ``limit`` and ``huge`` (the sizes up to
+    ``split`` fit the middle rate, those above it the last), or None unless each rate
+    is slower than the one before and the middle one is fitted to
+    :data:`MIDDLE_MIN_SIZES` sizes or more: with fewer, one noisy size makes a
+    regime of its own (a ping-pong measured a quarter slow, between two sizes
+    at speed, made a middle regime that fitted the sizes but one better than
+    the true two-piece line did)."""
+    if huge <= limit:
+        return None
+    mid = [(n, t) for n, t in pts if limit < n <= split]
+    f = _knee(lat, bw, mid, limit) if len({n for n, _ in mid}) >= MIDDLE_MIN_SIZES else None
+    if f is None or f["bandwidth_large_bytes_per_s"] >= bw:
+        return None
+    rate = f["bandwidth_large_bytes_per_s"]
+    base = lat + limit / bw + (huge - limit) / rate
+    last = _rate_beyond(base, huge, [(n, t) for n, t in pts if n > split])
+    if last <= 0 or last >= rate:
+        return None
+    f["huge_message_bytes"] = float(huge)
+    f["bandwidth_huge_bytes_per_s"] = last
+    return f
 
 
 def fit_fetch(

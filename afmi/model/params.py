@@ -32,12 +32,17 @@ __all__ = [
 ]
 
 
-def _two_rates(nbytes: float, limit: float, rate: float, beyond: float) -> float:
-    """Seconds for ``nbytes`` at ``rate``, those past ``limit`` at ``beyond`` when both
-    ``limit`` and ``beyond`` are set; bytes at a rate of 0 are not counted."""
-    excess = nbytes - limit if limit > 0 and beyond > 0 and nbytes > limit else 0.0
-    within = nbytes - excess
-    return (within / rate if rate > 0 else 0.0) + (excess / beyond if excess > 0 else 0.0)
+def _rates(nbytes: float, rate: float, *steps: tuple[float, float]) -> float:
+    """Seconds for ``nbytes`` at ``rate``, the bytes past each step's ``(limit, beyond)``
+    limit at its ``beyond`` rate (a step whose limit or rate is 0 is left out); bytes
+    at a rate of 0 are not counted."""
+    seconds, done, current = 0.0, 0.0, rate
+    for limit, beyond in sorted(s for s in steps if s[0] > 0 and s[1] > 0):
+        if nbytes <= limit:
+            break
+        seconds += (limit - done) / current if current > 0 else 0.0
+        done, current = limit, beyond
+    return seconds + ((nbytes - done) / current if current > 0 and nbytes > done else 0.0)
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,11 @@ class ChannelModel:
     """Latency, bandwidth and prices of one channel.
 
     One message of ``n`` bytes needs ``x(n) = min(n, L) / bandwidth_single_bytes_per_s
-    + max(n - L, 0) / bandwidth_large_bytes_per_s`` seconds on the wire, with
-    ``L = large_message_bytes`` (0: one bandwidth for all sizes), and arrives
+    + max(min(n, H) - L, 0) / bandwidth_large_bytes_per_s
+    + max(n - H, 0) / bandwidth_huge_bytes_per_s`` seconds on the wire, with
+    ``L = large_message_bytes`` (0: one bandwidth for all sizes) and
+    ``H = huge_message_bytes`` (0: no third rate; a message's bytes outgrow one
+    cache, then the next), and arrives
     ``l(n) = latency_s + poll_interval_s / 2`` after it is sent, plus
     ``fetch_s`` when it is larger than ``inline_max_bytes`` (S3: a small message
     rides in its object's key and needs no GET; :meth:`message_latency_s`). A
@@ -101,6 +109,8 @@ class ChannelModel:
     fetch_s: float = 0.0
     large_message_bytes: float = 0.0
     bandwidth_large_bytes_per_s: float = 0.0
+    huge_message_bytes: float = 0.0
+    bandwidth_huge_bytes_per_s: float = 0.0
     call_overhead_s: float = 0.0
     payload_overhead_s: float = 0.0
     cpu_per_message_s: float = 0.0
@@ -133,19 +143,21 @@ class ChannelModel:
 
     def wire_time_s(self, nbytes: int) -> float:
         """Seconds one message of ``nbytes`` spends on a single stream (no latency)."""
-        return _two_rates(
+        return _rates(
             max(int(nbytes), 0),
-            self.large_message_bytes,
             self.bandwidth_single_bytes_per_s,
-            self.bandwidth_large_bytes_per_s,
+            (self.large_message_bytes, self.bandwidth_large_bytes_per_s),
+            (self.huge_message_bytes, self.bandwidth_huge_bytes_per_s),
         )
 
     def cpu_bytes_s(self, nbytes: float) -> float:
         """CPU seconds to copy and encode ``nbytes`` of one call's messages: the first
         ``cpu_cache_bytes`` at ``cpu_bytes_per_s``, the rest at ``cpu_bytes_large_per_s``
         when both of those are set (a rate of 0 is not counted)."""
-        return _two_rates(
-            max(nbytes, 0.0), self.cpu_cache_bytes, self.cpu_bytes_per_s, self.cpu_bytes_large_per_s
+        return _rates(
+            max(nbytes, 0.0),
+            self.cpu_bytes_per_s,
+            (self.cpu_cache_bytes, self.cpu_bytes_large_per_s),
         )
 
     def fetches(self, nbytes: int) -> bool:

@@ -82,6 +82,44 @@ def test_one_noisy_small_size_does_not_decide_where_the_knee_goes():
 def test_one_regime_is_kept_when_enough():
     fit = calibrate.fit_wire([(n, 30e-6 + n / 5e9) for n in SIZES])
     assert fit["large_message_bytes"] == 0
+    assert fit["huge_message_bytes"] == 0
+
+
+def test_two_regimes_get_no_third():
+    def t(n):
+        return 30e-6 + min(n, 1 << 20) / 5e9 + max(n - (1 << 20), 0) / 1e9
+
+    fit = calibrate.fit_wire([(n, t(n)) for n in SIZES])
+    assert fit["huge_message_bytes"] == 0
+
+
+def test_a_third_regime_is_found_when_the_largest_messages_slow_down_again(monkeypatch):
+    # As measured across processes on the direct channel (session 12): the loopback
+    # moved 256-512 KiB at 6 GB/s, 1-16 MiB at 3.5 GB/s and 32-64 MiB at 2.4 GB/s.
+    # No two-piece line fits both ends: the one kept had put 256 KiB 37 % high and
+    # the held-out 32 MiB 42 % low.
+    def t(n):
+        return (
+            22e-6
+            + min(n, 256 << 10) / 7e9
+            + max(min(n, 16 << 20) - (256 << 10), 0) / 3.5e9
+            + max(n - (16 << 20), 0) / 1.8e9
+        )
+
+    measured = [1 << e for e in range(0, 27, 2)]  # 1 B ... 64 MiB, every other size
+    fit = calibrate.fit_wire([(n, t(n)) for n in measured])
+    # the fast regime reaches as far as the sizes allow (to the midpoint above 256 KiB),
+    # and so does the slowest (from 16 MiB, the size below the knee's midpoint)
+    assert fit["large_message_bytes"] == 512 << 10
+    assert fit["huge_message_bytes"] == 16 << 20
+    assert fit["bandwidth_huge_bytes_per_s"] < fit["bandwidth_large_bytes_per_s"]
+    assert max(abs(calibrate._wire(fit, n) / t(n) - 1) for n in measured) < 0.15
+    assert calibrate._wire(fit, 32 << 20) == pytest.approx(t(32 << 20), rel=0.05)
+    # the two-piece line the fit keeps without a third regime misses some size by 30 %
+    monkeypatch.setattr(calibrate, "_second_knee", lambda *args: None)
+    two = calibrate.fit_wire([(n, t(n)) for n in measured])
+    assert two["huge_message_bytes"] == 0
+    assert max(abs(calibrate._wire(two, n) / t(n) - 1) for n in measured) > 0.3
 
 
 def _collective_points(truth):

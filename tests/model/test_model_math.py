@@ -14,6 +14,7 @@ from afmi.model import (
     FunctionPrice,
     channel_models,
     function_price,
+    model_for,
     predict,
     traffic,
 )
@@ -145,6 +146,35 @@ def test_two_regime_wire_time():
     )
     assert m.wire_time_s(500_000) == pytest.approx(5e-4)
     assert m.wire_time_s(2_000_000) == pytest.approx(1e-3 + 1e-2)
+
+
+def test_three_regime_wire_time():
+    m = ChannelModel(
+        name="x",
+        latency_s=0.0,
+        bandwidth_single_bytes_per_s=1e9,
+        bandwidth_aggregate_bytes_per_s=1e9,
+        large_message_bytes=1e6,
+        bandwidth_large_bytes_per_s=1e8,
+        huge_message_bytes=2e6,
+        bandwidth_huge_bytes_per_s=1e7,
+    )
+    assert m.wire_time_s(500_000) == pytest.approx(5e-4)
+    assert m.wire_time_s(1_500_000) == pytest.approx(1e-3 + 5e-3)
+    assert m.wire_time_s(3_000_000) == pytest.approx(1e-3 + 1e-2 + 1e-1)
+    # a third rate without a second: its threshold is the only knee
+    only = dataclasses.replace(m, large_message_bytes=0.0)
+    assert only.wire_time_s(3_000_000) == pytest.approx(2e-3 + 1e-1)
+
+
+def test_the_third_regime_is_set_in_config():
+    cfg = Config.from_dict(
+        {"model": {"direct": {"huge_message_bytes": 1 << 25, "bandwidth_huge_bytes_per_s": 1e8}}}
+    )
+    m = model_for("direct", cfg)
+    assert m.huge_message_bytes == 1 << 25
+    assert m.bandwidth_huge_bytes_per_s == 1e8
+    assert m.wire_time_s(1 << 26) > model_for("direct").wire_time_s(1 << 26)
 
 
 def test_time_follows_the_algorithms_steps():
