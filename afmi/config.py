@@ -239,6 +239,10 @@ class ChannelModelConfig:
     #: CPU time of every time a rank waits for messages (S3: a LIST of its mailbox; a
     #: linear gather's root waits once for all its messages), seconds.
     cpu_per_wait_s: float | None = None
+    #: CPU time of every read of a message that needs a fetch of its own (a GET), where
+    #: ranks share CPUs; unset: ``fetch_s`` (the fetches of several readers overlap, so
+    #: one costs less CPU than its time), seconds.
+    cpu_per_fetch_s: float | None = None
     #: Where ranks share CPUs: time of every round of a collective's critical path in which
     #: all of them wait for its messages (with the channel's server or the kernel) and none
     #: has work to run, seconds; added to the shared CPU bound.

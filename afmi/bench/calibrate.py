@@ -506,7 +506,8 @@ def _fit_rounds(
     receivers poll (``poll_interval_s`` in ``config``'s model of it),
     ``later_round_s`` and ``first_round_saving_s``, the shared CPU in
     ``call_overhead_s``, ``payload_overhead_s``, ``cpu_per_message_s``,
-    ``cpu_per_message_rank_s``, ``cpu_per_shared_read_s``, ``cpu_per_wait_s``
+    ``cpu_per_message_rank_s``, ``cpu_per_shared_read_s``, ``cpu_per_fetch_s`` (where
+    some call reads a message that needs a fetch), ``cpu_per_wait_s``
     (only where some call waits other than once per message, else it is part
     of ``cpu_per_message_s``), ``1 / cpu_bytes_per_s`` and ``wait_per_round_s``
     (the rounds on the critical path, not divided among the ranks). The fit
@@ -565,11 +566,11 @@ def _fit_rounds(
         reduce_s = w.reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         path_reduce_s = w.path_reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         data = 0.0 if op in NO_PAYLOAD else 1.0  # a barrier carries no payload
+        fetched = float(w.deliveries) if base.fetch_s > 0 and base.fetches(nbytes) else 0.0
         later = float(max(rounds - 1, 0)) if polls else 0.0
         first = -1.0 if polls and rounds > 0 else 0.0
-        path_rows.append(
-            [1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0, 0.0, later, first, 0.0, 0.0]
-        )
+        path_row = [1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0, 0.0, later, first]
+        path_rows.append([*path_row, 0.0, 0.0, 0.0])
         call_bytes.append((w.bytes_sent + w.bytes_received) / 2)
         cpu_scale.append(shared / share)
         path_fixed.append(fixed + path_reduce_s)
@@ -588,10 +589,10 @@ def _fit_rounds(
                 0.0,
                 0.0,  # bytes beyond the cache, per candidate below
                 shared * rounds,  # rounds all ranks wait through (not shared out)
+                shared * fetched / share,  # reads that fetch their message
             ]
         )
-        fetch_s = w.deliveries * base.fetch_s if base.fetch_s > 0 and base.fetches(nbytes) else 0.0
-        cpu_fixed.append(shared * (reduce_s + fetch_s) / share)
+        cpu_fixed.append(shared * reduce_s / share)
         times.append(seconds)
     if len(times) < 3:
         raise ValueError("fitting the rounds needs at least 3 collective measurements")
@@ -676,6 +677,7 @@ def _fit_rounds(
         first_round,
         inverse_large_extra,
         wait_round,
+        cpu_fetch,
     ) = (float(v) for v in best[1])
     aggregate = 1.0 / inverse_aggregate if inverse_aggregate > 0 else 64 * single
     large = 1.0 / (inverse_cpu + inverse_large_extra) if inverse_large_extra > 0 else 0.0
@@ -696,6 +698,7 @@ def _fit_rounds(
         "cpu_bytes_large_per_s": large,
         "reduce_bytes_per_s": float(reduce_bytes_per_s),
         "parallel_ranks": float(parallel_ranks),
+        **({"cpu_per_fetch_s": cpu_fetch} if ac[:, 13].any() else {}),
     }
 
 

@@ -147,6 +147,8 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
         fetch = shared = ""
         if params.get("cpu_per_shared_read_s", 0.0) > 0:
             shared = f" + {_us(params['cpu_per_shared_read_s'])} per read of a shared payload"
+        if params.get("fetch_s", 0.0) > 0 and params.get("cpu_per_fetch_s") is not None:
+            shared += f" + {_us(params['cpu_per_fetch_s'])} per fetch"
         if params.get("cpu_per_wait_s", 0.0) > 0:
             shared += f" + {_us(params['cpu_per_wait_s'])} per wait for messages"
         if params.get("cpu_bytes_per_s", 0.0) > 0:

@@ -88,7 +88,10 @@ class ChannelModel:
     ``cpu_bytes_large_per_s``, when both are set: they no longer fit in the
     CPU's caches); every read of a payload stored once for
     several readers costs ``cpu_per_shared_read_s`` more (S3's markers and
-    pointers), every time a rank waits for messages ``cpu_per_wait_s``
+    pointers), every read of a message that needs a fetch of its own
+    ``cpu_per_fetch_s`` (unset: ``fetch_s``; the fetches of several readers
+    overlap, so on a shared CPU one costs less than its time), every time a
+    rank waits for messages ``cpu_per_wait_s``
     (``Work.receive_waits``; S3: a LIST of its mailbox, at least), a reduction
     runs at ``reduce_bytes_per_s``,
     and ``parallel_ranks`` says how many ranks' work runs at the same time
@@ -117,6 +120,7 @@ class ChannelModel:
     cpu_per_message_rank_s: float = 0.0
     cpu_per_shared_read_s: float = 0.0
     cpu_per_wait_s: float = 0.0
+    cpu_per_fetch_s: float | None = None
     wait_per_round_s: float = 0.0
     later_round_s: float = 0.0
     first_round_saving_s: float = 0.0
@@ -159,6 +163,11 @@ class ChannelModel:
             self.cpu_bytes_per_s,
             (self.cpu_cache_bytes, self.cpu_bytes_large_per_s),
         )
+
+    def fetch_cpu_s(self) -> float:
+        """CPU seconds of one fetch where ranks share CPUs: ``cpu_per_fetch_s``, or
+        ``fetch_s`` when that is unset (a fetch as much work as its time)."""
+        return self.fetch_s if self.cpu_per_fetch_s is None else self.cpu_per_fetch_s
 
     def fetches(self, nbytes: int) -> bool:
         """Whether a message of ``nbytes`` needs a fetch of its own: it is larger than

@@ -18,6 +18,7 @@ from afmi.model import (
     predict,
     traffic,
 )
+from afmi.model.cli import algorithm_for
 from afmi.model.predict import timing
 
 
@@ -385,3 +386,20 @@ def test_ranks_sharing_cpus_wait_through_every_round_of_the_path():
     assert timing("bcast", 100, 4, alg, own)[1] == 0.0
     cfg = Config.from_dict({"model": {"redis": {"wait_per_round_s": 1e-4}}})
     assert channel_models(cfg)["redis"].wait_per_round_s == 1e-4
+
+
+def test_a_fetch_costs_its_time_of_cpu_unless_set():
+    # in one process (ranks share the loop), with a fetch step as calibrated
+    m = dataclasses.replace(model_for("redis"), fetch_s=2e-4, parallel_ranks=1.0)
+    assert m.cpu_per_fetch_s is None and m.fetch_cpu_s() == 2e-4
+    cfg = Config.from_dict({"model": {"redis": {"cpu_per_fetch_s": 1e-6}}})
+    assert model_for("redis", cfg).cpu_per_fetch_s == 1e-6
+    cheap = dataclasses.replace(m, cpu_per_fetch_s=1e-6)
+    assert cheap.fetch_cpu_s() == 1e-6
+    # an 8-rank bcast of fetched messages: 7 reads, each 2e-4 - 1e-6 less CPU
+    nbytes = 1 << 20
+    assert m.fetches(nbytes)
+    alg = algorithm_for("bcast", "redis", 8, nbytes)
+    slow = timing("bcast", nbytes, 8, alg, m)[1]
+    fast = timing("bcast", nbytes, 8, alg, cheap)[1]
+    assert slow - fast == pytest.approx(7 * (2e-4 - 1e-6), rel=1e-6)
