@@ -170,7 +170,8 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
             later += f", +{_us(params['later_round_s'])} every round after it"
         lines.append(
             f"  {name}: latency {_us(params['latency_s'])}{fetch}{later}, "
-            f"{params['bandwidth_single_bytes_per_s'] / 1e6:.0f} MB/s single stream, "
+            f"{params['bandwidth_single_bytes_per_s'] / 1e6:.0f} MB/s single stream"
+            f"{_beyond(params)}, "
             f"call {_us(params.get('call_overhead_s', 0.0))} "
             f"+ {_us(params.get('payload_overhead_s', 0.0))} with a payload, "
             f"CPU per message {_us(params.get('cpu_per_message_s', 0.0))} "
@@ -179,6 +180,19 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
             f"parallel ranks {params.get('parallel_ranks', 0.0):g}"
         )
     return lines
+
+
+def _beyond(params: dict[str, Any]) -> str:
+    """The wire's slower rates and where they begin: " (3581 MB/s beyond 512 KiB, ...)"."""
+    rates = [
+        f"{params[rate] / 1e6:.0f} MB/s beyond {_size(int(params[limit]))}"
+        for limit, rate in (
+            ("large_message_bytes", "bandwidth_large_bytes_per_s"),
+            ("huge_message_bytes", "bandwidth_huge_bytes_per_s"),
+        )
+        if params.get(limit, 0.0) > 0 and params.get(rate, 0.0) > 0
+    ]
+    return f" ({', '.join(rates)})" if rates else ""
 
 
 def _ratio(x: float | None) -> str:

@@ -307,14 +307,28 @@ def test_the_calibrated_lines_say_every_fitted_cost():
         "later_round_s": 9e-3,
         "bandwidth_single_bytes_per_s": 1e8,
         "cpu_per_wait_s": 3e-3,
+        "cpu_per_fetch_s": 5e-3,
         "parallel_ranks": 1.0,
     }
-    direct = {"latency_s": 60e-6, "bandwidth_single_bytes_per_s": 3e9}
+    direct = {
+        "latency_s": 60e-6,
+        "bandwidth_single_bytes_per_s": 6e9,
+        "large_message_bytes": 512 << 10,
+        "bandwidth_large_bytes_per_s": 3.5e9,
+        "huge_message_bytes": 16 << 20,
+        "bandwidth_huge_bytes_per_s": 2.4e9,
+    }
     s3_line, direct_line = _calibrated_lines({"channels": {"s3": s3, "direct": direct}})
     assert "+12.00 ms to fetch a message over 256 B" in s3_line
     assert "-4.00 ms a call's first round, +9.00 ms every round after it" in s3_line
     assert "+ 3.00 ms per wait for messages" in s3_line
+    assert "+ 5.00 ms per fetch" in s3_line
+    assert "100 MB/s single stream," in s3_line  # one rate: nothing beyond
     assert "round" not in direct_line and "wait" not in direct_line
+    assert "fetch" not in direct_line
+    assert "6000 MB/s single stream (3500 MB/s beyond 512 KiB, 2400 MB/s beyond 16 MiB)" in (
+        direct_line
+    )
 
 
 async def test_the_bench_allreduce_writes_into_one_reused_result():
