@@ -338,17 +338,22 @@ def test_noise_below_a_tiny_inline_size_is_not_a_rate_of_its_own():
     assert fit["fetch_s"] == pytest.approx(7e-3, rel=0.1)
 
 
+def _fetched_wire(latency: float, rate: float, inline: float, fetch: float) -> dict:
+    """The wire of a channel whose messages above ``inline`` bytes need a fetch."""
+    return {
+        **_WIRE,
+        "latency_s": latency,
+        "bandwidth_single_bytes_per_s": rate,
+        "bandwidth_large_bytes_per_s": rate,
+        "inline_max_bytes": inline,
+        "fetch_s": fetch,
+    }
+
+
 def test_collectives_with_fetched_messages_are_fitted():
     # One loop drives every rank and the server takes the fetches: the CPU bound
     # counts every fetch, the critical path every fetch on it.
-    wire = {
-        **_WIRE,
-        "latency_s": 30e-3,
-        "bandwidth_single_bytes_per_s": 1e8,
-        "bandwidth_large_bytes_per_s": 1e8,
-        "inline_max_bytes": 256.0,
-        "fetch_s": 40e-3,
-    }
+    wire = _fetched_wire(30e-3, 1e8, 256.0, 40e-3)
     truth = ChannelModel(
         name="s3",
         **wire,
@@ -388,14 +393,7 @@ def test_the_cpu_of_a_fetch_is_fitted_apart_from_its_time():
     # adds 166 us to a ping-pong cost the loop next to nothing; charged at its time,
     # 8-rank bcasts of 256 KiB came out 41 % high, and the bytes then fitted as almost
     # free put the inline 64 KiB ones 36-47 % low.
-    wire = {
-        **_WIRE,
-        "latency_s": 120e-6,
-        "bandwidth_single_bytes_per_s": 1.5e9,
-        "bandwidth_large_bytes_per_s": 1.5e9,
-        "inline_max_bytes": 4096.0,
-        "fetch_s": 160e-6,
-    }
+    wire = _fetched_wire(120e-6, 1.5e9, 4096.0, 160e-6)
     truth = ChannelModel(
         name="redis",
         **wire,

@@ -136,8 +136,8 @@ def test_fetches_are_cpu_work_where_ranks_share_cpus():
     assert timing("bcast", 1000, 4, steps, own)[1] == 0
 
 
-def test_two_regime_wire_time():
-    m = ChannelModel(
+def test_wire_time_in_two_and_three_regimes():
+    two = ChannelModel(
         name="x",
         latency_s=0.0,
         bandwidth_single_bytes_per_s=1e9,
@@ -145,26 +145,14 @@ def test_two_regime_wire_time():
         large_message_bytes=1e6,
         bandwidth_large_bytes_per_s=1e8,
     )
-    assert m.wire_time_s(500_000) == pytest.approx(5e-4)
-    assert m.wire_time_s(2_000_000) == pytest.approx(1e-3 + 1e-2)
-
-
-def test_three_regime_wire_time():
-    m = ChannelModel(
-        name="x",
-        latency_s=0.0,
-        bandwidth_single_bytes_per_s=1e9,
-        bandwidth_aggregate_bytes_per_s=1e9,
-        large_message_bytes=1e6,
-        bandwidth_large_bytes_per_s=1e8,
-        huge_message_bytes=2e6,
-        bandwidth_huge_bytes_per_s=1e7,
-    )
-    assert m.wire_time_s(500_000) == pytest.approx(5e-4)
-    assert m.wire_time_s(1_500_000) == pytest.approx(1e-3 + 5e-3)
-    assert m.wire_time_s(3_000_000) == pytest.approx(1e-3 + 1e-2 + 1e-1)
+    assert two.wire_time_s(500_000) == pytest.approx(5e-4)
+    assert two.wire_time_s(2_000_000) == pytest.approx(1e-3 + 1e-2)
+    three = dataclasses.replace(two, huge_message_bytes=2e6, bandwidth_huge_bytes_per_s=1e7)
+    assert three.wire_time_s(500_000) == pytest.approx(5e-4)
+    assert three.wire_time_s(1_500_000) == pytest.approx(1e-3 + 5e-3)
+    assert three.wire_time_s(3_000_000) == pytest.approx(1e-3 + 1e-2 + 1e-1)
     # a third rate without a second: its threshold is the only knee
-    only = dataclasses.replace(m, large_message_bytes=0.0)
+    only = dataclasses.replace(three, large_message_bytes=0.0)
     assert only.wire_time_s(3_000_000) == pytest.approx(2e-3 + 1e-1)
 
 
