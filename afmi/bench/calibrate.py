@@ -155,8 +155,12 @@ def fit_wire(
     by their worst relative error but one (:func:`_worst_but_one`): a single
     noisy size, often a small one that every split fits alike, would otherwise
     make them all look equal. A second regime is kept only if its best fit
-    lowers that error by :data:`WIRE_MIN_GAIN`, and a third only if it lowers
-    it by as much again.
+    lowers that error by :data:`WIRE_MIN_GAIN`, and a third only if its best
+    fit lowers the error of the two-piece line that would be kept by as much
+    again (in one cross-process run the two-piece line kept had its knee at
+    32 MiB and a worst error but one of 18 %, the best had 15 %, and the best
+    three-piece line 11 %: measured against the best, the third regime was
+    refused, and 256 KiB, 512 KiB and 32 MiB came out 37-44 % off).
 
     The threshold of a split lies somewhere between its largest small size and
     its smallest large one; both the largest small size and the midpoint (in
@@ -195,9 +199,10 @@ def fit_wire(
     for fits in (twos, threes):
         lowest = min((worst for worst, _ in fits), default=math.inf)
         if lowest < score - WIRE_MIN_GAIN:
-            near = [f for worst, f in fits if worst <= lowest + WIRE_MIN_GAIN]
-            best = max(near, key=lambda f: (f["large_message_bytes"], -f["huge_message_bytes"]))
-            score = lowest
+            near = [(worst, f) for worst, f in fits if worst <= lowest + WIRE_MIN_GAIN]
+            score, best = max(
+                near, key=lambda wf: (wf[1]["large_message_bytes"], -wf[1]["huge_message_bytes"])
+            )
     return best
 
 
