@@ -191,8 +191,11 @@ def fit_wire(
             if f:
                 twos.append((_worst_but_one(f, pts), f))
             for j in range(i + 1, len(sizes) - 1):
+                middle = _middle(lat, bw, pts, k, sizes[j])
+                if middle is None:
+                    continue
                 for k2 in _knees(sizes[j], sizes[j + 1]):
-                    f = _second_knee(lat, bw, pts, k, sizes[j], k2)
+                    f = _second_knee(middle, pts, sizes[j], k2)
                     if f:
                         threes.append((_worst_but_one(f, pts), f))
     best, score = one, _worst_but_one(one, pts)
@@ -253,35 +256,37 @@ def _knee(
     }
 
 
-def _second_knee(
-    lat: float,
-    bw: float,
-    pts: list[tuple[float, float]],
-    limit: float,
-    split: float,
-    huge: float,
+def _middle(
+    lat: float, bw: float, pts: list[tuple[float, float]], limit: float, split: float
 ) -> dict[str, float] | None:
-    """The three-piece line with thresholds ``limit`` and ``huge`` (the sizes up to
-    ``split`` fit the middle rate, those above it the last), or None unless each rate
-    is slower than the one before and the middle one is fitted to
-    :data:`MIDDLE_MIN_SIZES` sizes or more: with fewer, one noisy size makes a
-    regime of its own (a ping-pong measured a quarter slow, between two sizes
-    at speed, made a middle regime that fitted the sizes but one better than
-    the true two-piece line did)."""
+    """The first two pieces of a three-piece line: its knee at ``limit``, the middle rate
+    fitted to the sizes above it up to ``split``; None unless that rate is slower than
+    ``bw`` and fitted to :data:`MIDDLE_MIN_SIZES` sizes or more. With fewer, one noisy
+    size makes a regime of its own (a ping-pong measured a quarter slow, between two
+    sizes at speed, made a middle regime that fitted the sizes but one better than the
+    true two-piece line did)."""
+    mid = [(n, t) for n, t in pts if limit < n <= split]
+    if len({n for n, _ in mid}) < MIDDLE_MIN_SIZES:
+        return None
+    f = _knee(lat, bw, mid, limit)
+    return f if f is not None and f["bandwidth_large_bytes_per_s"] < bw else None
+
+
+def _second_knee(
+    middle: dict[str, float], pts: list[tuple[float, float]], split: float, huge: float
+) -> dict[str, float] | None:
+    """The three-piece line of :func:`_middle`'s ``middle`` with its second threshold at
+    ``huge`` and the last rate fitted to the sizes above ``split``; None unless that
+    rate is slower than the middle one."""
+    limit = middle["large_message_bytes"]
     if huge <= limit:
         return None
-    mid = [(n, t) for n, t in pts if limit < n <= split]
-    f = _knee(lat, bw, mid, limit) if len({n for n, _ in mid}) >= MIDDLE_MIN_SIZES else None
-    if f is None or f["bandwidth_large_bytes_per_s"] >= bw:
-        return None
-    rate = f["bandwidth_large_bytes_per_s"]
-    base = lat + limit / bw + (huge - limit) / rate
+    rate = middle["bandwidth_large_bytes_per_s"]
+    base = _wire(middle, huge)
     last = _rate_beyond(base, huge, [(n, t) for n, t in pts if n > split])
     if last <= 0 or last >= rate:
         return None
-    f["huge_message_bytes"] = float(huge)
-    f["bandwidth_huge_bytes_per_s"] = last
-    return f
+    return {**middle, "huge_message_bytes": float(huge), "bandwidth_huge_bytes_per_s": last}
 
 
 def fit_fetch(
