@@ -185,9 +185,10 @@ def fit_wire(
     for i in range(2, len(sizes) - 1):
         split = sizes[i]
         small = [(n, t) for n, t in pts if n <= split]
+        large = [(n, t) for n, t in pts if n > split]
         lat, bw = fit_latency_bandwidth(small)
         for k in _knees(split, sizes[i + 1]):
-            f = _knee(lat, bw, [(n, t) for n, t in pts if n > split], k)
+            f = _knee(lat, bw, large, k)
             if f:
                 twos.append((_worst_but_one(f, pts), f))
             for j in range(i + 1, len(sizes) - 1):
@@ -576,7 +577,7 @@ def _fit_rounds(
         reduce_s = w.reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         path_reduce_s = w.path_reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         data = 0.0 if op in NO_PAYLOAD else 1.0  # a barrier carries no payload
-        fetched = float(w.deliveries) if base.fetch_s > 0 and base.fetches(nbytes) else 0.0
+        fetched = float(base.fetched_reads(w, nbytes))
         later = float(max(rounds - 1, 0)) if polls else 0.0
         first = -1.0 if polls and rounds > 0 else 0.0
         path_row = [1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0, 0.0, later, first]

@@ -220,6 +220,12 @@ class ChannelModel:
             shared_uploads=0,
         )
 
+    def fetched_reads(self, work: Work, nbytes: int) -> int:
+        """Reads of ``work`` (a call moving ``nbytes`` per rank) that fetch their message:
+        all of its deliveries where the channel has a fetch step and ``nbytes`` is above
+        the inline size, else none."""
+        return work.deliveries if self.fetch_s > 0 and self.fetches(nbytes) else 0
+
     def shared_read_cpu_s(self, work: Work) -> float:
         """Extra CPU seconds of the shared reads of ``work`` (after :meth:`channel_work`):
         ``cpu_per_shared_read_s`` each."""

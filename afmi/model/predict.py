@@ -153,8 +153,7 @@ def timing(
     cpu = size * channel.call_s(op)
     per_message = channel.cpu_per_message_s + (size - 1) * channel.cpu_per_message_rank_s
     cpu += (w.messages + w.deliveries) / 2 * per_message
-    if channel.fetch_s > 0 and channel.fetches(nbytes):
-        cpu += w.deliveries * channel.fetch_cpu_s()  # work of the client and the server
+    cpu += channel.fetched_reads(w, nbytes) * channel.fetch_cpu_s()  # client's and server's
     cpu += channel.shared_read_cpu_s(w)
     cpu += w.receive_waits * channel.cpu_per_wait_s
     cpu += channel.cpu_bytes_s((w.bytes_sent + w.bytes_received) / 2)
