@@ -362,6 +362,8 @@ class Config:
     hint: Literal["fast", "cheap", "weighted"] = "fast"
     #: Seconds a waiting receive keeps the event loop polling before it blocks
     #: (lower latency on virtual machines, at the price of that much CPU; 0: never).
+    #: Only where some channel of the rank polls: ``direct`` does, the storage channels
+    #: and ``local`` (tasks of one event loop) do not.
     spin: float = 0.0002
     #: Allow pickled payloads (only between trusted ranks).
     pickle: bool = False

@@ -66,7 +66,8 @@ class Channel(abc.ABC):
     name: ClassVar[str] = "?"
     #: Whether a waiting receive should poll the event loop for ``Config.spin`` first.
     #: Storage channels say no: their messages come a server round trip later at the
-    #: earliest, and polling only takes CPU from the server or the peers that share it.
+    #: earliest, and polling only takes CPU from the server or the peers that share it;
+    #: so does ``local``, whose messages come from tasks of the same event loop.
     spin: ClassVar[bool] = True
 
     def __init__(self, rank: int, size: int) -> None:

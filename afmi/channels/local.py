@@ -56,6 +56,10 @@ class LocalChannel(Channel):
     """One rank's end of an in-process channel."""
 
     name = "local"
+    #: A message comes from another task of the same event loop: the loop cannot block
+    #: in the kernel while that task has work, so polling would only add turns (in one
+    #: loop, 8-rank allreduces of 8 B took 12-25 % less time without it).
+    spin = False
 
     def __init__(self, hub: LocalHub, rank: int, size: int) -> None:
         super().__init__(rank, size)

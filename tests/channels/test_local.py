@@ -1,5 +1,6 @@
 import asyncio
 import functools
+import time
 
 import pytest
 
@@ -30,3 +31,25 @@ async def test_connect_rejects_duplicate_rank_and_size_mismatch():
         with pytest.raises(afmi.ArgumentError, match="already has size 2"):
             async with afmi.connect(rank=1, size=3, job="dup", channel="local"):
                 pass
+
+
+async def _late_message(comm):
+    # rank 1 waits 0.3 s for rank 0's message; its CPU time over the wait says whether
+    # it polled the loop meanwhile (Config.spin is 1 s here)
+    if comm.rank == 0:
+        await asyncio.sleep(0.3)
+        await comm.send(b"x", 1)
+        return None
+    wall, cpu = time.perf_counter(), time.process_time()
+    assert await comm.recv(0) == b"x"
+    return time.perf_counter() - wall, time.process_time() - cpu, comm.endpoint.spin_seconds
+
+
+async def test_a_receive_on_the_local_channel_waits_without_polling():
+    # the message comes from a task of the same loop: polling would only add turns
+    _, (wall, cpu, spin) = await afmi.launch_local(
+        _late_message, 2, channel="local", config=afmi.Config(spin=1.0)
+    )
+    assert spin == 0
+    assert wall >= 0.29
+    assert cpu < 0.1, f"the waiting rank used {cpu:.2f} s of CPU in {wall:.2f} s"
