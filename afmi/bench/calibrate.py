@@ -513,9 +513,10 @@ def _fit_rounds(
     The model of a call is the larger of two bounds (:func:`afmi.model.predict.timing`),
     each linear in its unknowns: the critical path in ``call_overhead_s``,
     ``payload_overhead_s`` (calls but barriers),
-    ``per_message_s``, ``1 / aggregate`` bandwidth and, on a channel whose
-    receivers poll (``poll_interval_s`` in ``config``'s model of it),
-    ``later_round_s`` and ``first_round_saving_s``, the shared CPU in
+    ``per_message_s``, ``1 / aggregate`` bandwidth, ``later_round_s`` and
+    ``first_round_saving_s`` (on a channel whose receivers poll, ``poll_interval_s``
+    in ``config``'s model of it; elsewhere only where they lower the squared error
+    to :data:`LATER_ROUNDS_MIN_GAIN` of the fit without), the shared CPU in
     ``call_overhead_s``, ``payload_overhead_s``, ``cpu_per_message_s``,
     ``cpu_per_message_rank_s``, ``cpu_per_shared_read_s``, ``cpu_per_fetch_s`` (where
     some call reads a message that needs a fetch), ``cpu_per_wait_s``
@@ -548,8 +549,8 @@ def _fit_rounds(
         parallel_ranks=parallel_ranks,
         **values,
     )
-    # later_round_s, first_round_saving_s only where receivers poll (S3): elsewhere a
-    # round is a round
+    # later_round_s, first_round_saving_s: free where receivers poll (S3), elsewhere
+    # only where they fit better (LATER_ROUNDS_MIN_GAIN)
     polls = configured.poll_interval_s > 0
     path_rows, cpu_rows, path_fixed, cpu_fixed, times = [], [], [], [], []
     call_bytes: list[float] = []  # bytes of each call's messages
@@ -578,8 +579,8 @@ def _fit_rounds(
         path_reduce_s = w.path_reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
         data = 0.0 if op in NO_PAYLOAD else 1.0  # a barrier carries no payload
         fetched = float(base.fetched_reads(w, nbytes))
-        later = float(max(rounds - 1, 0)) if polls else 0.0
-        first = -1.0 if polls and rounds > 0 else 0.0
+        later = float(max(rounds - 1, 0))
+        first = -1.0 if rounds > 0 else 0.0
         path_row = [1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0, 0.0, later, first]
         path_rows.append([*path_row, 0.0, 0.0, 0.0])
         call_bytes.append((w.bytes_sent + w.bytes_received) / 2)
@@ -614,14 +615,29 @@ def _fit_rounds(
         ap[:, 6] = ac[:, 6] = 0.0
     fp, fc = np.array(path_fixed), np.array(cpu_fixed)
 
+    # Without the two round terms: where receivers do not poll, a round is a round
+    # unless the calls say otherwise.
+    ap_plain = ap.copy()
+    ap_plain[:, 9:11] = 0.0
+
     def fit(cpu_rows: Any) -> tuple[float, Any]:
+        if polls:
+            return fit_from(ap, cpu_rows)
+        best = fit_from(ap_plain, cpu_rows)
+        if ap[:, 9].any():
+            with_rounds = fit_from(ap, cpu_rows)
+            if with_rounds[0] < LATER_ROUNDS_MIN_GAIN * best[0] - 1e-12:
+                best = with_rounds
+        return best
+
+    def fit_from(a_path: Any, cpu_rows: Any) -> tuple[float, Any]:
         best: tuple[float, Any] | None = None
         for start in (np.ones(len(t), dtype=bool), np.zeros(len(t), dtype=bool)):
             on_path = start
             for _ in range(30):
-                a = np.where(on_path[:, None], ap, cpu_rows) / t[:, None]
+                a = np.where(on_path[:, None], a_path, cpu_rows) / t[:, None]
                 x = _nnls(a, (t - np.where(on_path, fp, fc)) / t)
-                path, cpu = fp + ap @ x, fc + cpu_rows @ x
+                path, cpu = fp + a_path @ x, fc + cpu_rows @ x
                 score = float(np.sum((np.maximum(path, cpu) / t - 1) ** 2))
                 if best is None or score < best[0]:
                     best = (score, x)
@@ -712,6 +728,11 @@ def _fit_rounds(
         **({"cpu_per_fetch_s": cpu_fetch} if ac[:, 13].any() else {}),
     }
 
+
+#: Where receivers do not poll, the fit counts a later round's extra time and a first
+#: round's saving (``later_round_s``, ``first_round_saving_s``) only when that lowers its
+#: squared relative error to this fraction or less.
+LATER_ROUNDS_MIN_GAIN = 0.9
 
 #: Smallest call size (bytes of its messages) tried as ``cpu_cache_bytes``.
 CACHE_MIN_BYTES = 64 * 1024

@@ -491,12 +491,20 @@ def test_the_later_rounds_of_a_polling_channel_are_fitted():
     assert fit["later_round_s"] == pytest.approx(9e-3, rel=1e-3)
     assert fit["first_round_saving_s"] - fit["call_overhead_s"] == pytest.approx(3e-3, rel=1e-3)
     _assert_reproduces(dataclasses.replace(truth, **fit), points)
-    # a channel whose receivers do not poll: a round is a round, nothing is fitted
-    truth = dataclasses.replace(truth, name="direct", inline_max_bytes=0.0, fetch_s=0.0)
-    direct_wire = dict(_WIRE)
+    # a channel whose receivers do not poll: a round is a round unless the calls say
+    # otherwise (Redis in one process, session 13: a 2-rank allreduce took 300 us, the
+    # gather and bcast of its two messages 123 and 134 us, and was predicted 26-32 %
+    # low; with its second round's extra time fitted, within 5 %)
+    truth = dataclasses.replace(
+        truth, name="direct", inline_max_bytes=0.0, fetch_s=0.0, first_round_saving_s=0.0
+    )
+    points = _collective_points(dataclasses.replace(truth, later_round_s=0.0))
+    fit = calibrate.fit_rounds("direct", _WIRE, points, reduce_bytes_per_s=2e9)
+    assert fit["later_round_s"] == 0.0 and fit["first_round_saving_s"] == 0.0
     points = _collective_points(truth)
-    fit = calibrate.fit_rounds("direct", direct_wire, points, parallel_ranks=0.0)
-    assert fit["later_round_s"] == 0.0
+    fit = calibrate.fit_rounds("direct", _WIRE, points, reduce_bytes_per_s=2e9)
+    assert fit["later_round_s"] == pytest.approx(9e-3, rel=1e-3)
+    _assert_reproduces(dataclasses.replace(truth, **fit), points)
 
 
 def test_reduce_rate_is_measured():
