@@ -269,6 +269,12 @@ class ChannelModelConfig:
     cpu_bytes_large_per_s: float | None = None
     #: Rate of the reduction op (numpy ``SUM``), bytes of one input per second (0: not counted).
     reduce_bytes_per_s: float | None = None
+    #: Bytes of one op's input that combine at ``reduce_bytes_per_s``; the rest of a larger
+    #: input at ``reduce_bytes_large_per_s`` (0: one rate). What the caches hold, measured
+    #: by the bench.
+    reduce_cache_bytes: float | None = None
+    #: Rate of the reduction op beyond ``reduce_cache_bytes`` of one input, bytes per second.
+    reduce_bytes_large_per_s: float | None = None
     #: Ranks whose work can run at the same time: 0 every rank has its own CPU (functions),
     #: 1 all ranks share one event loop (in-process), k ranks share k cores.
     parallel_ranks: float | None = None

@@ -39,7 +39,9 @@ __all__ = [
     "fit_per_message",
     "fit_wire",
     "measure_reduce_rate",
+    "measure_reduce_rates",
     "model_file",
+    "reduction_regimes",
     "split_fitted",
     "write_model_file",
 ]
@@ -448,12 +450,60 @@ def measure_reduce_rate(dtype: str = "float64", nbytes: int = 1 << 23) -> float:
     return a.nbytes / max(statistics.median(times[1:]), 1e-9)
 
 
+def measure_reduce_rates(dtype: str, top: int) -> dict[int, float]:
+    """:func:`measure_reduce_rate` on inputs from 64 KiB (or ``top``, if smaller) up to
+    ``top`` bytes, doubling: ``{bytes of one input: bytes per second}``."""
+    sizes, n = [], min(REDUCE_LADDER_MIN_BYTES, top)
+    while n < top:
+        sizes.append(n)
+        n *= 2
+    sizes.append(max(top, 1))
+    return {n: measure_reduce_rate(dtype, n) for n in sizes}
+
+
+def reduction_regimes(rates: dict[int, float]) -> dict[str, float]:
+    """The reduction's model parameters from :func:`measure_reduce_rates` (the fastest of
+    several runs, per size): ``reduce_bytes_per_s`` and, where the largest input combines
+    at under :data:`REDUCE_CACHE_DROP` of the fastest rate, ``reduce_cache_bytes`` (the
+    largest input that still reaches that share) and ``reduce_bytes_large_per_s`` (the
+    largest input's rate). Otherwise one rate, the largest input's, as measured until
+    session 13.
+
+    Here numpy's ``SUM`` of uint8 inputs ran at 20-25 GB/s up to 512 KiB and at 7-9 GB/s
+    from 1 MiB (its two inputs and its output no longer fit in a core's 4 MiB cache);
+    across processes the bench measured the rate on the largest allreduce's 16 MiB, and
+    charged every 2-rank allreduce of 512 KiB three times the time its reduction took.
+    """
+    if not rates:
+        raise ValueError("no reduction rates measured")
+    top = max(rates)
+    fastest = max(rates.values())
+    slow = rates[top]
+    if slow >= REDUCE_CACHE_DROP * fastest:
+        return {"reduce_bytes_per_s": slow}
+    cached = max(n for n, r in rates.items() if n < top and r >= REDUCE_CACHE_DROP * fastest)
+    return {
+        "reduce_bytes_per_s": fastest,
+        "reduce_cache_bytes": float(cached),
+        "reduce_bytes_large_per_s": slow,
+    }
+
+
+#: Smallest input :func:`measure_reduce_rates` times.
+REDUCE_LADDER_MIN_BYTES = 64 * 1024
+#: The reduction gets a second rate (:func:`reduction_regimes`) where its largest input
+#: combines at under this share of its fastest rate.
+REDUCE_CACHE_DROP = 2 / 3
+
+
 def fit_rounds(
     channel: str,
     wire: dict[str, float],
     points: Sequence[tuple[str, int, int, float]],
     *,
     reduce_bytes_per_s: float = 0.0,
+    reduce_cache_bytes: float = 0.0,
+    reduce_bytes_large_per_s: float = 0.0,
     parallel_ranks: float = 0.0,
     config: Config | None = None,
 ) -> dict[str, float]:
@@ -463,6 +513,8 @@ def fit_rounds(
         wire,
         points,
         reduce_bytes_per_s=reduce_bytes_per_s,
+        reduce_cache_bytes=reduce_cache_bytes,
+        reduce_bytes_large_per_s=reduce_bytes_large_per_s,
         parallel_ranks=parallel_ranks,
         config=config,
     )[1]
@@ -475,6 +527,8 @@ def fit_parallel(
     *,
     reduce_bytes_per_s: float,
     cpus: int,
+    reduce_cache_bytes: float = 0.0,
+    reduce_bytes_large_per_s: float = 0.0,
     config: Config | None = None,
 ) -> dict[str, float]:
     """:func:`fit_rounds` with ``parallel_ranks`` fitted too, from 1 to ``cpus`` in quarters.
@@ -489,6 +543,8 @@ def fit_parallel(
             wire,
             points,
             reduce_bytes_per_s=reduce_bytes_per_s,
+            reduce_cache_bytes=reduce_cache_bytes,
+            reduce_bytes_large_per_s=reduce_bytes_large_per_s,
             parallel_ranks=quarter / 4,
             config=config,
         )
@@ -504,6 +560,8 @@ def _fit_rounds(
     points: Sequence[tuple[str, int, int, float]],
     *,
     reduce_bytes_per_s: float = 0.0,
+    reduce_cache_bytes: float = 0.0,
+    reduce_bytes_large_per_s: float = 0.0,
     parallel_ranks: float = 0.0,
     config: Config | None = None,
 ) -> tuple[float, dict[str, float]]:
@@ -546,6 +604,8 @@ def _fit_rounds(
         name=channel,
         bandwidth_aggregate_bytes_per_s=single,
         reduce_bytes_per_s=reduce_bytes_per_s,
+        reduce_cache_bytes=reduce_cache_bytes,
+        reduce_bytes_large_per_s=reduce_bytes_large_per_s,
         parallel_ranks=parallel_ranks,
         **values,
     )
@@ -575,8 +635,9 @@ def _fit_rounds(
         w = base.channel_work(work(op, alg, ranks, nbytes))
         share = base.parallelism(ranks)
         shared = 1.0 if share < ranks else 0.0  # no CPU bound with a CPU per rank
-        reduce_s = w.reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
-        path_reduce_s = w.path_reduce_bytes / reduce_bytes_per_s if reduce_bytes_per_s > 0 else 0.0
+        op_bytes = w.reduce_op_bytes or nbytes
+        reduce_s = base.reduce_s(w.reduce_bytes, op_bytes)
+        path_reduce_s = base.reduce_s(w.path_reduce_bytes, op_bytes)
         data = 0.0 if op in NO_PAYLOAD else 1.0  # a barrier carries no payload
         fetched = float(base.fetched_reads(w, nbytes))
         later = float(max(rounds - 1, 0))
@@ -724,6 +785,14 @@ def _fit_rounds(
         "cpu_cache_bytes": cache if large > 0 else 0.0,
         "cpu_bytes_large_per_s": large,
         "reduce_bytes_per_s": float(reduce_bytes_per_s),
+        **(
+            {
+                "reduce_cache_bytes": float(reduce_cache_bytes),
+                "reduce_bytes_large_per_s": float(reduce_bytes_large_per_s),
+            }
+            if reduce_cache_bytes > 0 and reduce_bytes_large_per_s > 0
+            else {}
+        ),
         "parallel_ranks": float(parallel_ranks),
         **({"cpu_per_fetch_s": cpu_fetch} if ac[:, 13].any() else {}),
     }

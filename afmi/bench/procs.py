@@ -639,10 +639,14 @@ def model_accuracy(
 
         params: dict[str, dict[str, float]] = {}
         cpus = float(os.cpu_count() or 1)
-        # As in process: SUM of the bench's uint8 payloads at the largest size it reduced,
-        # the fastest of three measurements.
+        # As in process: SUM of the bench's uint8 payloads up to the largest size it
+        # reduced, every size the fastest of three measurements.
         top = max((r["nbytes"] for r in rows if r.get("op") == "allreduce"), default=1 << 23)
-        reduce_rate = max(calibrate.measure_reduce_rate("uint8", top) for _ in range(3))
+        ladders = [calibrate.measure_reduce_rates("uint8", top) for _ in range(3)]
+        reduction = calibrate.reduction_regimes(
+            {n: max(ladder[n] for ladder in ladders) for n in ladders[0]}
+        )
+        reduce_rate = reduction["reduce_bytes_per_s"]
         for ch in sorted({r["channel"] for r in rows}):
             pp = calibrate.split_fitted([r for r in rows if r["channel"] == ch and "op" not in r])
             coll = [r for r in rows if r["channel"] == ch and "op" in r]
@@ -664,7 +668,7 @@ def model_accuracy(
                         ch,
                         wire,
                         points,
-                        reduce_bytes_per_s=reduce_rate,
+                        **reduction,
                         cpus=int(cpus),
                         config=config,
                     )
@@ -676,7 +680,7 @@ def model_accuracy(
             params[ch] = wire
         if params:
             out["calibration"], model_config = calibrate.write_and_use(
-                calibrate_path, params, reduce_rate, config, cpus=cpus
+                calibrate_path, params, reduce_rate, config, cpus=cpus, reduction=reduction
             )
     accuracy.annotate(rows, model_config)
     out["model_source"] = (

@@ -163,6 +163,12 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
                 f" (+{_us(params['fetch_s'])} to fetch a message over "
                 f"{params.get('inline_max_bytes', 0.0):.0f} B)"
             )
+        reduce = f"reduce {params.get('reduce_bytes_per_s', 0.0) / 1e9:.1f} GB/s"
+        if params.get("reduce_cache_bytes", 0.0) > 0 and params.get("reduce_bytes_large_per_s"):
+            reduce += (
+                f" ({params['reduce_bytes_large_per_s'] / 1e9:.1f} GB/s beyond an input's first "
+                f"{_size(int(params['reduce_cache_bytes']))})"
+            )
         later = ""
         if params.get("first_round_saving_s", 0.0) > 0:
             later = f", -{_us(params['first_round_saving_s'])} a call's first round"
@@ -176,7 +182,7 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
             f"+ {_us(params.get('payload_overhead_s', 0.0))} with a payload, "
             f"CPU per message {_us(params.get('cpu_per_message_s', 0.0))} "
             f"+ {_us(params.get('cpu_per_message_rank_s', 0.0))} per further rank{shared}, "
-            f"reduce {params.get('reduce_bytes_per_s', 0.0) / 1e9:.1f} GB/s, "
+            f"{reduce}, "
             f"parallel ranks {params.get('parallel_ranks', 0.0):g}"
         )
     return lines

@@ -157,7 +157,7 @@ def _calibrate_channel(
     config: Config,
     opts: Options,
     ranks: list[int],
-    reduce_rate: float,
+    reduction: dict[str, float],
     swept: list[dict[str, Any]],
 ) -> tuple[dict[str, float], list[tuple[str, int, int, float]]]:
     """Fit one channel: the wire from every other ping-pong row (marked ``fitted``; the
@@ -197,7 +197,7 @@ def _calibrate_channel(
             channel,
             params,
             points,
-            reduce_bytes_per_s=reduce_rate,
+            **reduction,
             parallel_ranks=1.0,
             config=config,
         )
@@ -238,7 +238,7 @@ def _sweep(
     measured = list(channels)
     failed: set[tuple[str, str, int]] = set()
     runs: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    rates: list[float] = []
+    ladders: list[dict[int, float]] = []
     for number in range(passes):
         prefix = f"pass {number + 1}/{passes}: " if passes > 1 else ""
 
@@ -247,7 +247,8 @@ def _sweep(
 
         if opts.calibrate:
             tell("the reduction (SUM of uint8 arrays, as the bench's payloads)")
-            rates.append(calibrate.measure_reduce_rate("uint8", max(coll_sizes, default=1 << 18)))
+            top = max(coll_sizes, default=1 << 18)
+            ladders.append(calibrate.measure_reduce_rates("uint8", top))
 
         # The channels of one point are measured one after the other, so the channels
         # the fast choice compares meet the same state of the machine.
@@ -296,7 +297,10 @@ def _sweep(
     collectives = [
         r for r in merged if "op" in r and (r["channel"], r["op"], r["ranks"]) not in failed
     ]
-    return _Swept(measured, pingpong, collectives, max(rates, default=0.0))
+    # every input size at its fastest pass
+    fastest = {n: max(ladder[n] for ladder in ladders) for n in ladders[0]} if ladders else {}
+    reduction = calibrate.reduction_regimes(fastest) if fastest else {"reduce_bytes_per_s": 0.0}
+    return _Swept(measured, pingpong, collectives, reduction)
 
 
 @dataclasses.dataclass
@@ -307,8 +311,9 @@ class _Swept:
     channels: list[str]
     pingpong: list[dict[str, Any]]
     collectives: list[dict[str, Any]]
-    #: Bytes per second the fastest pass reduced (0 without ``--calibrate``).
-    reduce_bytes_per_s: float
+    #: The reduction's rates (:func:`afmi.bench.calibrate.reduction_regimes`) from every
+    #: input size's fastest pass (``reduce_bytes_per_s`` 0 without ``--calibrate``).
+    reduction: dict[str, float]
 
 
 #: A point whose every pass timed at least this many calls keeps its fastest pass.
@@ -402,18 +407,19 @@ def run_suite(
         if opts.calibrate:
             params = {}
             used: dict[str, list[tuple[str, int, int, float]]] = {}
-            reduce_rate = swept.reduce_bytes_per_s
+            reduction = swept.reduction
+            reduce_rate = reduction["reduce_bytes_per_s"]
             for ch in measured:
                 say(f"calibrating {ch}")
                 rows = [r for r in results["pingpong"] if r["channel"] == ch]
                 calls = [r for r in results["collectives"] if r["channel"] == ch]
                 params[ch], points = _calibrate_channel(
-                    ch, rows, run_config, opts, ranks, reduce_rate, calls
+                    ch, rows, run_config, opts, ranks, reduction, calls
                 )
                 fitted.update((ch, op, n, nbytes) for op, n, nbytes, _ in points)
                 used[ch] = points
             results["calibration"], model_config = calibrate.write_and_use(
-                opts.calibrate, params, reduce_rate, config, points=used
+                opts.calibrate, params, reduce_rate, config, points=used, reduction=reduction
             )
     if opts.anchors:
         say("anchor: blocking socket ping-pong")

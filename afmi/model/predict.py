@@ -144,9 +144,8 @@ def timing(
     if op != "send" and rounds > 0:
         path = max(path - channel.first_round_saving_s, 0.0)
     w = channel.channel_work(work(op, algorithm, size, nbytes))
-    rate = channel.reduce_bytes_per_s
-    if rate > 0:
-        path += w.path_reduce_bytes / rate
+    op_bytes = w.reduce_op_bytes or nbytes
+    path += channel.reduce_s(w.path_reduce_bytes, op_bytes)
     share = channel.parallelism(size)
     if op == "send" or share >= size:
         return path, 0.0
@@ -157,8 +156,7 @@ def timing(
     cpu += channel.shared_read_cpu_s(w)
     cpu += w.receive_waits * channel.cpu_per_wait_s
     cpu += channel.cpu_bytes_s((w.bytes_sent + w.bytes_received) / 2)
-    if rate > 0:
-        cpu += w.reduce_bytes / rate
+    cpu += channel.reduce_s(w.reduce_bytes, op_bytes)
     return path, cpu / share + rounds * channel.wait_per_round_s
 
 

@@ -37,7 +37,9 @@ class Work:
     in place of the ``shared_uploads``
     (:meth:`afmi.model.params.ChannelModel.channel_work`). ``reduce_bytes``
     counts the input bytes every op application combines,
-    ``path_reduce_bytes`` those on the critical path. ``waits`` counts the
+    ``path_reduce_bytes`` those on the critical path, ``reduce_op_bytes`` the
+    input of one op application (0: the call's payload; a slice where the
+    algorithm reduces slices, as the ring does). ``waits`` counts the
     times a rank waits for messages (None: one per delivery): fewer where a
     rank collects several messages in one wait, as a linear gather's root
     does; a channel whose receivers poll (S3) lists a mailbox at least once
@@ -54,6 +56,7 @@ class Work:
     shared_uploads: int = 0
     shared_bytes: int = 0
     waits: int | None = None
+    reduce_op_bytes: int = 0
 
     @property
     def receive_waits(self) -> int:
@@ -92,7 +95,8 @@ def _ring(size: int, nbytes: int, passes: int) -> Work:
     messages = passes * size * (size - 1) * segments
     moved = passes * size * (size - 1) * chunk
     reduce = size * (size - 1) * chunk
-    return Work(messages, moved, messages, moved, reduce, (size - 1) * chunk)
+    op = min(chunk, SEGMENT_BYTES)  # a chunk is combined one segment at a time
+    return Work(messages, moved, messages, moved, reduce, (size - 1) * chunk, reduce_op_bytes=op)
 
 
 def _scan(size: int, nbytes: int) -> Work:
@@ -136,6 +140,7 @@ def _scatter_reduce(size: int, nbytes: int) -> Work:
         reduce_bytes=slices * part,
         path_reduce_bytes=(size - 1) * part,
         waits=2 * size,  # every rank collects its slices at once, then the reduced ones
+        reduce_op_bytes=part,
         **_published(size, size - 1, part),
     )
 

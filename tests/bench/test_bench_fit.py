@@ -510,6 +510,66 @@ def test_the_later_rounds_of_a_polling_channel_are_fitted():
 def test_reduce_rate_is_measured():
     rate = calibrate.measure_reduce_rate("float64", 1 << 16)
     assert 1e6 < rate < 1e13
+    rates = calibrate.measure_reduce_rates("uint8", 1 << 19)
+    assert sorted(rates) == [1 << 16, 1 << 17, 1 << 18, 1 << 19]
+    assert all(1e6 < r < 1e13 for r in rates.values())
+    assert list(calibrate.measure_reduce_rates("uint8", 1000)) == [1000]
+
+
+def test_the_reduction_gets_a_second_rate_where_its_inputs_outgrow_the_caches():
+    # numpy's SUM of uint8 inputs on this machine (session 13), bytes per second
+    ladder = {
+        1 << 16: 16.6e9,
+        1 << 18: 24.5e9,
+        1 << 19: 20.1e9,
+        1 << 20: 9.2e9,
+        1 << 21: 8.0e9,
+        1 << 24: 7.8e9,
+    }
+    got = calibrate.reduction_regimes(ladder)
+    assert got == {
+        "reduce_bytes_per_s": 24.5e9,
+        "reduce_cache_bytes": float(1 << 19),
+        "reduce_bytes_large_per_s": 7.8e9,
+    }
+    # a ladder within the caches (in process, to 256 KiB): one rate, the largest input's
+    assert calibrate.reduction_regimes({1 << 16: 16.6e9, 1 << 18: 24.5e9}) == {
+        "reduce_bytes_per_s": 24.5e9
+    }
+    assert calibrate.reduction_regimes({1 << 24: 7.8e9}) == {"reduce_bytes_per_s": 7.8e9}
+    with pytest.raises(ValueError):
+        calibrate.reduction_regimes({})
+
+
+def test_the_fit_prices_the_reductions_at_their_measured_rates():
+    # Across processes the bench measured SUM on the largest allreduce's inputs (7.3 GB/s)
+    # and charged every allreduce's reduction at that rate; a 2-rank allreduce of 512 KiB
+    # came out 43 % high (session 13). The fit takes the reduction's two rates as given.
+    wire = {**_WIRE, "bandwidth_single_bytes_per_s": 5e9, "bandwidth_large_bytes_per_s": 5e9}
+    reduction = {
+        "reduce_bytes_per_s": 2.4e10,
+        "reduce_cache_bytes": float(1 << 19),
+        "reduce_bytes_large_per_s": 7e9,
+    }
+    truth = ChannelModel(
+        name="direct",
+        **wire,
+        bandwidth_aggregate_bytes_per_s=5e9,
+        payload_overhead_s=20e-6,
+        cpu_per_message_s=10e-6,
+        cpu_bytes_per_s=4e9,
+        parallel_ranks=1.0,
+        **reduction,
+    )
+    points = _collective_points(truth)
+    fit = calibrate.fit_rounds("direct", wire, points, parallel_ranks=1.0, **reduction)
+    assert fit["reduce_cache_bytes"] == 1 << 19 and fit["reduce_bytes_large_per_s"] == 7e9
+    assert fit["cpu_bytes_per_s"] == pytest.approx(4e9, rel=1e-3)
+    _assert_reproduces(dataclasses.replace(truth, **fit), points)
+    # priced at the largest input's rate alone, the same calls fit worse
+    one = calibrate._fit_rounds("direct", wire, points, parallel_ranks=1.0, reduce_bytes_per_s=7e9)
+    two = calibrate._fit_rounds("direct", wire, points, parallel_ranks=1.0, **reduction)
+    assert two[0] < one[0]
 
 
 @pytest.mark.parametrize("suffix", [".json", ".toml"])

@@ -166,6 +166,51 @@ def test_the_third_regime_is_set_in_config():
     assert m.wire_time_s(1 << 26) > model_for("direct").wire_time_s(1 << 26)
 
 
+def test_a_reduction_slows_down_beyond_what_the_caches_hold():
+    m = ChannelModel(
+        name="x",
+        latency_s=0.0,
+        bandwidth_single_bytes_per_s=1e9,
+        bandwidth_aggregate_bytes_per_s=1e9,
+        reduce_bytes_per_s=2e10,
+        reduce_cache_bytes=512 * 1024,
+        reduce_bytes_large_per_s=8e9,
+    )
+    kib = 1024
+    # inputs within the cache: one rate, however many of them
+    assert m.reduce_s(3 * 512 * kib, 512 * kib) == pytest.approx(3 * 512 * kib / 2e10)
+    # a larger input: its first 512 KiB at the fast rate, the rest at the slow one
+    one = 512 * kib / 2e10 + 1536 * kib / 8e9
+    assert m.reduce_s(2048 * kib, 2048 * kib) == pytest.approx(one)
+    assert m.reduce_s(3 * 2048 * kib, 2048 * kib) == pytest.approx(3 * one)
+    # one rate when no limit is set
+    flat = dataclasses.replace(m, reduce_cache_bytes=0.0)
+    assert flat.reduce_s(2048 * kib, 2048 * kib) == pytest.approx(2048 * kib / 2e10)
+    assert dataclasses.replace(m, reduce_bytes_per_s=0.0).reduce_s(1e6, 1e6) == 0.0
+    # a 2-rank allreduce reduces its whole payload, the ring reduces slices of it
+    free = FunctionPrice(0.0, 0.0)
+    slow = dataclasses.replace(m, reduce_bytes_per_s=8e9, reduce_cache_bytes=0.0)
+    doubling = algorithm_for("allreduce", "direct", 2, 512 * kib)
+    assert doubling.name == "recursive_doubling"
+    fast_t = predict("allreduce", 512 * kib, 2, doubling, m, free).time_s
+    slow_t = predict("allreduce", 512 * kib, 2, doubling, slow, free).time_s
+    assert slow_t - fast_t == pytest.approx(512 * kib / 8e9 - 512 * kib / 2e10)
+    ring = algorithm_for("allreduce", "direct", 8, 4 << 20)
+    assert ring.name == "ring"
+    assert predict("allreduce", 4 << 20, 8, ring, m, free).time_s == pytest.approx(
+        predict("allreduce", 4 << 20, 8, ring, flat, free).time_s
+    )  # 512 KiB slices: within the cache
+
+
+def test_the_reduction_regimes_are_set_in_config():
+    cfg = Config.from_dict(
+        {"model": {"direct": {"reduce_cache_bytes": 1 << 20, "reduce_bytes_large_per_s": 1e9}}}
+    )
+    m = model_for("direct", cfg)
+    assert (m.reduce_cache_bytes, m.reduce_bytes_large_per_s) == (1 << 20, 1e9)
+    assert m.reduce_s(1 << 22, 1 << 22) > model_for("direct").reduce_s(1 << 22, 1 << 22)
+
+
 def test_time_follows_the_algorithms_steps():
     m = dataclasses.replace(DEFAULTS["direct"], reduce_bytes_per_s=0.0)
     price = FunctionPrice(0.0, 1.0)
