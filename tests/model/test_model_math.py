@@ -136,15 +136,19 @@ def test_fetches_are_cpu_work_where_ranks_share_cpus():
     assert timing("bcast", 1000, 4, steps, own)[1] == 0
 
 
-def test_wire_time_in_two_and_three_regimes():
-    two = ChannelModel(
+def _gigabit(**values):
+    """A channel with no latency and 1 GB/s streams, and ``values``."""
+    return ChannelModel(
         name="x",
         latency_s=0.0,
         bandwidth_single_bytes_per_s=1e9,
         bandwidth_aggregate_bytes_per_s=1e9,
-        large_message_bytes=1e6,
-        bandwidth_large_bytes_per_s=1e8,
+        **values,
     )
+
+
+def test_wire_time_in_two_and_three_regimes():
+    two = _gigabit(large_message_bytes=1e6, bandwidth_large_bytes_per_s=1e8)
     assert two.wire_time_s(500_000) == pytest.approx(5e-4)
     assert two.wire_time_s(2_000_000) == pytest.approx(1e-3 + 1e-2)
     three = dataclasses.replace(two, huge_message_bytes=2e6, bandwidth_huge_bytes_per_s=1e7)
@@ -167,14 +171,8 @@ def test_the_third_regime_is_set_in_config():
 
 
 def test_a_reduction_slows_down_beyond_what_the_caches_hold():
-    m = ChannelModel(
-        name="x",
-        latency_s=0.0,
-        bandwidth_single_bytes_per_s=1e9,
-        bandwidth_aggregate_bytes_per_s=1e9,
-        reduce_bytes_per_s=2e10,
-        reduce_cache_bytes=512 * 1024,
-        reduce_bytes_large_per_s=8e9,
+    m = _gigabit(
+        reduce_bytes_per_s=2e10, reduce_cache_bytes=512 * 1024, reduce_bytes_large_per_s=8e9
     )
     kib = 1024
     # inputs within the cache: one rate, however many of them
