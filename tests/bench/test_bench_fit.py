@@ -494,7 +494,7 @@ def test_the_later_rounds_of_a_polling_channel_are_fitted():
     # a channel whose receivers do not poll: a round is a round unless the calls say
     # otherwise (Redis in one process, session 13: a 2-rank allreduce took 300 us, the
     # gather and bcast of its two messages 123 and 134 us, and was predicted 26-32 %
-    # low; with its second round's extra time fitted, within 5 %)
+    # low; with its second round's extra time fitted, within 6 %)
     truth = dataclasses.replace(
         truth, name="direct", inline_max_bytes=0.0, fetch_s=0.0, first_round_saving_s=0.0
     )
