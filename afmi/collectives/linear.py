@@ -9,7 +9,8 @@ against, and they apply every op in exact rank order.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from afmi.collectives.base import Algorithm, CollectiveContext, Step
 from afmi.ops import Op
@@ -29,6 +30,18 @@ __all__ = [
 ]
 
 
+T = TypeVar("T")
+
+
+async def together(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """The results of ``coros`` run concurrently (``asyncio.gather``); a lone one is
+    awaited in the calling task, without a task of its own to create and schedule (a
+    2-rank bcast's root: in one process 60 µs a call on ``local`` instead of 104)."""
+    if len(coros) == 1:
+        return [await coros[0]]
+    return list(await asyncio.gather(*coros))
+
+
 def fold(op: Op, values: list[Any]) -> Any:
     """``values[0] op values[1] op ...`` left to right."""
     acc = values[0]
@@ -43,6 +56,7 @@ async def gather_to(ctx: CollectiveContext, obj: Any, root: int, sub: int = 0) -
         await ctx.send(obj, root, sub)
         return None
     others = [r for r in range(ctx.size) if r != root]
+    # (awaited here rather than in a task of its own, a lone receive measured no faster)
     received = await asyncio.gather(*(ctx.recv(r, sub) for r in others))
     out: list[Any] = [None] * ctx.size
     out[root] = obj
@@ -54,7 +68,7 @@ async def gather_to(ctx: CollectiveContext, obj: Any, root: int, sub: int = 0) -
 async def bcast_from(ctx: CollectiveContext, obj: Any, root: int, sub: int = 0) -> Any:
     """``root`` sends ``obj`` to every rank."""
     if ctx.rank == root:
-        await asyncio.gather(*(ctx.send(obj, r, sub) for r in range(ctx.size) if r != root))
+        await together([ctx.send(obj, r, sub) for r in range(ctx.size) if r != root])
         return obj
     return await ctx.recv(root, sub)
 

@@ -9,6 +9,7 @@ input from its rank number, so each computes the reference itself.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from typing import Any
 
@@ -608,3 +609,26 @@ async def test_string_arrays_are_never_reduced_in_place():
     assert not registry.get("allreduce", "ring").applicable(
         2, 16, {"x": np.array(["ab"] * 100_000), "op": afmi.SUM}
     )
+
+
+async def test_a_lone_send_or_receive_of_the_root_runs_in_the_calling_task():
+    # A 2-rank bcast's root has one send: with a task of its own to run it, a 2-rank
+    # bcast in one process took 104 us instead of 60 on `local` (session 13).
+    from afmi.collectives.linear import together
+
+    async def where(value):
+        await asyncio.sleep(0)
+        return value, asyncio.current_task()
+
+    me = asyncio.current_task()
+    [(got, task)] = await together([where(1)])
+    assert got == 1 and task is me
+    pairs = await together([where(1), where(2)])
+    assert [v for v, _ in pairs] == [1, 2]
+    assert all(t is not me for _, t in pairs)  # several still run side by side
+
+    async def fails():
+        raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        await together([fails()])
