@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from afmi.config import Config
 
 __all__ = [
+    "fastest_reduction",
     "fit_aggregate",
     "fit_fetch",
     "fit_rounds",
@@ -489,6 +490,12 @@ def reduction_regimes(rates: dict[int, float]) -> dict[str, float]:
     }
 
 
+def fastest_reduction(ladders: Sequence[dict[int, float]]) -> dict[str, float]:
+    """:func:`reduction_regimes` of several runs of :func:`measure_reduce_rates` over the
+    same sizes, every size at its fastest run."""
+    return reduction_regimes({n: max(ladder[n] for ladder in ladders) for n in ladders[0]})
+
+
 #: Smallest input :func:`measure_reduce_rates` times.
 REDUCE_LADDER_MIN_BYTES = 64 * 1024
 #: The reduction gets a second rate (:func:`reduction_regimes`) where its largest input
@@ -635,9 +642,7 @@ def _fit_rounds(
         w = base.channel_work(work(op, alg, ranks, nbytes))
         share = base.parallelism(ranks)
         shared = 1.0 if share < ranks else 0.0  # no CPU bound with a CPU per rank
-        op_bytes = w.reduce_op_bytes or nbytes
-        reduce_s = base.reduce_s(w.reduce_bytes, op_bytes)
-        path_reduce_s = base.reduce_s(w.path_reduce_bytes, op_bytes)
+        path_reduce_s, reduce_s = base.reductions_s(w, nbytes)
         data = 0.0 if op in NO_PAYLOAD else 1.0  # a barrier carries no payload
         fetched = float(base.fetched_reads(w, nbytes))
         later = float(max(rounds - 1, 0))

@@ -642,9 +642,8 @@ def model_accuracy(
         # As in process: SUM of the bench's uint8 payloads up to the largest size it
         # reduced, every size the fastest of three measurements.
         top = max((r["nbytes"] for r in rows if r.get("op") == "allreduce"), default=1 << 23)
-        ladders = [calibrate.measure_reduce_rates("uint8", top) for _ in range(3)]
-        reduction = calibrate.reduction_regimes(
-            {n: max(ladder[n] for ladder in ladders) for n in ladders[0]}
+        reduction = calibrate.fastest_reduction(
+            [calibrate.measure_reduce_rates("uint8", top) for _ in range(3)]
         )
         reduce_rate = reduction["reduce_bytes_per_s"]
         for ch in sorted({r["channel"] for r in rows}):

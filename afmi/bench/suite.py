@@ -298,8 +298,7 @@ def _sweep(
         r for r in merged if "op" in r and (r["channel"], r["op"], r["ranks"]) not in failed
     ]
     # every input size at its fastest pass
-    fastest = {n: max(ladder[n] for ladder in ladders) for n in ladders[0]} if ladders else {}
-    reduction = calibrate.reduction_regimes(fastest) if fastest else {"reduce_bytes_per_s": 0.0}
+    reduction = calibrate.fastest_reduction(ladders) if ladders else {"reduce_bytes_per_s": 0.0}
     return _Swept(measured, pingpong, collectives, reduction)
 
 

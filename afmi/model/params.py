@@ -184,6 +184,16 @@ class ChannelModel:
         )
         return nbytes / op_bytes * per_op
 
+    def reductions_s(self, work: Work, nbytes: int) -> tuple[float, float]:
+        """Seconds of the reductions of ``work`` (a call moving ``nbytes`` per rank):
+        ``(on the critical path, all of them)``, each op combining ``work.reduce_op_bytes``
+        (the call's ``nbytes`` when that is 0) at :meth:`reduce_s`."""
+        op_bytes = work.reduce_op_bytes or nbytes
+        return (
+            self.reduce_s(work.path_reduce_bytes, op_bytes),
+            self.reduce_s(work.reduce_bytes, op_bytes),
+        )
+
     def fetch_cpu_s(self) -> float:
         """CPU seconds of one fetch where ranks share CPUs: ``cpu_per_fetch_s``, or
         ``fetch_s`` when that is unset (a fetch as much work as its time)."""

@@ -144,8 +144,8 @@ def timing(
     if op != "send" and rounds > 0:
         path = max(path - channel.first_round_saving_s, 0.0)
     w = channel.channel_work(work(op, algorithm, size, nbytes))
-    op_bytes = w.reduce_op_bytes or nbytes
-    path += channel.reduce_s(w.path_reduce_bytes, op_bytes)
+    path_reduce_s, reduce_s = channel.reductions_s(w, nbytes)
+    path += path_reduce_s
     share = channel.parallelism(size)
     if op == "send" or share >= size:
         return path, 0.0
@@ -156,7 +156,7 @@ def timing(
     cpu += channel.shared_read_cpu_s(w)
     cpu += w.receive_waits * channel.cpu_per_wait_s
     cpu += channel.cpu_bytes_s((w.bytes_sent + w.bytes_received) / 2)
-    cpu += channel.reduce_s(w.reduce_bytes, op_bytes)
+    cpu += reduce_s
     return path, cpu / share + rounds * channel.wait_per_round_s
 
 

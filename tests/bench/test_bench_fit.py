@@ -532,6 +532,9 @@ def test_the_reduction_gets_a_second_rate_where_its_inputs_outgrow_the_caches():
         "reduce_cache_bytes": float(1 << 19),
         "reduce_bytes_large_per_s": 7.8e9,
     }
+    # several runs: every size at its fastest
+    slower = {n: r / 2 for n, r in ladder.items()}
+    assert calibrate.fastest_reduction([slower, ladder, slower]) == got
     # a ladder within the caches (in process, to 256 KiB): one rate, the largest input's
     assert calibrate.reduction_regimes({1 << 16: 16.6e9, 1 << 18: 24.5e9}) == {
         "reduce_bytes_per_s": 24.5e9
