@@ -83,6 +83,11 @@ class RedisConfig:
     inline_bytes: int = 64 * 1024
     #: Connections per rank that read chunks concurrently.
     fetch_connections: int = 2
+    #: Bytes of chunks one rank asks for at a time, over all its fetch connections
+    #: (at least a chunk per connection); 0: every chunk of a message at once. Redis
+    #: copies every reply into its output buffers until the socket takes it, so many
+    #: outstanding megabytes make the server allocate and copy more than it sends.
+    fetch_window_bytes: int = 4 * 1024 * 1024
     #: Seconds to reach and authenticate with the server before giving up.
     connect_timeout: float = 10.0
     #: Stream messages of at least this many chunks (the receiver reads each chunk
@@ -99,6 +104,11 @@ class RedisConfig:
             )
         if self.inline_bytes < 0:
             raise ConfigError(f"channels.redis.inline_bytes must be >= 0, got {self.inline_bytes}")
+        if self.fetch_window_bytes < 0:
+            raise ConfigError(
+                f"channels.redis.fetch_window_bytes must be >= 0 (0: no window), "
+                f"got {self.fetch_window_bytes}"
+            )
         if not self.prefix or ":" in self.prefix:
             raise ConfigError(
                 f"channels.redis.prefix must be a non-empty string without ':', got {self.prefix!r}"

@@ -172,6 +172,52 @@ async def test_publish_stores_chunks_once_and_last_reader_deletes(redis_url):
         assert await job_keys(redis_url, job) == []
 
 
+@pytest.mark.parametrize(("window", "most"), [(4_000, 2), (1, 1), (0, 5)])
+async def test_fetch_asks_for_a_window_of_chunks_at_a_time(redis_url, window, most):
+    # 10 chunks of 1000 bytes over 2 connections: a window of 4000 bytes is 2 chunks
+    # per connection, 1 byte still one chunk, 0 every chunk (5 per connection) at once.
+    job = new_job()
+    cfg = config(
+        redis_url,
+        chunk_bytes=1000,
+        inline_bytes=100,
+        fetch_connections=2,
+        fetch_window_bytes=window,
+    )
+    async with afmi.channels.get_driver("redis").group(2, job, cfg) as (a, b):
+        got: asyncio.Queue[afmi.wire.message.Message] = asyncio.Queue()
+        a.start(lambda m: None, lambda e: None)
+        b.start(got.put_nowait, lambda e: None)
+        outstanding = {id(c): 0 for c in b._bulk}
+        peak = {id(c): 0 for c in b._bulk}
+
+        def spy(conn, submit):
+            key = id(conn)
+
+            def done(_):
+                outstanding[key] -= 1
+
+            def counted(*args, **kw):
+                futs = submit(*args, **kw)
+                for fut in futs:
+                    outstanding[key] += 1
+                    peak[key] = max(peak[key], outstanding[key])
+                    fut.add_done_callback(done)
+                return futs
+
+            return counted
+
+        for conn in b._bulk:  # every request goes through submit_many
+            conn.submit_many = spy(conn, conn.submit_many)
+        data = np.arange(2_500, dtype=np.int32)  # 10_000 bytes
+        await a.send(1, afmi.wire.message.Message(2, 0, 5, 0, b"h", [data]))
+        msg = await asyncio.wait_for(got.get(), 10)
+        assert bytes(msg.buffers[0]) == data.tobytes()
+        assert sorted(peak.values()) == [most, most]
+        assert b.stats()["chunks_read"] == 10
+        assert await job_keys(redis_url, job) == []
+
+
 async def test_connect_reads_url_from_config_and_env(redis_url, subprocess_env):
     job = new_job()
     cfg = config("redis://127.0.0.1:1/0")  # wrong on purpose: AFMI_REDIS_URL overrides it
@@ -238,6 +284,8 @@ def test_url_forms():
 def test_config_validation():
     with pytest.raises(afmi.ConfigError, match=r"channels\.redis\.chunk_bytes"):
         Config.from_dict({"channels": {"redis": {"chunk_bytes": 0}}})
+    with pytest.raises(afmi.ConfigError, match=r"channels\.redis\.fetch_window_bytes"):
+        Config.from_dict({"channels": {"redis": {"fetch_window_bytes": -1}}})
     with pytest.raises(afmi.ConfigError, match=r"channels\.redis\.prefix"):
         Config.from_dict({"channels": {"redis": {"prefix": "a:b"}}})
 

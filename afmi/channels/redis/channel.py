@@ -23,7 +23,8 @@ Keys (all under ``{prefix}:{job}``, all with a TTL of ``key_ttl``):
 
 One background task per rank blocks in ``BLPOP`` on its mailbox (no
 polling). A descriptor starts a separate fetch task that ``GETDEL``\\ s the
-chunks concurrently over ``fetch_connections`` connections, straight into
+chunks concurrently over ``fetch_connections`` connections (asking for at
+most ``fetch_window_bytes`` of them at a time), straight into
 the message's buffers, so the mailbox never waits behind a large transfer;
 per-source delivery order is kept by a small reorder queue. Consumed keys are
 deleted as they are read; on close the rank deletes its mailbox and every
@@ -455,20 +456,46 @@ class RedisChannel(Channel):
         slot[0] = msg
         self._flush(msg.source)
 
+    def _window(self) -> int:
+        """Chunks one fetch connection asks for at a time (0: all of them)."""
+        window = self._cfg.fetch_window_bytes
+        if window <= 0:
+            return 0
+        return max(window // (self._cfg.chunk_bytes * len(self._bulk)), 1)
+
     async def _get_all(self, stem: str, targets: list[memoryview], verb: str) -> list[bool]:
-        """``verb`` every chunk of ``stem`` into its target, spread over the bulk connections."""
+        """``verb`` every chunk of ``stem`` into its target, spread over the bulk connections,
+        each asking for at most :meth:`_window` chunks at a time."""
         conns = self._bulk
-        futs: list[asyncio.Future[Any]] = [None] * len(targets)  # type: ignore[list-item]
-        for c, conn in enumerate(conns):
-            mine = range(c, len(targets), len(conns))
-            if not mine:
-                continue
-            got = conn.submit_many(
-                [(verb, f"{stem}:{i}") for i in mine], [targets[i] for i in mine]
-            )
-            for i, fut in zip(mine, got):
-                futs[i] = fut
-        return list(await asyncio.gather(*futs))
+        found: list[bool] = [False] * len(targets)
+        window = self._window()
+
+        async def fetch(conn: RespConnection, mine: range) -> None:
+            if not window or len(mine) <= window:
+                got = conn.submit_many(
+                    [(verb, f"{stem}:{i}") for i in mine], [targets[i] for i in mine]
+                )
+                for i, ok in zip(mine, await asyncio.gather(*got)):
+                    found[i] = ok
+                return
+            pending: collections.deque[tuple[int, asyncio.Future[Any]]] = collections.deque()
+            try:
+                for i in mine:
+                    if len(pending) >= window:
+                        j, fut = pending.popleft()
+                        found[j] = await fut
+                    pending.append((i, conn.submit_get_into(f"{stem}:{i}", targets[i], verb)))
+                while pending:
+                    j, fut = pending.popleft()
+                    found[j] = await fut
+            finally:
+                for _, fut in pending:
+                    fut.cancel()  # the connection is failing, or the fetch was cancelled
+
+        await asyncio.gather(
+            *(fetch(conn, range(c, len(targets), len(conns))) for c, conn in enumerate(conns))
+        )
+        return found
 
     async def _notifier(self) -> RespConnection:
         while self._notifiers:
