@@ -437,7 +437,8 @@ def _coll_row(
 
 
 def _best(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Merge ``new`` into ``rows`` keeping the fastest measurement of every point (sorted)."""
+    """Merge ``new`` into ``rows`` keeping the fastest measurement of every point (sorted);
+    every point lists each run's time in ``pass_latencies_s``, in run order."""
     key: Callable[[dict[str, Any]], tuple[Any, ...]] = lambda r: (  # noqa: E731
         r["channel"],
         r.get("op", "send"),
@@ -447,8 +448,10 @@ def _best(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[st
     by = {key(r): r for r in rows}
     for r in new:
         old = by.get(key(r))
+        times = [*(old.get("pass_latencies_s", [old["latency_s"]]) if old else ()), r["latency_s"]]
         if old is None or r["latency_s"] < old["latency_s"]:
             by[key(r)] = r
+        by[key(r)]["pass_latencies_s"] = times
     return sorted(by.values(), key=key)
 
 

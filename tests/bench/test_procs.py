@@ -191,6 +191,12 @@ def test_best_of_n_and_ratios():
     b = [procs._pp_row("direct", 8, 10, 1e-5), procs._pp_row("socket", 8, 10, 3e-5)]
     best = procs._best(a, b)
     assert {r["channel"]: r["latency_s"] for r in best} == {"direct": 1e-5, "socket": 1e-5}
+    # every run's time is kept, in run order, for the report's pass spread
+    c = [procs._pp_row("direct", 8, 10, 4e-5)]
+    thrice = procs._best(procs._best(procs._best([], a), b), c)
+    passes = {r["channel"]: r["pass_latencies_s"] for r in thrice}
+    assert passes == {"direct": [2e-5, 1e-5, 4e-5], "socket": [1e-5, 3e-5]}
+    assert next(r for r in thrice if r["channel"] == "direct")["latency_s"] == 1e-5
     ar = [procs._coll_row("direct", 2, 8, 5, 4e-4), procs._coll_row("mpi4py", 2, 8, 5, 1e-4)]
     out = procs.ratios(best, ar)
     assert {(r["op"], r.get("vs_socket"), r.get("vs_mpi4py")) for r in out} == {
