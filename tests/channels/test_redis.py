@@ -214,7 +214,16 @@ async def test_fetch_asks_for_a_window_of_chunks_at_a_time(redis_url, window, mo
         msg = await asyncio.wait_for(got.get(), 10)
         assert bytes(msg.buffers[0]) == data.tobytes()
         assert sorted(peak.values()) == [most, most]
-        assert b.stats()["chunks_read"] == 10
+        # Two messages fetched at once share the window (with none they may ask for 10).
+        both = [data + 1, data + 2]
+        for seq, d in enumerate(both, 1):
+            await a.send(1, afmi.wire.message.Message(2, 0, 5, seq, b"h", [d]))
+        for d in both:
+            msg = await asyncio.wait_for(got.get(), 10)
+            assert bytes(msg.buffers[0]) == d.tobytes()
+        if window:
+            assert sorted(peak.values()) == [most, most]
+        assert b.stats()["chunks_read"] == 30
         assert await job_keys(redis_url, job) == []
 
 

@@ -191,6 +191,10 @@ class RedisChannel(Channel):
         self._blocking = blocking
         self._bulk = bulk
         self._bulk_turn = itertools.cycle(range(len(bulk)))
+        #: Chunk requests each fetch connection may have outstanding, shared by all of
+        #: this rank's fetches (None: no window).
+        window = self._window()
+        self._slots = [asyncio.Semaphore(window) for _ in bulk] if window else None
         self._counter = itertools.count()
         self._receiver: asyncio.Task[None] | None = None
         self._fetches: set[asyncio.Task[None]] = set()
@@ -461,40 +465,55 @@ class RedisChannel(Channel):
         window = self._cfg.fetch_window_bytes
         if window <= 0:
             return 0
-        return max(window // (self._cfg.chunk_bytes * len(self._bulk)), 1)
+        return max(window // (self._cfg.chunk_bytes * max(len(self._bulk), 1)), 1)
 
     async def _get_all(self, stem: str, targets: list[memoryview], verb: str) -> list[bool]:
-        """``verb`` every chunk of ``stem`` into its target, spread over the bulk connections,
-        each asking for at most :meth:`_window` chunks at a time."""
-        conns = self._bulk
-        found: list[bool] = [False] * len(targets)
-        window = self._window()
+        """``verb`` every chunk of ``stem`` into its target, spread over the bulk connections.
 
-        async def fetch(conn: RespConnection, mine: range) -> None:
-            if not window or len(mine) <= window:
+        Each connection has at most :meth:`_window` requests outstanding, over all of this
+        rank's fetches: a chunk is asked for when an earlier one has arrived."""
+        conns = self._bulk
+        if self._slots is None:
+            futs: list[asyncio.Future[Any]] = [None] * len(targets)  # type: ignore[list-item]
+            for c, conn in enumerate(conns):
+                mine = range(c, len(targets), len(conns))
+                if not mine:
+                    continue
                 got = conn.submit_many(
                     [(verb, f"{stem}:{i}") for i in mine], [targets[i] for i in mine]
                 )
-                for i, ok in zip(mine, await asyncio.gather(*got)):
-                    found[i] = ok
-                return
-            pending: collections.deque[tuple[int, asyncio.Future[Any]]] = collections.deque()
+                for i, fut in zip(mine, got):
+                    futs[i] = fut
+            return list(await asyncio.gather(*futs))
+
+        async def fetch(conn: RespConnection, slots: asyncio.Semaphore, mine: range) -> list[Any]:
+            asked: list[asyncio.Future[Any]] = []
             try:
                 for i in mine:
-                    if len(pending) >= window:
-                        j, fut = pending.popleft()
-                        found[j] = await fut
-                    pending.append((i, conn.submit_get_into(f"{stem}:{i}", targets[i], verb)))
-                while pending:
-                    j, fut = pending.popleft()
-                    found[j] = await fut
-            finally:
-                for _, fut in pending:
-                    fut.cancel()  # the connection is failing, or the fetch was cancelled
+                    await slots.acquire()
+                    try:
+                        fut = conn.submit_get_into(f"{stem}:{i}", targets[i], verb)
+                    except BaseException:
+                        slots.release()
+                        raise
+                    fut.add_done_callback(lambda _: slots.release())
+                    asked.append(fut)
+                return list(await asyncio.gather(*asked))
+            except BaseException:
+                for fut in asked:
+                    fut.cancel()  # frees its slot; the reply is still read and dropped
+                raise
 
-        await asyncio.gather(
-            *(fetch(conn, range(c, len(targets), len(conns))) for c, conn in enumerate(conns))
+        parts = await asyncio.gather(
+            *(
+                fetch(conn, slots, range(c, len(targets), len(conns)))
+                for c, (conn, slots) in enumerate(zip(conns, self._slots))
+            )
         )
+        found: list[bool] = [False] * len(targets)
+        for c, part in enumerate(parts):
+            for i, ok in zip(range(c, len(targets), len(conns)), part):
+                found[i] = ok
         return found
 
     async def _notifier(self) -> RespConnection:
