@@ -83,11 +83,13 @@ class RedisConfig:
     inline_bytes: int = 64 * 1024
     #: Connections per rank that read chunks concurrently.
     fetch_connections: int = 2
-    #: Bytes of chunks one rank asks for at a time, over all its fetch connections
-    #: (at least a chunk per connection); 0: every chunk of a message at once. Redis
-    #: copies every reply into its output buffers until the socket takes it, so many
-    #: outstanding megabytes make the server allocate and copy more than it sends.
-    fetch_window_bytes: int = 4 * 1024 * 1024
+    #: Bytes of chunks one rank has asked the server to store or to send and not yet
+    #: had the reply for, over its fetch connections (at least a chunk per connection);
+    #: 0: every chunk of a message at once. Redis copies every reply into its output
+    #: buffers until the socket takes it, and Python 3.11's asyncio copies a whole
+    #: pipeline into one buffer before it sends: many outstanding megabytes cost
+    #: copies and fresh memory on both sides.
+    window_bytes: int = 4 * 1024 * 1024
     #: Seconds to reach and authenticate with the server before giving up.
     connect_timeout: float = 10.0
     #: Stream messages of at least this many chunks (the receiver reads each chunk
@@ -104,10 +106,9 @@ class RedisConfig:
             )
         if self.inline_bytes < 0:
             raise ConfigError(f"channels.redis.inline_bytes must be >= 0, got {self.inline_bytes}")
-        if self.fetch_window_bytes < 0:
+        if self.window_bytes < 0:
             raise ConfigError(
-                f"channels.redis.fetch_window_bytes must be >= 0 (0: no window), "
-                f"got {self.fetch_window_bytes}"
+                f"channels.redis.window_bytes must be >= 0 (0: no window), got {self.window_bytes}"
             )
         if not self.prefix or ":" in self.prefix:
             raise ConfigError(

@@ -172,59 +172,99 @@ async def test_publish_stores_chunks_once_and_last_reader_deletes(redis_url):
         assert await job_keys(redis_url, job) == []
 
 
-@pytest.mark.parametrize(("window", "most"), [(4_000, 2), (1, 1), (0, 5)])
-async def test_fetch_asks_for_a_window_of_chunks_at_a_time(redis_url, window, most):
+def count_outstanding(conns, verbs):
+    """Spy on ``conns``: the most commands with one of ``verbs`` waiting for a reply at
+    once on each (every request goes through ``submit_many``)."""
+    outstanding = {id(c): 0 for c in conns}
+    peak = {id(c): 0 for c in conns}
+    for conn in conns:
+        key, submit = id(conn), conn.submit_many
+
+        def counted(commands, *args, key=key, submit=submit, **kw):
+            futs = submit(commands, *args, **kw)
+            for command, fut in zip(commands, futs):
+                if command[0] in verbs:
+                    outstanding[key] += 1
+                    peak[key] = max(peak[key], outstanding[key])
+                    fut.add_done_callback(
+                        lambda _, key=key: outstanding.__setitem__(key, outstanding[key] - 1)
+                    )
+            return futs
+
+        conn.submit_many = counted
+    return peak
+
+
+@pytest.mark.parametrize(("window", "most", "stored"), [(4_000, 2, 2), (1, 1, 1), (0, 5, 10)])
+async def test_chunks_move_a_window_at_a_time(redis_url, window, most, stored):
     # 10 chunks of 1000 bytes over 2 connections: a window of 4000 bytes is 2 chunks
-    # per connection, 1 byte still one chunk, 0 every chunk (5 per connection) at once.
+    # per connection, 1 byte still one chunk, 0 every chunk at once (a fetch spreads
+    # them over both connections, a store writes them on one).
     job = new_job()
     cfg = config(
-        redis_url,
-        chunk_bytes=1000,
-        inline_bytes=100,
-        fetch_connections=2,
-        fetch_window_bytes=window,
+        redis_url, chunk_bytes=1000, inline_bytes=100, fetch_connections=2, window_bytes=window
     )
     async with afmi.channels.get_driver("redis").group(2, job, cfg) as (a, b):
         got: asyncio.Queue[afmi.wire.message.Message] = asyncio.Queue()
         a.start(lambda m: None, lambda e: None)
         b.start(got.put_nowait, lambda e: None)
-        outstanding = {id(c): 0 for c in b._bulk}
-        peak = {id(c): 0 for c in b._bulk}
-
-        def spy(conn, submit):
-            key = id(conn)
-
-            def done(_):
-                outstanding[key] -= 1
-
-            def counted(*args, **kw):
-                futs = submit(*args, **kw)
-                for fut in futs:
-                    outstanding[key] += 1
-                    peak[key] = max(peak[key], outstanding[key])
-                    fut.add_done_callback(done)
-                return futs
-
-            return counted
-
-        for conn in b._bulk:  # every request goes through submit_many
-            conn.submit_many = spy(conn, conn.submit_many)
+        fetched = count_outstanding(b._bulk, ("GET", "GETDEL"))
+        written = count_outstanding(a._bulk, ("SET",))
         data = np.arange(2_500, dtype=np.int32)  # 10_000 bytes
         await a.send(1, afmi.wire.message.Message(2, 0, 5, 0, b"h", [data]))
         msg = await asyncio.wait_for(got.get(), 10)
         assert bytes(msg.buffers[0]) == data.tobytes()
-        assert sorted(peak.values()) == [most, most]
+        assert sorted(fetched.values()) == [most, most]
+        assert max(written.values()) == stored
         # Two messages fetched at once share the window (with none they may ask for 10).
         both = [data + 1, data + 2]
-        for seq, d in enumerate(both, 1):
-            await a.send(1, afmi.wire.message.Message(2, 0, 5, seq, b"h", [d]))
+        await asyncio.gather(
+            *(
+                a.send(1, afmi.wire.message.Message(2, 0, 5, seq, b"h", [d]))
+                for seq, d in enumerate(both, 1)
+            )
+        )
         for d in both:
             msg = await asyncio.wait_for(got.get(), 10)
             assert bytes(msg.buffers[0]) == d.tobytes()
         if window:
-            assert sorted(peak.values()) == [most, most]
+            assert sorted(fetched.values()) == [most, most]
+            assert max(written.values()) == stored
         assert b.stats()["chunks_read"] == 30
         assert await job_keys(redis_url, job) == []
+
+
+async def test_a_store_cancelled_midway_deletes_its_chunks(redis_url):
+    job = new_job()
+    cfg = config(redis_url, chunk_bytes=1000, inline_bytes=100, window_bytes=2000)
+    async with afmi.channels.get_driver("redis").group(2, job, cfg) as (a, b):
+        b.start(lambda m: None, lambda e: None)
+        a.start(lambda m: None, lambda e: None)
+        sets = 0
+        for conn in a._bulk:
+            submit = conn.submit_many
+
+            def counted(commands, *args, submit=submit, **kw):
+                nonlocal sets
+                sets += sum(c[0] == "SET" for c in commands)
+                if sets == 3:
+                    sending.cancel()  # the store is between its third and fourth chunk
+                return submit(commands, *args, **kw)
+
+            conn.submit_many = counted
+        data = np.arange(2_500, dtype=np.int32)
+        sending = asyncio.ensure_future(
+            a.send(1, afmi.wire.message.Message(2, 0, 5, 0, b"h", [data]))
+        )
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        assert 3 <= sets < 10
+        for _ in range(100):
+            if not await job_keys(redis_url, job):
+                break
+            await asyncio.sleep(0.01)
+        assert await job_keys(redis_url, job) == []
+        assert b.stats()["messages_received"] == 0
 
 
 async def test_connect_reads_url_from_config_and_env(redis_url, subprocess_env):
@@ -293,8 +333,8 @@ def test_url_forms():
 def test_config_validation():
     with pytest.raises(afmi.ConfigError, match=r"channels\.redis\.chunk_bytes"):
         Config.from_dict({"channels": {"redis": {"chunk_bytes": 0}}})
-    with pytest.raises(afmi.ConfigError, match=r"channels\.redis\.fetch_window_bytes"):
-        Config.from_dict({"channels": {"redis": {"fetch_window_bytes": -1}}})
+    with pytest.raises(afmi.ConfigError, match=r"channels\.redis\.window_bytes"):
+        Config.from_dict({"channels": {"redis": {"window_bytes": -1}}})
     with pytest.raises(afmi.ConfigError, match=r"channels\.redis\.prefix"):
         Config.from_dict({"channels": {"redis": {"prefix": "a:b"}}})
 

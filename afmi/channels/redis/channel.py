@@ -24,7 +24,7 @@ Keys (all under ``{prefix}:{job}``, all with a TTL of ``key_ttl``):
 One background task per rank blocks in ``BLPOP`` on its mailbox (no
 polling). A descriptor starts a separate fetch task that ``GETDEL``\\ s the
 chunks concurrently over ``fetch_connections`` connections (asking for at
-most ``fetch_window_bytes`` of them at a time), straight into
+most ``window_bytes`` of them at a time), straight into
 the message's buffers, so the mailbox never waits behind a large transfer;
 per-source delivery order is kept by a small reorder queue. Consumed keys are
 deleted as they are read; on close the rank deletes its mailbox and every
@@ -191,6 +191,8 @@ class RedisChannel(Channel):
         self._blocking = blocking
         self._bulk = bulk
         self._bulk_turn = itertools.cycle(range(len(bulk)))
+        #: Done once the last chunked message's store has finished (see :meth:`_store`).
+        self._stored: asyncio.Future[None] | None = None
         #: Chunk requests each fetch connection may have outstanding, shared by all of
         #: this rank's fetches (None: no window).
         window = self._window()
@@ -291,7 +293,8 @@ class RedisChannel(Channel):
         views = [_flat(b) for b in msgs[0].buffers]
         spans = _chunk_spans([v.nbytes for v in views], self._cfg.chunk_bytes)
         ttl = self._ttl_ms
-        conn = self._bulk[next(self._bulk_turn)]
+        turn = next(self._bulk_turn)
+        conn = self._bulk[turn]
         commands: list[tuple[Any, ...]] = []
         stream = self._cfg.stream_min_chunks
         if len(dests) == 1 and stream and len(spans) >= stream:
@@ -314,8 +317,63 @@ class RedisChannel(Channel):
                 commands.append(("SET", rc_key, len(dests), "PX", ttl))
             ref = [stem, self._cfg.chunk_bytes, rc_key, None]
             commands += self._entries(dests, msgs, ref)
+            if self._slots is not None:
+                # Descriptors go out in send order: each waits for the one before it.
+                before, mine = self._stored, asyncio.get_running_loop().create_future()
+                self._stored = mine
+                try:
+                    await self._run(self._store(turn, commands, len(spans), before))
+                finally:
+                    if not mine.done():
+                        mine.set_result(None)
+                self._stats["chunks_written"] += len(spans)
+                return
         self._stats["chunks_written"] += len(spans)
         await self._run(conn.pipeline(commands))
+
+    async def _store(
+        self,
+        turn: int,
+        commands: list[tuple[Any, ...]],
+        chunks: int,
+        before: asyncio.Future[None] | None,
+    ) -> None:
+        """Run ``commands`` on bulk connection ``turn``: its first ``chunks`` store chunks,
+        at most :meth:`_window` of them outstanding there (shared with the fetches); the
+        rest, from the first ``RPUSH`` of a descriptor on, once ``before`` (the previous
+        store's) is done, so that descriptors reach the mailboxes in send order.
+
+        A store that fails or is cancelled before its descriptors are written deletes the
+        keys it wrote (nothing points to them yet); once they are written, the message is
+        on its way and the replies are only awaited."""
+        assert self._slots is not None
+        conn, slots = self._bulk[turn], self._slots[turn]
+        asked: list[asyncio.Future[Any]] = []
+        try:
+            for i, command in enumerate(commands):
+                if i < chunks:
+                    await slots.acquire()
+                    try:
+                        fut = conn.submit(*command)
+                    except BaseException:
+                        slots.release()
+                        raise
+                    fut.add_done_callback(lambda _: slots.release())
+                else:
+                    if command[0] == "RPUSH" and before is not None:
+                        await asyncio.shield(before)
+                        before = None
+                    fut = conn.submit(*command)
+                asked.append(fut)
+        except BaseException:
+            for fut in asked:
+                fut.cancel()  # frees its slot; the reply is still read and dropped
+            stored = [c[1] for c in commands[: len(asked)] if c[0] == "SET"]
+            if stored and not conn.closed:
+                conn.submit("DEL", *stored)
+            raise
+        await conn.drain()
+        await asyncio.gather(*asked)  # the first error reply, if any
 
     # -- counters --
     async def arrive(self, name: str, size: int) -> bool:
@@ -462,7 +520,7 @@ class RedisChannel(Channel):
 
     def _window(self) -> int:
         """Chunks one fetch connection asks for at a time (0: all of them)."""
-        window = self._cfg.fetch_window_bytes
+        window = self._cfg.window_bytes
         if window <= 0:
             return 0
         return max(window // (self._cfg.chunk_bytes * max(len(self._bulk), 1)), 1)
