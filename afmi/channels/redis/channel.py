@@ -23,12 +23,14 @@ Keys (all under ``{prefix}:{job}``, all with a TTL of ``key_ttl``):
 
 One background task per rank blocks in ``BLPOP`` on its mailbox (no
 polling). A descriptor starts a separate fetch task that ``GETDEL``\\ s the
-chunks concurrently over ``fetch_connections`` connections (asking for at
-most ``window_bytes`` of them at a time), straight into
+chunks concurrently over ``fetch_connections`` connections, straight into
 the message's buffers, so the mailbox never waits behind a large transfer;
 per-source delivery order is kept by a small reorder queue. Consumed keys are
 deleted as they are read; on close the rank deletes its mailbox and every
-chunk that undelivered descriptors in it still point to.
+chunk that undelivered descriptors in it still point to. Stores and fetches
+of chunks keep at most ``window_bytes`` waiting for a reply per rank (see
+docs/storage.md: asked for all at once, megabytes of replies and of a
+pipeline's buffer were copied on both sides).
 """
 
 from __future__ import annotations
