@@ -40,7 +40,7 @@ import collections
 import functools
 import itertools
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -157,6 +157,20 @@ def _chunk_spans(sizes: Sequence[int], chunk: int) -> list[tuple[int, int, int]]
     return spans
 
 
+async def _in_window(
+    slots: asyncio.Semaphore, submit: Callable[[], asyncio.Future[Any]]
+) -> asyncio.Future[Any]:
+    """``submit()`` once one of ``slots`` is free; the slot is freed with the reply."""
+    await slots.acquire()
+    try:
+        fut = submit()
+    except BaseException:
+        slots.release()
+        raise
+    fut.add_done_callback(lambda _: slots.release())
+    return fut
+
+
 def _ref_keys(ref: list[Any], nchunks: int) -> list[str]:
     """Every key a large message's descriptor refers to."""
     stem, _, rc_key, notices = ref
@@ -195,8 +209,8 @@ class RedisChannel(Channel):
         self._bulk_turn = itertools.cycle(range(len(bulk)))
         #: Done once the last chunked message's store has finished (see :meth:`_store`).
         self._stored: asyncio.Future[None] | None = None
-        #: Chunk requests each fetch connection may have outstanding, shared by all of
-        #: this rank's fetches (None: no window).
+        #: Chunk requests each bulk connection may have waiting for a reply, shared by
+        #: this rank's stores and fetches (None: no window).
         window = self._window()
         self._slots = [asyncio.Semaphore(window) for _ in bulk] if window else None
         self._counter = itertools.count()
@@ -354,13 +368,7 @@ class RedisChannel(Channel):
         try:
             for i, command in enumerate(commands):
                 if i < chunks:
-                    await slots.acquire()
-                    try:
-                        fut = conn.submit(*command)
-                    except BaseException:
-                        slots.release()
-                        raise
-                    fut.add_done_callback(lambda _: slots.release())
+                    fut = await _in_window(slots, functools.partial(conn.submit, *command))
                 else:
                     if command[0] == "RPUSH" and before is not None:
                         await asyncio.shield(before)
@@ -521,7 +529,7 @@ class RedisChannel(Channel):
         self._flush(msg.source)
 
     def _window(self) -> int:
-        """Chunks one fetch connection asks for at a time (0: all of them)."""
+        """Chunk requests one bulk connection may have waiting for a reply (0: no limit)."""
         window = self._cfg.window_bytes
         if window <= 0:
             return 0
@@ -550,14 +558,8 @@ class RedisChannel(Channel):
             asked: list[asyncio.Future[Any]] = []
             try:
                 for i in mine:
-                    await slots.acquire()
-                    try:
-                        fut = conn.submit_get_into(f"{stem}:{i}", targets[i], verb)
-                    except BaseException:
-                        slots.release()
-                        raise
-                    fut.add_done_callback(lambda _: slots.release())
-                    asked.append(fut)
+                    get = functools.partial(conn.submit_get_into, f"{stem}:{i}", targets[i], verb)
+                    asked.append(await _in_window(slots, get))
                 return list(await asyncio.gather(*asked))
             except BaseException:
                 for fut in asked:
