@@ -15,8 +15,9 @@ The figures, all printed by ``afmi bench`` and stored in its JSON:
   dollars the model predicts against the counted requests at the model's
   prices, and how many points predict the writes and reads exactly;
 * noise: for rows measured in several passes, how far a point's passes lay
-  apart (median per channel), and how many points outside the tolerance moved
-  by more than the tolerance between their own passes; and how many points
+  apart (median per channel), how many points outside the tolerance moved
+  by more than the tolerance between their own passes, and how many of the
+  points whose passes lay within the tolerance of each other are within it; and how many points
   outside the tolerance were measured while the machine ran slow
   (``machine_slowdown`` above :data:`afmi.bench.measure.SLOW_MACHINE`, after
   any retries), the slowest it ran for a kept measurement, and the share
@@ -185,13 +186,14 @@ def _spread(row: dict[str, Any]) -> float | None:
 def _noise(errors: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
     """The measurement's own noise: for rows measured in several passes, the median
     spread of a point's passes per channel, and how many points outside the
-    tolerance moved by more than it between their own passes; for rows that
+    tolerance moved by more than it between their own passes, and how the points
+    whose passes lay within it of each other fared; for rows that
     watched the machine's speed, how many points outside the tolerance were
     measured while it ran slow, and how the points measured at speed fared."""
     from afmi.bench.measure import SLOW_MACHINE
 
     spreads: dict[str, list[float]] = defaultdict(list)
-    noisy_misses = 0
+    noisy_misses = steady = steady_within = 0
     watched = slow_misses = at_speed = at_speed_within = 0
     slowest = 1.0
     for e, r in errors:
@@ -207,12 +209,16 @@ def _noise(errors: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
             continue
         spreads[r["channel"]].append(spread)
         noisy_misses += e > TOLERANCE and spread > TOLERANCE
+        steady += spread <= TOLERANCE
+        steady_within += spread <= TOLERANCE and e <= TOLERANCE
     out: dict[str, Any] = {}
     if spreads:
         out["pass_spread_by_channel"] = {
             c: statistics.median_high(v) for c, v in sorted(spreads.items())
         }
         out["misses_noisier_than_tolerance"] = noisy_misses
+        out["steady_points"] = steady
+        out["steady_within"] = steady_within
     if watched:
         out["slowest_machine"] = slowest
         out["misses_on_slow_machine"] = slow_misses

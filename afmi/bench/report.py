@@ -436,7 +436,10 @@ def _accuracy_lines(title: str, acc: dict[str, Any]) -> list[str]:
             "  measurement noise: a point's passes lay apart by a median of "
             + ", ".join(f"{v:.0%} ({c})" for c, v in acc["pass_spread_by_channel"].items())
             + f"; {acc['misses_noisier_than_tolerance']} of the {misses} points outside "
-            f"{acc['tolerance']:.0%} moved by more than that between their own passes"
+            f"{acc['tolerance']:.0%} moved by more than that between their own passes; "
+            f"of the {acc['steady_points']} points whose passes lay within "
+            f"{acc['tolerance']:.0%} of each other, {acc['steady_within']} are within "
+            f"{acc['tolerance']:.0%}"
         )
     if acc.get("slowest_machine") is not None:
         misses = acc["points"] - acc["within_tolerance"]

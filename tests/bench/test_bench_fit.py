@@ -635,6 +635,8 @@ def test_accuracy_reports_the_noise_of_the_passes():
     assert acc["points"] - acc["within_tolerance"] == 2
     assert acc["misses_noisier_than_tolerance"] == 1
     assert acc["pass_spread_by_channel"] == {"local": pytest.approx(0.1)}  # the median
+    # the two points whose passes agree: one within the tolerance, one (5 % apart) not
+    assert (acc["steady_points"], acc["steady_within"]) == (2, 1)
     # rows of one pass report no noise
     single = [{**base, "latency_s": 40e-6}]
     annotate(single, cfg)
