@@ -541,8 +541,8 @@ class RedisChannel(Channel):
         Each connection has at most :meth:`_window` requests outstanding, over all of this
         rank's fetches: a chunk is asked for when an earlier one has arrived."""
         conns = self._bulk
+        futs: list[asyncio.Future[Any]] = [None] * len(targets)  # type: ignore[list-item]
         if self._slots is None:
-            futs: list[asyncio.Future[Any]] = [None] * len(targets)  # type: ignore[list-item]
             for c, conn in enumerate(conns):
                 mine = range(c, len(targets), len(conns))
                 if not mine:
@@ -554,29 +554,21 @@ class RedisChannel(Channel):
                     futs[i] = fut
             return list(await asyncio.gather(*futs))
 
-        async def fetch(conn: RespConnection, slots: asyncio.Semaphore, mine: range) -> list[Any]:
-            asked: list[asyncio.Future[Any]] = []
-            try:
-                for i in mine:
-                    get = functools.partial(conn.submit_get_into, f"{stem}:{i}", targets[i], verb)
-                    asked.append(await _in_window(slots, get))
-                return list(await asyncio.gather(*asked))
-            except BaseException:
-                for fut in asked:
-                    fut.cancel()  # frees its slot; the reply is still read and dropped
-                raise
+        async def ask(c: int, conn: RespConnection, slots: asyncio.Semaphore) -> None:
+            for i in range(c, len(targets), len(conns)):
+                get = functools.partial(conn.submit_get_into, f"{stem}:{i}", targets[i], verb)
+                futs[i] = await _in_window(slots, get)
 
-        parts = await asyncio.gather(
-            *(
-                fetch(conn, slots, range(c, len(targets), len(conns)))
-                for c, (conn, slots) in enumerate(zip(conns, self._slots))
+        try:
+            await asyncio.gather(
+                *(ask(c, conn, slots) for c, (conn, slots) in enumerate(zip(conns, self._slots)))
             )
-        )
-        found: list[bool] = [False] * len(targets)
-        for c, part in enumerate(parts):
-            for i, ok in zip(range(c, len(targets), len(conns)), part):
-                found[i] = ok
-        return found
+        except BaseException:
+            for fut in futs:
+                if fut is not None:
+                    fut.cancel()  # frees its slot; the reply is still read and dropped
+            raise
+        return list(await asyncio.gather(*futs))  # cancelled, it cancels them all
 
     async def _notifier(self) -> RespConnection:
         while self._notifiers:
