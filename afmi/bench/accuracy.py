@@ -5,6 +5,9 @@ The figures, all printed by ``afmi bench`` and stored in its JSON:
 * time: for every measured point, ``predicted / measured - 1``; the share of
   points within +-30 % and the worst point, over all points and over the
   points held out of the calibration (rows not marked ``fitted``);
+* the points outside the tolerance, worst first (up to :data:`MAX_LISTED`), each
+  with every pass's time, whether it was fitted and how slow the machine ran:
+  what tells a noisy measurement from the model's error;
 * choice: for every point measured on two or more channels, whether the
   ``fast`` hint picks the channel that measured fastest (and, to tell misses
   from near ties, whether the picked channel measured within 10 % of it);
@@ -39,6 +42,8 @@ __all__ = ["TOLERANCE", "annotate", "summarize"]
 TOLERANCE = 0.30
 #: A picked channel measured within this fraction of the fastest counts as "near".
 NEAR = 0.10
+#: The most points outside the tolerance (and fast-choice misses) the summary lists.
+MAX_LISTED = 20
 
 
 def _predicted(row: dict[str, Any], config: Config, channels: list[str]) -> Any:
@@ -139,7 +144,10 @@ def summarize(rows: list[dict[str, Any]], config: Config) -> dict[str, Any]:
         "choice_fraction": correct / judged if judged else None,
         "choice_near": near,
         "choice_near_fraction": near / judged if judged else None,
-        "choice_misses": misses[:20],
+        "choice_misses": misses[:MAX_LISTED],
+        "time_misses": [
+            _miss(r) for e, r in sorted(errors, key=lambda er: -er[0]) if e > TOLERANCE
+        ][:MAX_LISTED],
     }
     if not judged:
         out["choice_note"] = "only one channel measured: the fast choice cannot be judged"
@@ -224,6 +232,17 @@ def _noise(errors: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]:
         out["misses_on_slow_machine"] = slow_misses
         out["at_speed_points"] = at_speed
         out["at_speed_within"] = at_speed_within
+    return out
+
+
+def _miss(row: dict[str, Any]) -> dict[str, Any]:
+    """A point outside the tolerance, with what tells noise from the model's error: every
+    pass's time, whether the calibration fitted it, how slow the machine ran."""
+    out = _brief(row)
+    out["fitted"] = bool(row.get("fitted"))
+    for key in ("pass_latencies_s", "pass_estimate", "machine_slowdown"):
+        if row.get(key) is not None:
+            out[key] = row[key]
     return out
 
 

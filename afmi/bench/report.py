@@ -470,4 +470,24 @@ def _accuracy_lines(title: str, acc: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append(f"  fast choice: {acc.get('choice_note')}")
+    if acc.get("time_misses"):
+        lines.append(
+            f"  outside {acc['tolerance']:.0%}, worst first (every pass's time, in run order; "
+            "how slow the CPU ran for the kept one):"
+        )
+        lines.extend(f"    {_miss_line(m)}" for m in acc["time_misses"])
     return lines
+
+
+def _miss_line(miss: dict[str, Any]) -> str:
+    """One point outside the tolerance: its error, passes, whether fitted, the CPU's speed."""
+    parts = [f"{_point(miss)} ({miss['rel_error']:+.0%})"]
+    passes = miss.get("pass_latencies_s") or []
+    if len(passes) > 1:
+        estimate = "median" if miss.get("pass_estimate") == "median" else "fastest kept"
+        parts.append(f"passes {', '.join(_us(t) for t in passes)} ({estimate})")
+    if miss.get("fitted"):
+        parts.append("fitted")
+    if miss.get("machine_slowdown") is not None:
+        parts.append(f"CPU slowdown {miss['machine_slowdown']:.2f}x")
+    return "; ".join(parts)

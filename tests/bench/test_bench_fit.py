@@ -643,6 +643,44 @@ def test_accuracy_reports_the_noise_of_the_passes():
     assert "pass_spread_by_channel" not in summarize(single, cfg)
 
 
+def test_accuracy_lists_the_points_outside_the_tolerance_with_their_passes():
+    from afmi.bench.accuracy import annotate, summarize
+    from afmi.bench.report import _accuracy_lines
+
+    cfg = Config()
+    base = {"channel": "local", "nbytes": 1}  # predicted 20 us
+    rows = [
+        {**base, "latency_s": 30e-6, "pass_latencies_s": [30e-6, 45e-6], "fitted": True},
+        {**base, "latency_s": 50e-6, "machine_slowdown": 1.5},
+        {**base, "latency_s": 21e-6},
+        {**base, "op": "bcast", "ranks": 2, "nbytes": 4096, "latency_s": 1e-6},
+    ]
+    annotate(rows, cfg)
+    acc = summarize(rows, cfg)
+    misses = acc["time_misses"]
+    # worst first; the point within the tolerance is not listed
+    errors = [m["rel_error"] for m in misses]
+    assert len(misses) == 3 and errors == sorted(errors, key=lambda e: -abs(e))
+    assert [m["latency_s"] for m in misses] == [1e-6, 50e-6, 30e-6]
+    assert misses[2]["pass_latencies_s"] == [30e-6, 45e-6] and misses[2]["fitted"] is True
+    assert misses[1]["machine_slowdown"] == 1.5 and misses[1]["fitted"] is False
+    lines = _accuracy_lines("accuracy", acc)
+    listed = lines[lines.index(next(x for x in lines if x.startswith("  outside 30%"))) + 1 :]
+    assert len(listed) == 3
+    assert listed[1].startswith("    local send 1 B: measured 50.0 us, model 20.0 us (-60%)")
+    assert listed[1].endswith("CPU slowdown 1.50x")
+    assert "passes 30.0 us, 45.0 us (fastest kept); fitted" in listed[2]
+    assert listed[0].startswith("    local bcast 4 KiB on 2 ranks: measured 1.0 us")
+    # the list is capped, and a run with every point within the tolerance lists none
+    many = [{**base, "latency_s": 1e-3} for _ in range(30)]
+    annotate(many, cfg)
+    assert len(summarize(many, cfg)["time_misses"]) == 20
+    good = [{**base, "latency_s": 20e-6}]
+    annotate(good, cfg)
+    assert summarize(good, cfg)["time_misses"] == []
+    assert not any(x.startswith("  outside") for x in _accuracy_lines("a", summarize(good, cfg)))
+
+
 def test_cores_left_to_processes_are_fitted():
     # 4 and 8 processes on a machine where other work leaves them 1.5 cores
     truth = ChannelModel(
