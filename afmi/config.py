@@ -244,6 +244,9 @@ class ChannelModelConfig:
     #: Extra CPU time of one message for every further rank sharing the CPUs (their
     #: polling and scheduling), seconds.
     cpu_per_message_rank_s: float | None = None
+    #: Extra CPU time of a message that carries a call's data (every collective's but a
+    #: barrier's: its payload is serialized, copied and rebuilt), seconds.
+    cpu_per_payload_message_s: float | None = None
     #: Extra CPU time of every read of a payload stored once for several readers (S3: the
     #: root's marker and pointer PUTs, the reader's DELETE and LIST of the markers), seconds.
     cpu_per_shared_read_s: float | None = None

@@ -648,7 +648,7 @@ def _fit_rounds(
         later = float(max(rounds - 1, 0))
         first = -1.0 if rounds > 0 else 0.0
         path_row = [1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0, 0.0, later, first]
-        path_rows.append([*path_row, 0.0, 0.0, 0.0])
+        path_rows.append([*path_row, 0.0, 0.0, 0.0, 0.0])
         call_bytes.append((w.bytes_sent + w.bytes_received) / 2)
         cpu_scale.append(shared / share)
         path_fixed.append(fixed + path_reduce_s)
@@ -668,6 +668,7 @@ def _fit_rounds(
                 0.0,  # bytes beyond the cache, per candidate below
                 shared * rounds,  # rounds all ranks wait through (not shared out)
                 shared * fetched / share,  # reads that fetch their message
+                shared * data * (w.messages + w.deliveries) / 2 / share,  # with the data
             ]
         )
         cpu_fixed.append(shared * reduce_s / share)
@@ -677,8 +678,9 @@ def _fit_rounds(
     t = np.array(times)
     ap, ac = np.array(path_rows), np.array(cpu_rows)
     if ap[:, 6].all() or not ap[:, 6].any():
-        # without both barriers and calls with data the two overheads are one unknown
-        ap[:, 6] = ac[:, 6] = 0.0
+        # without both barriers and calls with data the two overheads are one unknown,
+        # and a message with the data costs what any message costs
+        ap[:, 6] = ac[:, 6] = ac[:, 14] = 0.0
     fp, fc = np.array(path_fixed), np.array(cpu_fixed)
 
     # Without the two round terms: where receivers do not poll, a round is a round
@@ -741,21 +743,32 @@ def _fit_rounds(
                 best = with_rounds
         return best
 
-    # The CPUs copy a call's bytes more slowly once they outgrow the caches: every
-    # call's size from CACHE_MIN_BYTES on is tried as the limit, and a limit is kept
-    # only when the fit's error falls to CACHE_MIN_GAIN of the fit without one.
-    best = solve(ac)
-    cache = 0.0
-    b, scale = np.array(call_bytes), np.array(cpu_scale)
-    knee: tuple[float, Any] | None = None
-    for limit in sorted({float(v) for v, k in zip(b, scale) if k > 0 and v >= CACHE_MIN_BYTES}):
-        with_cache = ac.copy()
-        with_cache[:, 11] = scale * np.maximum(b - limit, 0.0)
-        tried = solve(with_cache)
-        if tried[1][11] > 0 and (knee is None or tried[0] < knee[1][0]):
-            knee = (limit, tried)
-    if knee is not None and knee[1][0] < CACHE_MIN_GAIN * best[0] - 1e-12:
-        cache, best = knee
+    def solve_cache(ac: Any) -> tuple[float, tuple[float, Any]]:
+        # The CPUs copy a call's bytes more slowly once they outgrow the caches: every
+        # call's size from CACHE_MIN_BYTES on is tried as the limit, and a limit is kept
+        # only when the fit's error falls to CACHE_MIN_GAIN of the fit without one.
+        best = solve(ac)
+        b, scale = np.array(call_bytes), np.array(cpu_scale)
+        knee: tuple[float, Any] | None = None
+        for limit in sorted({float(v) for v, k in zip(b, scale) if k > 0 and v >= CACHE_MIN_BYTES}):
+            with_cache = ac.copy()
+            with_cache[:, 11] = scale * np.maximum(b - limit, 0.0)
+            tried = solve(with_cache)
+            if tried[1][11] > 0 and (knee is None or tried[0] < knee[1][0]):
+                knee = (limit, tried)
+        if knee is not None and knee[1][0] < CACHE_MIN_GAIN * best[0] - 1e-12:
+            return knee
+        return 0.0, best
+
+    # A message with the call's data costs more than a barrier's only where that fits
+    # better (PAYLOAD_MESSAGES_MIN_GAIN): the barriers alone tell the two apart.
+    plain = ac.copy()
+    plain[:, 14] = 0.0
+    cache, best = solve_cache(plain)
+    if ac[:, 14].any():
+        tried = solve_cache(ac)
+        if tried[1][0] < PAYLOAD_MESSAGES_MIN_GAIN * best[0] - 1e-12:
+            cache, best = tried
     (
         overhead,
         per_message,
@@ -771,6 +784,7 @@ def _fit_rounds(
         inverse_large_extra,
         wait_round,
         cpu_fetch,
+        cpu_payload_message,
     ) = (float(v) for v in best[1])
     aggregate = 1.0 / inverse_aggregate if inverse_aggregate > 0 else 64 * single
     large = 1.0 / (inverse_cpu + inverse_large_extra) if inverse_large_extra > 0 else 0.0
@@ -781,6 +795,7 @@ def _fit_rounds(
         "bandwidth_aggregate_bytes_per_s": max(aggregate, single / 4),
         "cpu_per_message_s": cpu_message,
         "cpu_per_message_rank_s": cpu_rank,
+        "cpu_per_payload_message_s": cpu_payload_message,
         "cpu_per_shared_read_s": cpu_shared,
         "cpu_per_wait_s": cpu_wait,
         "wait_per_round_s": wait_round,
@@ -818,6 +833,11 @@ CACHE_MIN_GAIN = 0.9
 #: (``wait_per_round_s``) only when that lowers its squared relative error to this
 #: fraction or less (as :data:`WAITS_MIN_GAIN`).
 ROUND_WAITS_MIN_GAIN = 0.99
+
+#: The fit counts a message that carries a call's data apart from a barrier's
+#: (``cpu_per_payload_message_s``) only when that lowers its squared relative error to
+#: this fraction or less (as :data:`WAITS_MIN_GAIN`).
+PAYLOAD_MESSAGES_MIN_GAIN = 0.99
 
 #: The fit counts waits apart from messages (``cpu_per_wait_s``) only when that
 #: lowers its squared relative error to this fraction or less (a tie, where the

@@ -144,7 +144,9 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
     """One line per calibrated channel: its wire, its CPU costs, how many ranks run at once."""
     lines = []
     for name, params in cal["channels"].items():
-        fetch = shared = ""
+        fetch = shared = data = ""
+        if params.get("cpu_per_payload_message_s", 0.0) > 0:
+            data = f" + {_us(params['cpu_per_payload_message_s'])} with the data"
         if params.get("cpu_per_shared_read_s", 0.0) > 0:
             shared = f" + {_us(params['cpu_per_shared_read_s'])} per read of a shared payload"
         if params.get("fetch_s", 0.0) > 0 and params.get("cpu_per_fetch_s") is not None:
@@ -181,7 +183,8 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
             f"call {_us(params.get('call_overhead_s', 0.0))} "
             f"+ {_us(params.get('payload_overhead_s', 0.0))} with a payload, "
             f"CPU per message {_us(params.get('cpu_per_message_s', 0.0))} "
-            f"+ {_us(params.get('cpu_per_message_rank_s', 0.0))} per further rank{shared}, "
+            f"+ {_us(params.get('cpu_per_message_rank_s', 0.0))} per further rank"
+            f"{data}{shared}, "
             f"{reduce}, "
             f"parallel ranks {params.get('parallel_ranks', 0.0):g}"
         )

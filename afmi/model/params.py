@@ -84,6 +84,9 @@ class ChannelModel:
     The CPU side (see :func:`afmi.model.predict.predict`): one message costs
     ``cpu_per_message_s`` of software work (sender and receiver together), plus
     ``cpu_per_message_rank_s`` for every further rank sharing the CPUs, plus
+    ``cpu_per_payload_message_s`` when it carries the call's data (every
+    collective's messages but a barrier's: the payload is serialized, copied
+    and rebuilt as an object), plus
     its bytes at ``cpu_bytes_per_s`` (a call's bytes beyond ``cpu_cache_bytes`` at
     ``cpu_bytes_large_per_s``, when both are set: they no longer fit in the
     CPU's caches); every read of a payload stored once for
@@ -119,6 +122,7 @@ class ChannelModel:
     payload_overhead_s: float = 0.0
     cpu_per_message_s: float = 0.0
     cpu_per_message_rank_s: float = 0.0
+    cpu_per_payload_message_s: float = 0.0
     cpu_per_shared_read_s: float = 0.0
     cpu_per_wait_s: float = 0.0
     cpu_per_fetch_s: float | None = None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from afmi.collectives.base import Step
-from afmi.model.params import ChannelModel, FunctionPrice
+from afmi.model.params import NO_PAYLOAD, ChannelModel, FunctionPrice
 from afmi.model.work import work
 
 __all__ = ["P2P", "Prediction", "StepModel", "predict", "timing", "traffic"]
@@ -151,6 +151,8 @@ def timing(
         return path, 0.0
     cpu = size * channel.call_s(op)
     per_message = channel.cpu_per_message_s + (size - 1) * channel.cpu_per_message_rank_s
+    if op not in NO_PAYLOAD:
+        per_message += channel.cpu_per_payload_message_s
     cpu += (w.messages + w.deliveries) / 2 * per_message
     cpu += channel.fetched_reads(w, nbytes) * channel.fetch_cpu_s()  # client's and server's
     cpu += channel.shared_read_cpu_s(w)

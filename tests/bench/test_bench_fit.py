@@ -597,6 +597,47 @@ def test_model_file_round_trips_through_config(tmp_path, suffix):
         assert set(json.loads(path.read_text())["model"]) == {"calibrated", "local"}
 
 
+def test_a_message_with_the_data_is_fitted_apart_from_a_barriers():
+    from afmi.model.cli import algorithm_for
+
+    # One event loop: a barrier's empty messages cost 9 us of CPU, a message that carries
+    # an array 9 us more (serialized, copied, rebuilt); the barriers tell the two apart
+    truth = ChannelModel(
+        name="local",
+        latency_s=15e-6,
+        bandwidth_single_bytes_per_s=5e9,
+        bandwidth_aggregate_bytes_per_s=5e9,
+        call_overhead_s=6e-6,
+        payload_overhead_s=4e-6,
+        cpu_per_message_s=9e-6,
+        cpu_per_payload_message_s=9e-6,
+        cpu_bytes_per_s=4e9,
+        reduce_bytes_per_s=2e9,
+        parallel_ranks=1.0,
+    )
+    points = _collective_points(truth)
+    fit = calibrate.fit_rounds("local", _WIRE, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
+    assert fit["cpu_per_message_s"] == pytest.approx(9e-6, rel=1e-3)
+    assert fit["cpu_per_payload_message_s"] == pytest.approx(9e-6, rel=1e-3)
+    _assert_reproduces(ChannelModel(name="local", **{**_WIRE, **fit}), points)
+    # one price for every message: priced alike, the 8-rank barrier comes out 2x slow
+    barrier = next(p for p in points if p[0] == "barrier" and p[1] == 8)
+    one = dataclasses.replace(truth, cpu_per_message_s=18e-6, cpu_per_payload_message_s=0.0)
+    alg = algorithm_for("barrier", "local", 8, 0)
+    assert predict("barrier", 0, 8, alg, one, FunctionPrice(0.0, 0.0)).time_s > 1.8 * barrier[3]
+    # where every message costs the same, the fit keeps the simpler form
+    plain = dataclasses.replace(truth, cpu_per_message_s=18e-6, cpu_per_payload_message_s=0.0)
+    fit = calibrate.fit_rounds(
+        "local", _WIRE, _collective_points(plain), reduce_bytes_per_s=2e9, parallel_ranks=1.0
+    )
+    assert fit["cpu_per_payload_message_s"] == 0.0
+    assert fit["cpu_per_message_s"] == pytest.approx(18e-6, rel=1e-3)
+    # and without barriers nothing tells them apart: one price per message
+    calls = [p for p in points if p[0] != "barrier"]
+    fit = calibrate.fit_rounds("local", _WIRE, calls, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
+    assert fit["cpu_per_payload_message_s"] == 0.0
+
+
 def test_accuracy_summary_judges_time_and_choice():
     from afmi.bench.accuracy import annotate, summarize
 

@@ -317,6 +317,8 @@ def test_the_calibrated_lines_say_every_fitted_cost():
         "bandwidth_large_bytes_per_s": 3.5e9,
         "huge_message_bytes": 16 << 20,
         "bandwidth_huge_bytes_per_s": 2.4e9,
+        "cpu_per_message_s": 16e-6,
+        "cpu_per_payload_message_s": 14e-6,
     }
     s3_line, direct_line = _calibrated_lines({"channels": {"s3": s3, "direct": direct}})
     assert "+12.00 ms to fetch a message over 256 B" in s3_line
@@ -326,6 +328,10 @@ def test_the_calibrated_lines_say_every_fitted_cost():
     assert "100 MB/s single stream," in s3_line  # one rate: nothing beyond
     assert "round" not in direct_line and "wait" not in direct_line
     assert "fetch" not in direct_line
+    assert "CPU per message 16.0 us + 0.0 us per further rank + 14.0 us with the data" in (
+        direct_line
+    )
+    assert "with the data" not in s3_line
     assert "6000 MB/s single stream (3500 MB/s beyond 512 KiB, 2400 MB/s beyond 16 MiB)" in (
         direct_line
     )

@@ -252,3 +252,21 @@ def test_every_wait_costs_cpu_where_ranks_share_it():
     # with a CPU per rank, no CPU bound (the waits are in the measured latencies)
     own = dataclasses.replace(waits, parallel_ranks=0.0)
     assert timing("bcast", 100, 8, bcast, own)[1] == 0.0
+
+
+def test_only_messages_with_the_data_pay_for_it():
+    # ranks sharing one loop: 8-rank dissemination barrier (24 empty messages) and
+    # linear bcast (7 messages with the array)
+    plain = _model(parallel_ranks=1.0, call_overhead_s=0.0)
+    paid = dataclasses.replace(plain, cpu_per_payload_message_s=5e-6)
+    barrier = registry.get("barrier", "dissemination")
+    bcast = registry.get("bcast", "linear")
+    assert timing("barrier", 0, 8, barrier, paid) == timing("barrier", 0, 8, barrier, plain)
+    cpu_plain = timing("bcast", 64, 8, bcast, plain)[1]
+    cpu_paid = timing("bcast", 64, 8, bcast, paid)[1]
+    # every message is written and read: (7 + 7) / 2 of them pay once each
+    assert cpu_paid - cpu_plain == pytest.approx(7 * 5e-6)
+    # a point-to-point message has no shared CPU bound to pay it in
+    from afmi.model import P2P
+
+    assert timing("send", 64, 2, P2P, paid) == timing("send", 64, 2, P2P, plain)
