@@ -212,6 +212,24 @@ def test_rounds_are_recovered_from_collective_timings():
     _assert_reproduces(model, points)
 
 
+#: Ranks sharing one event loop: the wire and the rates the tests of the shared CPU
+#: start from (each sets the costs it recovers).
+_ONE_LOOP = ChannelModel(
+    name="local",
+    latency_s=30e-6,
+    bandwidth_single_bytes_per_s=5e9,
+    bandwidth_aggregate_bytes_per_s=5e9,
+    cpu_bytes_per_s=4e9,
+    reduce_bytes_per_s=2e9,
+    parallel_ranks=1.0,
+)
+
+
+def _fit_one_loop(points):
+    """The collective parameters of :data:`_ONE_LOOP`'s channel, fitted to ``points``."""
+    return calibrate.fit_rounds("local", _WIRE, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
+
+
 def _assert_reproduces(model, points, rel=1e-3):
     from afmi.model.cli import algorithm_for
 
@@ -224,22 +242,16 @@ def _assert_reproduces(model, points, rel=1e-3):
 
 def test_shared_cpu_work_is_recovered_when_ranks_share_a_loop():
     # One event loop for all ranks: the CPU bound decides most calls, the path the rest.
-    truth = ChannelModel(
-        name="local",
-        latency_s=30e-6,
-        bandwidth_single_bytes_per_s=5e9,
-        bandwidth_aggregate_bytes_per_s=5e9,
+    truth = dataclasses.replace(
+        _ONE_LOOP,
         per_message_s=5e-6,
         call_overhead_s=8e-6,
         payload_overhead_s=30e-6,
         cpu_per_message_s=25e-6,
         cpu_per_message_rank_s=3e-6,
-        cpu_bytes_per_s=4e9,
-        reduce_bytes_per_s=2e9,
-        parallel_ranks=1.0,
     )
     points = _collective_points(truth)
-    fit = calibrate.fit_rounds("local", _WIRE, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
+    fit = _fit_one_loop(points)
     assert fit["parallel_ranks"] == 1.0
     assert fit["cpu_per_message_s"] == pytest.approx(25e-6, rel=1e-3)
     assert fit["cpu_per_message_rank_s"] == pytest.approx(3e-6, rel=1e-3)
@@ -252,7 +264,7 @@ def test_shared_cpu_work_is_recovered_when_ranks_share_a_loop():
     # where (a 2-rank bcast of 1 MiB moves 1 MiB) and the slower rate
     truth = dataclasses.replace(truth, cpu_cache_bytes=float(1 << 20), cpu_bytes_large_per_s=1e9)
     points = _collective_points(truth)
-    fit = calibrate.fit_rounds("local", _WIRE, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
+    fit = _fit_one_loop(points)
     assert fit["cpu_cache_bytes"] == 1 << 20
     assert fit["cpu_bytes_large_per_s"] == pytest.approx(1e9, rel=1e-3)
     assert fit["cpu_bytes_per_s"] == pytest.approx(4e9, rel=1e-3)
@@ -628,21 +640,16 @@ def test_a_message_with_the_data_is_fitted_apart_from_a_barriers():
 
     # One event loop: a barrier's empty messages cost 9 us of CPU, a message that carries
     # an array 9 us more (serialized, copied, rebuilt); the barriers tell the two apart
-    truth = ChannelModel(
-        name="local",
+    truth = dataclasses.replace(
+        _ONE_LOOP,
         latency_s=15e-6,
-        bandwidth_single_bytes_per_s=5e9,
-        bandwidth_aggregate_bytes_per_s=5e9,
         call_overhead_s=6e-6,
         payload_overhead_s=4e-6,
         cpu_per_message_s=9e-6,
         cpu_per_payload_message_s=9e-6,
-        cpu_bytes_per_s=4e9,
-        reduce_bytes_per_s=2e9,
-        parallel_ranks=1.0,
     )
     points = _collective_points(truth)
-    fit = calibrate.fit_rounds("local", _WIRE, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
+    fit = _fit_one_loop(points)
     assert fit["cpu_per_message_s"] == pytest.approx(9e-6, rel=1e-3)
     assert fit["cpu_per_payload_message_s"] == pytest.approx(9e-6, rel=1e-3)
     _assert_reproduces(ChannelModel(name="local", **{**_WIRE, **fit}), points)
@@ -653,14 +660,12 @@ def test_a_message_with_the_data_is_fitted_apart_from_a_barriers():
     assert predict("barrier", 0, 8, alg, one, FunctionPrice(0.0, 0.0)).time_s > 1.8 * barrier[3]
     # where every message costs the same, the fit keeps the simpler form
     plain = dataclasses.replace(truth, cpu_per_message_s=18e-6, cpu_per_payload_message_s=0.0)
-    fit = calibrate.fit_rounds(
-        "local", _WIRE, _collective_points(plain), reduce_bytes_per_s=2e9, parallel_ranks=1.0
-    )
+    fit = _fit_one_loop(_collective_points(plain))
     assert fit["cpu_per_payload_message_s"] == 0.0
     assert fit["cpu_per_message_s"] == pytest.approx(18e-6, rel=1e-3)
     # and without barriers nothing tells them apart: one price per message
     calls = [p for p in points if p[0] != "barrier"]
-    fit = calibrate.fit_rounds("local", _WIRE, calls, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
+    fit = _fit_one_loop(calls)
     assert fit["cpu_per_payload_message_s"] == 0.0
 
 
