@@ -225,6 +225,32 @@ _ONE_LOOP = ChannelModel(
 )
 
 
+def test_a_rounds_messages_are_never_priced_slower_than_one_after_another():
+    # Calls whose rounds of several messages took three times as long as sending them
+    # one after another: the fit keeps the aggregate at the single stream (in session
+    # 15 the Redis fit sat at a quarter of it, and priced a 4-rank allreduce's round of
+    # three 512 KiB messages at 12 times one message's wire time, over the whole call)
+    from afmi.model.cli import algorithm_for
+
+    single = _WIRE["bandwidth_single_bytes_per_s"]
+    truth = ChannelModel(
+        name="local",  # its gathers are linear: one round of size - 1 messages
+        **{**_WIRE, "bandwidth_aggregate_bytes_per_s": single / 3},
+        per_message_s=5e-6,
+        call_overhead_s=8e-6,
+    )
+    assert algorithm_for("gather", "local", 8, 1 << 20).steps(8, 1 << 20)[0].messages == 7
+    points = _collective_points(truth)
+    fit = calibrate.fit_rounds("local", _WIRE, points)
+    assert fit["bandwidth_aggregate_bytes_per_s"] == single
+    model = ChannelModel(name="local", **{**_WIRE, **fit})
+    wire = model.wire_time_s(1 << 20)
+    for m in (2, 3, 7):
+        assert model.round_time_s(m, 1 << 20) - model.round_time_s(1, 1 << 20) <= (
+            (m - 1) * (wire + model.per_message_s) + 1e-12
+        )
+
+
 def _fit_one_loop(points):
     """The collective parameters of :data:`_ONE_LOOP`'s channel, fitted to ``points``."""
     return calibrate.fit_rounds("local", _WIRE, points, reduce_bytes_per_s=2e9, parallel_ranks=1.0)
