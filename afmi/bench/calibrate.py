@@ -756,12 +756,13 @@ def _fit_rounds(
                 best = with_rounds
         return best
 
+    b, scale = np.array(call_bytes), np.array(cpu_scale)
+
     def solve_cache(ac: Any) -> tuple[float, tuple[float, Any]]:
         # The CPUs copy a call's bytes more slowly once they outgrow the caches: every
         # call's size from CACHE_MIN_BYTES on is tried as the limit, and a limit is kept
         # only when the fit's error falls to CACHE_MIN_GAIN of the fit without one.
         best = solve(ac)
-        b, scale = np.array(call_bytes), np.array(cpu_scale)
         knee: tuple[float, Any] | None = None
         for limit in sorted({float(v) for v, k in zip(b, scale) if k > 0 and v >= CACHE_MIN_BYTES}):
             with_cache = ac.copy()
