@@ -61,11 +61,26 @@ class DirectConfig:
     relay: bool = True
     #: Seconds a closing rank waits for its peers to acknowledge the goodbye.
     close_timeout: float = 2.0
+    #: TCP congestion control of the links (Linux ``TCP_CONGESTION``; ``"system"`` or None:
+    #: leave the system's, whatever it is).
+    #: Cubic by default: BBR, some systems' default, paces a link to the bandwidth it has
+    #: estimated and made mid-size messages 1.8-2.3x slower here (docs/direct.md).
+    tcp_congestion: str | None = "cubic"
     enabled: bool = True
 
     def __post_init__(self) -> None:
         for key in ("connect_timeout", "punch_timeout", "close_timeout"):
             _check_positive(getattr(self, key), f"channels.direct.{key}")
+        name = self.tcp_congestion
+        if name == "system":
+            object.__setattr__(self, "tcp_congestion", None)
+        elif name is not None and (
+            not isinstance(name, str) or not name or not name.isascii() or not name.isprintable()
+        ):
+            raise ConfigError(
+                f"channels.direct.tcp_congestion must be the name of a TCP congestion control "
+                f"(such as 'cubic' or 'reno'), or 'system' to leave the system's, got {name!r}"
+            )
 
 
 @dataclass(frozen=True)

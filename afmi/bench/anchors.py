@@ -2,13 +2,15 @@
 
 * ``socket``: two processes, blocking TCP sockets over loopback with
   ``sendall``/``recv_into`` and an 8-byte length prefix: what plain Python
-  reaches on this machine.
+  reaches on this machine. Both ends use the TCP congestion control direct
+  links use (``channels.direct.tcp_congestion``), so the rows differ by what
+  afmi does, not by how the kernel paces the connection.
 * ``mpi4py``: two MPI processes (``mpiexec -n 2``) exchanging numpy buffers
   with ``Send``/``Recv``; Open MPI is restricted to its TCP transport so it
   compares with afmi's network channels. Skipped, with the reason, when
   mpi4py or ``mpiexec`` is missing.
 
-``python -m afmi.bench.anchors echo`` is the socket echo side (it prints its port).
+``python -m afmi.bench.anchors echo [CONGESTION]`` is the socket echo side (it prints its port).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from afmi.bench.measure import Budget
+from afmi.channels.direct.tcp import set_congestion
+from afmi.config import DirectConfig
 from afmi.testing.servers import stop_process
 
 __all__ = ["ANCHORS", "mpi4py_pingpong", "socket_pingpong"]
@@ -46,13 +50,14 @@ def _recv_exact(sock: socket.socket, view: memoryview) -> None:
         got += n
 
 
-def _echo() -> None:
+def _echo(congestion: str | None) -> None:
     """Print the listening port, serve one client: echo length-prefixed messages until EOF."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         print(server.getsockname()[1], flush=True)
         conn, _ = server.accept()
     with conn:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_congestion(conn, congestion)
         head = bytearray(_LEN.size)
         buf = bytearray(1 << 16)
         while True:
@@ -92,12 +97,15 @@ def mpi_env() -> dict[str, str]:
 
 
 def socket_pingpong(
-    nbytes_list: Sequence[int], budget: Budget | None = None
+    nbytes_list: Sequence[int],
+    budget: Budget | None = None,
+    congestion: str | None = DirectConfig.tcp_congestion,
 ) -> list[dict[str, Any]]:
-    """Blocking-socket ping-pong between this process and a child echo process."""
+    """Blocking-socket ping-pong between this process and a child echo process, both
+    ends with TCP congestion control ``congestion`` (None: the system's)."""
     budget = budget or Budget()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "afmi.bench.anchors", "echo"],
+        [sys.executable, "-m", "afmi.bench.anchors", "echo", *([congestion] if congestion else [])],
         env=_child_env(),
         stdout=subprocess.PIPE,
         text=True,
@@ -111,6 +119,7 @@ def socket_pingpong(
         port = int(line)
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_congestion(sock, congestion)
             for nbytes in nbytes_list:
                 out = bytes(nbytes)
                 back = bytearray(nbytes)
@@ -238,8 +247,8 @@ def mpi4py_pingpong(
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["echo"]:
-        _echo()
+    if sys.argv[1:2] == ["echo"] and len(sys.argv) <= 3:
+        _echo(sys.argv[2] if len(sys.argv) == 3 else None)
     else:
-        print("usage: python -m afmi.bench.anchors echo", file=sys.stderr)
+        print("usage: python -m afmi.bench.anchors echo [CONGESTION]", file=sys.stderr)
         sys.exit(2)

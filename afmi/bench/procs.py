@@ -555,7 +555,7 @@ def run_procs(
                     ]
                     result["collectives"] = _best(result["collectives"], other)
             if opts.anchors:
-                _anchors(opts, budget, pp_sizes, ar_sizes, counts, result, say, round_)
+                _anchors(opts, budget, pp_sizes, ar_sizes, counts, result, say, round_, config)
     result["channels"] = [c for c in opts.channels if c not in result["skipped"]]
     result["ratios"] = ratios(result["pingpong"], result["allreduce"])
     result["seconds"] = time.monotonic() - t_start
@@ -571,12 +571,16 @@ def _anchors(
     result: dict[str, Any],
     say: Callable[[str], None],
     round_: int,
+    config: Config,
 ) -> None:
     skipped = result["skipped"]
     if "socket" not in skipped and 2 in opts.ranks:
         say("processes: blocking socket ping-pong")
         try:
-            result["pingpong"] = _best(result["pingpong"], socket_pingpong(pp_sizes, budget))
+            result["pingpong"] = _best(
+                result["pingpong"],
+                socket_pingpong(pp_sizes, budget, config.channels.direct.tcp_congestion),
+            )
         except Exception as exc:  # noqa: BLE001 - reported as skipped
             skipped["socket"] = f"{type(exc).__name__}: {exc}"
     if "mpi4py" in skipped:

@@ -423,7 +423,9 @@ def run_suite(
     if opts.anchors:
         say("anchor: blocking socket ping-pong")
         try:
-            results["anchors"]["socket"] = anchors.socket_pingpong(pp_sizes, budget)
+            results["anchors"]["socket"] = anchors.socket_pingpong(
+                pp_sizes, budget, config.channels.direct.tcp_congestion
+            )
         except Exception as exc:  # noqa: BLE001
             results["anchors"]["socket"] = {"skipped": f"{type(exc).__name__}: {exc}"}
         reason = anchors.mpi4py_unavailable()

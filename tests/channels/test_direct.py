@@ -208,6 +208,75 @@ async def test_links_use_nodelay_and_keepalive():
     assert await afmi.launch_local(opts, 2, channel="direct") == [(True, True)] * 2
 
 
+def _available_congestion() -> list[str]:
+    try:
+        with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
+            return f.read().split()
+    except OSError:
+        return []
+
+
+def _system_congestion() -> str:
+    with open("/proc/sys/net/ipv4/tcp_congestion_control") as f:
+        return f.read().strip()
+
+
+async def _congestion_of_links(comm):
+    from afmi.channels.direct.tcp import congestion
+
+    links = comm.endpoint.channels["direct"]._links.values()
+    return sorted({congestion(link.transport.get_extra_info("socket")) for link in links})
+
+
+needs_cc = pytest.mark.skipif(
+    not {"cubic", "reno"} <= set(_available_congestion()),
+    reason="needs Linux with the cubic and reno congestion controls",
+)
+
+
+@needs_cc
+@pytest.mark.parametrize("name", ["cubic", "reno"])
+async def test_links_use_the_configured_congestion_control(name):
+    cfg = Config.from_dict({"channels": {"direct": {"tcp_congestion": name}}})
+    out = await afmi.launch_local(_congestion_of_links, 3, channel="direct", config=cfg)
+    assert out == [[name]] * 3
+    # the default is cubic, whatever the system's is
+    assert Config().channels.direct.tcp_congestion == "cubic"
+
+
+@needs_cc
+async def test_links_keep_the_system_congestion_control_when_told_to():
+    cfg = Config.from_dict({"channels": {"direct": {"tcp_congestion": "system"}}})
+    assert cfg.channels.direct.tcp_congestion is None
+    out = await afmi.launch_local(_congestion_of_links, 2, channel="direct", config=cfg)
+    assert out == [[_system_congestion()]] * 2
+
+
+@needs_cc
+async def test_a_refused_congestion_control_warns_once_and_the_job_still_runs(caplog):
+    from afmi.channels.direct import tcp
+
+    tcp._warned.discard("no-such-cc")
+    cfg = Config.from_dict({"channels": {"direct": {"tcp_congestion": "no-such-cc"}}})
+
+    async def main(comm):
+        total = await comm.allreduce(comm.rank)
+        return total, await _congestion_of_links(comm)
+
+    with caplog.at_level("WARNING", logger="afmi.direct"):
+        out = await afmi.launch_local(main, 3, channel="direct", config=cfg)
+    assert out == [(3, [_system_congestion()])] * 3
+    warnings = [r for r in caplog.records if "no-such-cc" in r.getMessage()]
+    assert len(warnings) == 1  # six links, one warning
+    assert "tcp_allowed_congestion_control" in warnings[0].getMessage()
+
+
+def test_config_checks_the_congestion_control_name():
+    for bad in ("", 5, "cu bic\n"):
+        with pytest.raises(afmi.ConfigError, match="tcp_congestion"):
+            Config.from_dict({"channels": {"direct": {"tcp_congestion": bad}}})
+
+
 @pytest.mark.parametrize("mode", ["listen", "punch", "relay"])
 async def test_missing_rank_times_out_clearly_and_leaves_nothing(mode):
     before_fds, before_tasks = _open_fds(), len(asyncio.all_tasks())

@@ -21,17 +21,16 @@ connection is a failure of the peer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import secrets
-import socket
 import struct
 from typing import TYPE_CHECKING, Any, cast
 
 import msgpack
 import numpy as np
 
+from afmi.channels.direct.tcp import tune
 from afmi.errors import ChannelError
 from afmi.wire.frame import (
     KIND_MESSAGE,
@@ -51,11 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["Link", "HELLO", "AUTH", "BYE"]
 
 HELLO, AUTH, BYE = 1, 2, 3
-_KEEPALIVE = [
-    (getattr(socket, name), value)
-    for name, value in (("TCP_KEEPIDLE", 15), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
-    if hasattr(socket, name)
-]
 _unpack_prelude = struct.Struct("<2sBBI").unpack_from
 #: Bytes read at once between frames (whole small frames are parsed straight from here).
 _STAGING = 64 * 1024
@@ -107,13 +101,7 @@ class Link(asyncio.BufferedProtocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                # A peer whose machine vanishes sends no FIN or RST: keepalive probes
-                # notice it after about 30 s of silence and break the link.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-                for option, value in _KEEPALIVE:
-                    sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            tune(sock, self.owner.config.tcp_congestion)
         # Pause as soon as anything is queued: resume_writing then means "all handed
         # to the kernel", which is when a sender may reuse its arrays.
         transport.set_write_buffer_limits(high=0)

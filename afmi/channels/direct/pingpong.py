@@ -6,7 +6,7 @@ Two processes on loopback; for each message size it prints the one-way
 latency (half the round trip, µs) and the bandwidth (size / one-way time) of:
 
 * ``socket``: blocking ``socket.sendall`` / ``recv_into`` a preallocated
-  buffer, TCP_NODELAY (the anchor);
+  buffer, TCP_NODELAY and the links' congestion control (the anchor);
 * ``channel``: :class:`DirectChannel` alone (``send`` / ``on_message``), large
   messages received into the one preallocated array it also sends (the
   channel's ``destination`` hook, as a posted ``recv(out=)`` uses it);
@@ -30,6 +30,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
+
+from afmi.channels.direct.tcp import set_congestion
+from afmi.config import DirectConfig
 
 __all__ = ["main", "sizes_up_to"]
 
@@ -78,6 +81,7 @@ def _socket_rank(rank: int, port: int, sizes: list[int], quick: bool, out: Conne
     else:
         sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    set_congestion(sock, DirectConfig.tcp_congestion)  # as the channel's links do
     result: Result = {}
     for size in sizes:
         buf = np.zeros(size, np.uint8)
