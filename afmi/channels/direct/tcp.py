@@ -16,11 +16,10 @@ message       BBR      cubic    BBR/cubic
 ============  =======  =======  ========
 
 (BBR's figures are after the link has carried 4 MiB messages; before, they
-match cubic's.) BBR also starts each connection in a state of its own, so the
-same call could take one time in one job and twice that in the next. Loss-
-based control (cubic, Linux's usual default and AWS Lambda's) has neither
-effect, so links ask for it (``channels.direct.tcp_congestion``). A machine
+match cubic's.) Loss-based control (cubic, Linux's usual default) does not
+pace, so links ask for it (``channels.direct.tcp_congestion``). A machine
 that does not offer the one asked for keeps its default, with one warning.
+docs/direct.md has the figures across processes.
 """
 
 from __future__ import annotations
