@@ -153,6 +153,35 @@ class CollectiveContext:
         """Receive and decode the message from ``source``."""
         return self._ep.decode(await self.recv_raw(source, sub))
 
+    async def recv_each(self, sources: list[int], sub: int = 0) -> list[Any]:
+        """Receive and decode one message from each of ``sources``, in their order.
+
+        Every receive is posted before the first wait, so the messages match
+        in whatever order they come, and no task is created: a root collecting
+        from ``p - 1`` ranks with ``asyncio.gather`` paid a task per receive
+        (a 2-rank gather in one process took 49 µs a call, a bcast 30 µs). If a
+        wait fails or is cancelled, the receives not yet completed are withdrawn.
+        """
+        return await self.wait_each(self.post_each(sources, sub))
+
+    def post_each(self, sources: list[int], sub: int = 0) -> list[Ticket]:
+        """Post a receive from each of ``sources`` now; collect them with :meth:`wait_each`
+        (or :meth:`withdraw` them if you give up before)."""
+        ep, tag = self._ep, self._tag(sub)
+        return [ep.post(self._context, self._group[r], tag) for r in sources]
+
+    async def wait_each(self, tickets: list[Ticket]) -> list[Any]:
+        """The decoded messages of receives from :meth:`post_each`, in ticket order; if a
+        wait fails or is cancelled, the receives not yet completed are withdrawn."""
+        out: list[Any] = []
+        try:
+            for ticket in tickets:
+                out.append(self._ep.decode(await self._ep.arrival(ticket)))
+        except BaseException:
+            self.withdraw(tickets[len(out) :])
+            raise
+        return out
+
     def decode(self, msg: Message) -> Any:
         """Decode a message from :meth:`recv_raw`."""
         return self._ep.decode(msg)

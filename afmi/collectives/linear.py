@@ -56,8 +56,7 @@ async def gather_to(ctx: CollectiveContext, obj: Any, root: int, sub: int = 0) -
         await ctx.send(obj, root, sub)
         return None
     others = [r for r in range(ctx.size) if r != root]
-    # (awaited here rather than in a task of its own, a lone receive measured no faster)
-    received = await asyncio.gather(*(ctx.recv(r, sub) for r in others))
+    received = await ctx.recv_each(others, sub)
     out: list[Any] = [None] * ctx.size
     out[root] = obj
     for r, v in zip(others, received):
@@ -132,13 +131,13 @@ class LinearAlltoall(_Linear):
 
     async def run(self, ctx: CollectiveContext, *, seq: list[Any]) -> Any:
         others = [r for r in range(ctx.size) if r != ctx.rank]
-        recvs = [asyncio.ensure_future(ctx.recv(r)) for r in others]
+        tickets = ctx.post_each(others)  # posted before any send: no task per receive
         try:
-            await asyncio.gather(*(ctx.send(seq[r], r) for r in others))
-            received = await asyncio.gather(*recvs)
-        finally:
-            for f in recvs:
-                f.cancel()
+            await together([ctx.send(seq[r], r) for r in others])
+        except BaseException:
+            ctx.withdraw(tickets)
+            raise
+        received = await ctx.wait_each(tickets)
         out: list[Any] = [None] * ctx.size
         out[ctx.rank] = seq[ctx.rank]
         for r, v in zip(others, received):

@@ -151,3 +151,39 @@ async def test_a_timed_out_collective_withdraws_every_receive(collective, name):
         return await comm.recv((comm.rank - 1) % comm.size, tag=1)
 
     assert await launch(main, 4) == [3, 0, 1, 2]
+
+
+@pytest.mark.parametrize("collective", ["gather", "alltoall"])
+async def test_a_linear_root_that_times_out_withdraws_the_receives_it_posted(collective):
+    """The linear gather's root and every linear alltoall rank post all their receives
+    before the first wait (no task per receive): a timeout must withdraw every one."""
+
+    async def main(comm):
+        if comm.rank in (0, 1):  # ranks 2 and 3 never join
+            with registry.forced(**{collective: "linear"}):
+                if collective == "gather" and comm.rank == 1:
+                    assert await comm.gather(comm.rank, root=0, timeout=0.2) is None
+                else:
+                    with pytest.raises(afmi.OperationTimeoutError):
+                        if collective == "gather":
+                            await comm.gather(comm.rank, root=0, timeout=0.2)
+                        else:
+                            await comm.alltoall(list(range(comm.size)), timeout=0.2)
+            await asyncio.sleep(0)
+            assert comm.endpoint.engine.posted_count() == 0
+        await comm.send(comm.rank, (comm.rank + 1) % comm.size, tag=1)
+        return await comm.recv((comm.rank - 1) % comm.size, tag=1)
+
+    assert await launch(main, 4) == [3, 0, 1, 2]
+
+
+async def test_a_linear_gather_collects_in_rank_order_whatever_order_messages_come():
+    async def main(comm):
+        # the highest rank sends first: the root's receives match out of their order
+        await asyncio.sleep(0.002 * (comm.size - comm.rank))
+        with registry.forced(gather="linear"):
+            return await comm.gather(comm.rank * 10, root=2)
+
+    out = await launch(main, 4)
+    assert out[2] == [0, 10, 20, 30]
+    assert out[0] is None and out[1] is None and out[3] is None
