@@ -81,8 +81,9 @@ def set_congestion(sock: socket.socket, name: str | None) -> str | None:
 
 
 def tune(sock: socket.socket, congestion_control: str | None) -> None:
-    """The options every direct link (and the bench's plain-socket anchors) sets:
-    ``TCP_NODELAY``, keepalive probes after 15 s of silence, and the congestion control."""
+    """The options every direct link sets: ``TCP_NODELAY``, keepalive probes after
+    15 s of silence, and the congestion control (the bench's plain-socket anchors set
+    the first and the last)."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # A peer whose machine vanishes sends no FIN or RST: keepalive probes
