@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from afmi.collectives.base import Algorithm, CollectiveContext, Step
 from afmi.ops import Op
+from afmi.wire.message import Message
 
 __all__ = [
     "LinearAllgather",
@@ -42,6 +43,24 @@ async def together(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
     return list(await asyncio.gather(*coros))
 
 
+#: A parent sends messages of up to this many bytes to its children one after another,
+#: in its own task, rather than side by side in a task each: every channel takes a
+#: message this small without waiting for the receiver (the direct channel's socket
+#: buffer holds it), so the tasks only added their own cost. Larger messages go side by
+#: side, so that one child's transfer need not wait for another's to drain.
+IN_TURN_MAX_BYTES = 64 * 1024
+
+
+async def send_each(ctx: CollectiveContext, msg: Message, dests: list[int], sub: int = 0) -> None:
+    """Send the packed ``msg`` (:meth:`CollectiveContext.pack`) to every rank of ``dests``:
+    one after another up to :data:`IN_TURN_MAX_BYTES`, side by side above."""
+    if msg.nbytes <= IN_TURN_MAX_BYTES:
+        for dest in dests:
+            await ctx.send_raw(msg, dest, sub)
+    else:
+        await together([ctx.send_raw(msg, dest, sub) for dest in dests])
+
+
 def fold(op: Op, values: list[Any]) -> Any:
     """``values[0] op values[1] op ...`` left to right."""
     acc = values[0]
@@ -67,7 +86,7 @@ async def gather_to(ctx: CollectiveContext, obj: Any, root: int, sub: int = 0) -
 async def bcast_from(ctx: CollectiveContext, obj: Any, root: int, sub: int = 0) -> Any:
     """``root`` sends ``obj`` to every rank."""
     if ctx.rank == root:
-        await together([ctx.send(obj, r, sub) for r in range(ctx.size) if r != root])
+        await send_each(ctx, ctx.pack(obj), [r for r in range(ctx.size) if r != root], sub)
         return obj
     return await ctx.recv(root, sub)
 
@@ -133,7 +152,12 @@ class LinearAlltoall(_Linear):
         others = [r for r in range(ctx.size) if r != ctx.rank]
         tickets = ctx.post_each(others)  # posted before any send: no task per receive
         try:
-            await together([ctx.send(seq[r], r) for r in others])
+            msgs = [ctx.pack(seq[r]) for r in others]
+            if max((m.nbytes for m in msgs), default=0) <= IN_TURN_MAX_BYTES:
+                for m, r in zip(msgs, others):
+                    await ctx.send_raw(m, r)
+            else:
+                await together([ctx.send_raw(m, r) for m, r in zip(msgs, others)])
         except BaseException:
             ctx.withdraw(tickets)
             raise

@@ -22,6 +22,7 @@ import numpy as np
 
 from afmi.collectives.base import Algorithm, CollectiveContext, Step
 from afmi.collectives.combine import combine
+from afmi.collectives.linear import send_each
 from afmi.ops import Op
 
 __all__ = [
@@ -62,12 +63,12 @@ async def binomial_bcast(ctx: CollectiveContext, obj: Any, root: int, sub: int =
         msg = await ctx.recv_raw(parent, sub)
         result = None
     mask = span >> 1
-    sends = []
+    children = []
     while mask:
         if vrank + mask < size:
-            sends.append(ctx.send_raw(msg, (vrank + mask + root) % size, sub))
+            children.append((vrank + mask + root) % size)
         mask >>= 1
-    await asyncio.gather(*sends)
+    await send_each(ctx, msg, children, sub)
     return result if vrank == 0 else ctx.decode(msg)
 
 
