@@ -170,13 +170,15 @@ class CollectiveContext:
         ep, tag = self._ep, self._tag(sub)
         return [ep.post(self._context, self._group[r], tag) for r in sources]
 
-    async def wait_each(self, tickets: list[Ticket]) -> list[Any]:
-        """The decoded messages of receives from :meth:`post_each`, in ticket order; if a
-        wait fails or is cancelled, the receives not yet completed are withdrawn."""
+    async def wait_each(self, tickets: list[Ticket], raw: bool = False) -> list[Any]:
+        """The decoded messages of receives from :meth:`post_each` (``raw``: the undecoded
+        messages), in ticket order; if a wait fails or is cancelled, the
+        receives not yet completed are withdrawn."""
         out: list[Any] = []
         try:
             for ticket in tickets:
-                out.append(self._ep.decode(await self._ep.arrival(ticket)))
+                msg = await self._ep.arrival(ticket)
+                out.append(msg if raw else self._ep.decode(msg))
         except BaseException:
             self.withdraw(tickets[len(out) :])
             raise

@@ -9,7 +9,6 @@ the lower partner always goes on the left.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from afmi.collectives.base import Algorithm, CollectiveContext, Step
@@ -151,14 +150,14 @@ class BruckAllgather(Algorithm):
             dist = 1 << k
             n = min(dist, size - len(msgs))
             dest, source = (rank - dist) % size, (rank + dist) % size
-            recvs = [asyncio.ensure_future(ctx.recv_raw(source, k)) for _ in range(n)]
+            tickets = ctx.post_each([source] * n, k)  # no task per receive
             try:
                 for m in msgs[:n]:
                     await ctx.send_raw(m, dest, k)
-                msgs.extend(await asyncio.gather(*recvs))
-            finally:
-                for f in recvs:
-                    f.cancel()
+            except BaseException:
+                ctx.withdraw(tickets)
+                raise
+            msgs.extend(await ctx.wait_each(tickets, raw=True))
             k += 1
         out: list[Any] = [None] * size
         out[rank] = obj

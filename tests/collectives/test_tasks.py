@@ -52,6 +52,7 @@ async def _tasks_created(comm, call):
         ("bcast", "binomial", 8),
         ("bcast", "linear", 4),
         ("alltoall", "linear", 4),
+        ("allgather", "bruck", 5),
     ],
 )
 async def test_small_collectives_create_no_task(collective, algorithm, ranks):
@@ -64,6 +65,8 @@ async def test_small_collectives_create_no_task(collective, algorithm, ranks):
                     return await comm.gather(payload, root=1)
                 if collective == "bcast":
                     return await comm.bcast(payload if comm.rank == 1 else None, root=1)
+                if collective == "allgather":
+                    return await comm.allgather(payload)
                 return await comm.alltoall([payload + r for r in range(comm.size)])
 
         return await _tasks_created(comm, call)
@@ -75,6 +78,8 @@ async def test_small_collectives_create_no_task(collective, algorithm, ranks):
         assert [int(a[0]) for a in out[1][0]] == list(range(ranks))
     elif collective == "bcast":
         assert all(int(r[0][0]) == 1 for r in out)
+    elif collective == "allgather":
+        assert all([int(a[0]) for a in r] == list(range(ranks)) for r, _ in out)
     else:
         assert [int(a[0]) for a in out[2][0]] == [r + 2 for r in range(ranks)]
 
