@@ -64,7 +64,8 @@ class DirectConfig:
     #: TCP congestion control of the links (Linux ``TCP_CONGESTION``; ``"system"`` or None:
     #: leave the system's, whatever it is).
     #: Cubic by default: BBR, some systems' default, paces a link to the bandwidth it has
-    #: estimated and made mid-size messages 1.8-2.3x slower here (docs/direct.md).
+    #: estimated and made messages of 256 KiB-16 MiB 1.5-2.4x slower here between ranks
+    #: with a core each; where ranks outnumber cores BBR did better (docs/direct.md).
     tcp_congestion: str | None = "cubic"
     enabled: bool = True
 
