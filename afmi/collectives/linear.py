@@ -55,14 +55,19 @@ async def together(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
 IN_TURN_MAX_BYTES = 512 * 1024
 
 
-async def send_each(ctx: CollectiveContext, msg: Message, dests: list[int], sub: int = 0) -> None:
-    """Send the packed ``msg`` (:meth:`CollectiveContext.pack`) to every rank of ``dests``:
-    one after another up to :data:`IN_TURN_MAX_BYTES`, side by side above."""
-    if msg.nbytes <= IN_TURN_MAX_BYTES:
-        for dest in dests:
+async def send_all(ctx: CollectiveContext, parts: list[tuple[Message, int]], sub: int = 0) -> None:
+    """Send every packed message (:meth:`CollectiveContext.pack`) of ``parts`` to its
+    rank: one after another when none is over :data:`IN_TURN_MAX_BYTES`, else side by side."""
+    if max((msg.nbytes for msg, _ in parts), default=0) <= IN_TURN_MAX_BYTES:
+        for msg, dest in parts:
             await ctx.send_raw(msg, dest, sub)
     else:
-        await together([ctx.send_raw(msg, dest, sub) for dest in dests])
+        await together([ctx.send_raw(msg, dest, sub) for msg, dest in parts])
+
+
+async def send_each(ctx: CollectiveContext, msg: Message, dests: list[int], sub: int = 0) -> None:
+    """Send one packed ``msg`` to every rank of ``dests`` (:func:`send_all`)."""
+    await send_all(ctx, [(msg, dest) for dest in dests], sub)
 
 
 def fold(op: Op, values: list[Any]) -> Any:
@@ -156,12 +161,7 @@ class LinearAlltoall(_Linear):
         others = [r for r in range(ctx.size) if r != ctx.rank]
         tickets = ctx.post_each(others)  # posted before any send: no task per receive
         try:
-            msgs = [ctx.pack(seq[r]) for r in others]
-            if max((m.nbytes for m in msgs), default=0) <= IN_TURN_MAX_BYTES:
-                for m, r in zip(msgs, others):
-                    await ctx.send_raw(m, r)
-            else:
-                await together([ctx.send_raw(m, r) for m, r in zip(msgs, others)])
+            await send_all(ctx, [(ctx.pack(seq[r]), r) for r in others])
         except BaseException:
             ctx.withdraw(tickets)
             raise

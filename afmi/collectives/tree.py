@@ -14,7 +14,6 @@ on the right; rank 0 then forwards the result to the root (one extra hop).
 
 from __future__ import annotations
 
-import asyncio
 import math
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 
 from afmi.collectives.base import Algorithm, CollectiveContext, Step
 from afmi.collectives.combine import combine
-from afmi.collectives.linear import send_each
+from afmi.collectives.linear import send_all, send_each
 from afmi.ops import Op
 
 __all__ = [
@@ -111,14 +110,14 @@ async def binomial_scatter(
     else:
         items = await ctx.recv((vrank - span + root) % size, sub)
     mask = span >> 1
-    sends = []
+    parts = []
     while mask:
         child = vrank + mask
         if child < size:
             part = items[mask : mask + min(mask, size - child)]
-            sends.append(ctx.send(part, (child + root) % size, sub))
+            parts.append((ctx.pack(part), (child + root) % size))
         mask >>= 1
-    await asyncio.gather(*sends)
+    await send_all(ctx, parts, sub)
     return items[0]
 
 

@@ -53,6 +53,7 @@ async def _tasks_created(comm, call):
         ("bcast", "linear", 4),
         ("alltoall", "linear", 4),
         ("allgather", "bruck", 5),
+        ("scatter", "binomial", 8),
     ],
 )
 async def test_small_collectives_create_no_task(collective, algorithm, ranks):
@@ -67,6 +68,9 @@ async def test_small_collectives_create_no_task(collective, algorithm, ranks):
                     return await comm.bcast(payload if comm.rank == 1 else None, root=1)
                 if collective == "allgather":
                     return await comm.allgather(payload)
+                if collective == "scatter":
+                    seq = [payload + r for r in range(comm.size)] if comm.rank == 1 else None
+                    return await comm.scatter(seq, root=1)
                 return await comm.alltoall([payload + r for r in range(comm.size)])
 
         return await _tasks_created(comm, call)
@@ -78,6 +82,8 @@ async def test_small_collectives_create_no_task(collective, algorithm, ranks):
         assert [int(a[0]) for a in out[1][0]] == list(range(ranks))
     elif collective == "bcast":
         assert all(int(r[0][0]) == 1 for r in out)
+    elif collective == "scatter":
+        assert [int(r[0]) for r, _ in out] == [1 + r for r in range(ranks)]
     elif collective == "allgather":
         assert all([int(a[0]) for a in r] == list(range(ranks)) for r, _ in out)
     else:
