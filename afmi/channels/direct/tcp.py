@@ -72,7 +72,7 @@ def set_congestion(sock: socket.socket, name: str | None) -> str | None:
             log.warning(
                 "channels.direct.tcp_congestion=%r: this machine refuses it (%s); links keep "
                 "the system's congestion control %r. Set tcp_congestion to one listed in "
-                "/proc/sys/net/ipv4/tcp_allowed_congestion_control, or to None.",
+                "/proc/sys/net/ipv4/tcp_allowed_congestion_control, or to 'system'.",
                 name,
                 exc.strerror or exc,
                 congestion(sock),
