@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import sys
 
+from afmi.config import DirectConfig
+from afmi.errors import ConfigError
 from afmi.launch import new_event_loop
 from afmi.rendezvous.server import RendezvousServer
 
@@ -25,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--relay-timeout", type=float, default=30.0, help="seconds a relay waits for its peer"
     )
+    parser.add_argument(
+        "--tcp-congestion",
+        default="cubic",
+        help="TCP congestion control of relayed connections ('system': the machine's)",
+    )
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -34,6 +41,7 @@ async def _serve(args: argparse.Namespace) -> None:
         step_timeout=args.step_timeout,
         job_timeout=args.job_timeout,
         relay_timeout=args.relay_timeout,
+        tcp_congestion=args.tcp_congestion,
     )
     await server.start()
     print(f"afmi rendezvous listening on {server.address}", flush=True)
@@ -45,6 +53,11 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Serve until interrupted."""
+    try:
+        DirectConfig(tcp_congestion=args.tcp_congestion)
+    except ConfigError as exc:
+        print(f"afmi rendezvous: --tcp-congestion: {exc}", file=sys.stderr)
+        return 2
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(_serve(args))

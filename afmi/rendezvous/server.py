@@ -26,9 +26,11 @@ import asyncio
 import contextlib
 import hmac
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from afmi.config import DirectConfig
 from afmi.rendezvous.protocol import RendezvousError, pack, read_message
 from afmi.rendezvous.protocol import field as get_field
 
@@ -69,6 +71,10 @@ class RendezvousServer:
         step_timeout: seconds a client has for each message it must send.
         job_timeout: seconds for all ranks of a job to register.
         relay_timeout: seconds a relay request waits for its partner.
+        tcp_congestion: TCP congestion control of relayed connections, as
+            ``channels.direct.tcp_congestion`` sets it on direct links (cubic;
+            None or ``"system"``: the machine's). :attr:`relayed_congestion` counts
+            the relayed connections by the one in effect.
     """
 
     def __init__(
@@ -79,12 +85,16 @@ class RendezvousServer:
         step_timeout: float = 10.0,
         job_timeout: float = 60.0,
         relay_timeout: float = 30.0,
+        tcp_congestion: str | None = DirectConfig.tcp_congestion,
     ) -> None:
         self.host = host
         self.port = port
         self.step_timeout = step_timeout
         self.job_timeout = job_timeout
         self.relay_timeout = relay_timeout
+        self.tcp_congestion = DirectConfig(tcp_congestion=tcp_congestion).tcp_congestion
+        #: Relayed connections by the TCP congestion control in effect on them.
+        self.relayed_congestion: Counter[str] = Counter()
         self._server: asyncio.Server | None = None
         self._jobs: dict[str, _Job] = {}
         self._relay_waiting: dict[tuple[str, int, int], _RelayEnd] = {}
@@ -335,8 +345,14 @@ class RendezvousServer:
                     del self._relay_waiting[key]
             return
         # Second arrival: splice both connections until one side closes.
+        from afmi.channels.direct.tcp import set_congestion  # (the package imports this one)
+
         try:
             for w in (partner.writer, writer):
+                sock = w.get_extra_info("socket")
+                if sock is not None:  # relayed bulk data is paced as on a direct link
+                    in_effect = set_congestion(sock, self.tcp_congestion)
+                    self.relayed_congestion[in_effect or "unknown"] += 1
                 w.write(pack("relayed", job=name))
             await asyncio.gather(
                 self._pump(reader, partner.writer),

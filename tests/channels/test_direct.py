@@ -271,6 +271,25 @@ async def test_a_refused_congestion_control_warns_once_and_the_job_still_runs(ca
     assert "tcp_allowed_congestion_control" in warnings[0].getMessage()
 
 
+@needs_cc
+@pytest.mark.parametrize("name", ["reno", "system"])
+async def test_the_relay_paces_relayed_links_as_the_job_asks(name):
+    cfg = Config.from_dict({"channels": {"direct": {"mode": "relay", "tcp_congestion": name}}})
+    async with RendezvousServer(tcp_congestion=cfg.channels.direct.tcp_congestion) as rdv:
+        env = {"AFMI_RENDEZVOUS": rdv.address, "AFMI_TOKEN": "t", "AFMI_JOB": "relayed"}
+
+        async def rank(r):
+            async with afmi.connect(rank=r, size=3, channel="direct", config=cfg, env=env) as comm:
+                assert set(comm.endpoint.channels["direct"].stats()["links"].values()) == {"relay"}
+                return await comm.allreduce(comm.rank), await _congestion_of_links(comm)
+
+        out = await asyncio.gather(*(rank(r) for r in range(3)))
+    expected = name if name != "system" else _system_congestion()
+    # every rank's own end of its relay connections, and the server's two ends of each
+    assert out == [(3, [expected])] * 3
+    assert rdv.relayed_congestion == {expected: 6}
+
+
 def test_config_checks_the_congestion_control_name():
     for bad in ("", 5, "cu bic\n"):
         with pytest.raises(afmi.ConfigError, match="tcp_congestion"):

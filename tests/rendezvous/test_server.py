@@ -203,3 +203,19 @@ def test_rendezvous_cli_serves(subprocess_env):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_rendezvous_cli_rejects_a_bad_congestion_control_name(subprocess_env):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "afmi", "rendezvous", "--port", "0", "--tcp-congestion", ""],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "--tcp-congestion" in proc.stderr and "'system'" in proc.stderr
+    assert "Traceback" not in proc.stderr

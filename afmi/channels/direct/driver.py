@@ -37,7 +37,9 @@ class DirectDriver:
         _check_enabled(config)
         cfg = config.channels.direct
         token = secrets.token_urlsafe(24)
-        async with RendezvousServer(cfg.listen_host, 0, job_timeout=cfg.connect_timeout) as rdv:
+        async with RendezvousServer(
+            cfg.listen_host, 0, job_timeout=cfg.connect_timeout, tcp_congestion=cfg.tcp_congestion
+        ) as rdv:
             channels: list[DirectChannel] = [None] * size  # type: ignore[list-item]
 
             async def open_one(rank: int) -> None:
