@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import sys
 
-from afmi.config import DirectConfig
 from afmi.errors import ConfigError
 from afmi.launch import new_event_loop
 from afmi.rendezvous.server import RendezvousServer
@@ -54,15 +53,13 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> int:
     """Serve until interrupted."""
     try:
-        DirectConfig(tcp_congestion=args.tcp_congestion)
-    except ConfigError as exc:
-        print(f"afmi rendezvous: --tcp-congestion: {exc}", file=sys.stderr)
-        return 2
-    try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(_serve(args))
     except KeyboardInterrupt:
         return 0
+    except ConfigError as exc:  # the server checks its options before it listens
+        print(f"afmi rendezvous: --tcp-congestion: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"afmi rendezvous: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

@@ -350,7 +350,7 @@ class RendezvousServer:
         try:
             for w in (partner.writer, writer):
                 sock = w.get_extra_info("socket")
-                if sock is not None:  # relayed bulk data is paced as on a direct link
+                if sock is not None:  # relayed data gets the direct links' congestion control
                     in_effect = set_congestion(sock, self.tcp_congestion)
                     self.relayed_congestion[in_effect or "unknown"] += 1
                 w.write(pack("relayed", job=name))
