@@ -319,6 +319,7 @@ class MachineWatch:
         #: Whether every rank of the measurement uses this one watch (one process).
         self.shared = shared
         self._samples: dict[Any, float] = {}
+        self._slowdowns: dict[tuple[Any, ...], float] = {}
 
     @classmethod
     def lower_baseline(cls, seconds: float) -> None:
@@ -335,8 +336,18 @@ class MachineWatch:
         return seconds
 
     def slowdown(self, *keys: Any) -> float:
-        """The slowest sample of ``keys`` over the fastest ever (1.0: full speed)."""
-        return max(self._samples[k] for k in keys) / MachineWatch.fastest_s
+        """The slowest sample of ``keys`` over the fastest ever (1.0: full speed).
+
+        Fixed the first time it is asked for: a rank sharing the watch that asks
+        later, after a sample of the next point lowered the baseline, gets the
+        same answer (else it could measure the point again alone, and wait for
+        the other ranks forever).
+        """
+        seconds = self._slowdowns.get(keys)
+        if seconds is None:
+            seconds = max(self._samples[k] for k in keys) / MachineWatch.fastest_s
+            self._slowdowns[keys] = seconds
+        return seconds
 
 
 async def _steady(

@@ -1,5 +1,7 @@
 """The bench watches the machine's speed and measures a point again when it ran slow."""
 
+import asyncio
+
 import pytest
 
 import afmi
@@ -92,6 +94,34 @@ def test_a_point_measured_on_a_slow_machine_is_measured_again_and_keeps_its_fast
     assert per_rank[0][1] == per_rank[1][1] == [0, 1]
     assert per_rank[0][0] == ((3.0, 0), pytest.approx(1.0))
     assert collectives == 2
+
+
+def test_ranks_sharing_a_watch_decide_alike_when_the_baseline_drops_between_them():
+    # rank 0 finishes point A at 1.2x (kept) and samples point B, whose faster
+    # reference lowers the baseline, before rank 1 finishes A: measured against
+    # the new baseline A would be 1.33x slow, and rank 1 alone would measure it again
+    # (in a real run it then waits in A's barrier while rank 0 is in B: a hang)
+    watch = _Scripted([1.0, 1.2, 0.9, 1.0, 1.0, 1.0, 1.0, 1.0])
+    b_started = asyncio.Event()
+
+    async def main(comm):
+        tried = []
+        for point in ("A", "B"):
+
+            async def attempt(i, point=point):
+                tried.append((point, i))
+                if point == "A" and comm.rank == 1:
+                    await b_started.wait()
+                if point == "B":
+                    b_started.set()
+                return 1.0, comm.rank
+
+            await measure._steady(comm, watch, point, attempt)
+        return tried
+
+    per_rank = afmi.run_local(main, 2, channel="local")
+    assert per_rank[0] == per_rank[1] == [("A", 0), ("B", 0)]
+    assert measure.MachineWatch.fastest_s == 0.9  # the baseline did drop in between
 
 
 def test_a_point_on_a_steady_machine_is_measured_once():
