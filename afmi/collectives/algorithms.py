@@ -25,6 +25,7 @@ __all__ = [
     "LOCAL_LINEAR_ALLGATHER_MIN_SIZE",
     "LOCAL_LINEAR_MIN_SIZE",
     "LOCAL_LINEAR_SCAN_MIN_BYTES",
+    "LOCAL_REDUCE_TREE_MIN_BYTES",
     "LOCAL_RING_ALLREDUCE_MIN_BYTES",
     "LOCAL_WIDE_RING_ALLREDUCE_MIN_BYTES",
     "RING_ALLREDUCE_MIN_BYTES",
@@ -70,6 +71,12 @@ LOCAL_LINEAR_SCAN_MIN_BYTES = 1 << 20
 #: the ring): on 16 ranks the two were within 15 % of each other, on 32 linear was
 #: 1.1-1.4x faster than the ring and 1.3-2x faster than Bruck.
 LOCAL_LINEAR_ALLGATHER_MIN_SIZE = 16
+#: On ``local``, the smallest numpy array (bytes) that reduce sends up the binomial
+#: tree; below it, and for other payloads, every rank sends to the root (linear):
+#: in one process, on 4-32 ranks up to 32 KiB linear took 0.80-1.04x the tree's
+#: time (two ways of timing, docs/collectives.md); from 64 KiB the tree was up
+#: to 1.6x faster.
+LOCAL_REDUCE_TREE_MIN_BYTES = 1 << 16
 #: Smallest communicator on which alltoall runs pairwise rounds instead of
 #: sending everything at once (bounds the messages in flight per rank).
 ALLTOALL_PAIRWISE_MIN_SIZE = 16
@@ -226,6 +233,23 @@ def _gather(
     return _rooted(candidates, size, nbytes, args, ctx)
 
 
+def _reduce(
+    candidates: list[Algorithm],
+    size: int,
+    nbytes: int,
+    args: dict[str, Any],
+    ctx: CollectiveContext,
+) -> Algorithm:
+    """As :func:`_rooted`, but on ``local`` linear for payloads other than numpy arrays
+    of :data:`LOCAL_REDUCE_TREE_MIN_BYTES` or more: both apply the op ``size - 1``
+    times, and the root's receives in one task cost less than the tree's rounds."""
+    if ctx.channel == "local":
+        array = isinstance(args.get("x"), np.ndarray)
+        if not (array and nbytes >= LOCAL_REDUCE_TREE_MIN_BYTES):
+            return _prefer(candidates, "linear")
+    return _rooted(candidates, size, nbytes, args, ctx)
+
+
 def _reduce_scatter(
     candidates: list[Algorithm],
     size: int,
@@ -282,8 +306,8 @@ def _bcast(
 
 set_chooser("bcast", _bcast)
 set_chooser("gather", _gather)
-for _collective in ("scatter", "reduce"):
-    set_chooser(_collective, _rooted)
+set_chooser("scatter", _rooted)
+set_chooser("reduce", _reduce)
 set_chooser("barrier", _barrier)
 set_chooser("allreduce", _allreduce)
 set_chooser("allgather", _allgather)

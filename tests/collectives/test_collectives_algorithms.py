@@ -418,12 +418,18 @@ async def test_default_choices(size):
 
         tree = "binomial" if size >= builtins.TREE_MIN_SIZE else "linear"
         # these ranks are on the local channel, which has rules of its own (the tests
-        # below): no scatter_allgather, linear gather and reduce_scatter, and linear
-        # allreduce, scan and exscan from 8 ranks (512 KiB is below the ring)
+        # below): no scatter_allgather, linear gather and reduce_scatter, linear
+        # reduce below 64 KiB arrays, and linear allreduce, scan and exscan
+        # from 8 ranks (512 KiB is below the ring)
         assert pick("bcast", obj=1, root=0) == tree
         assert pick("gather", obj=1, root=0) == "linear"
         assert pick("scatter", seq=None, root=0) == tree
-        assert pick("reduce", x=1, op=afmi.SUM, root=0) == tree
+        assert pick("reduce", x=1, op=afmi.SUM, root=0) == "linear"
+        assert pick("reduce", x=small, op=afmi.SUM, root=0) == "linear"
+        edge = np.zeros(builtins.LOCAL_REDUCE_TREE_MIN_BYTES // 8)
+        assert pick("reduce", x=edge[:-1], op=afmi.SUM, root=0) == "linear"
+        assert pick("reduce", x=edge, op=afmi.SUM, root=0) == tree
+        assert pick("reduce", x=big, op=matmul_op(), root=0) == tree
         many = size > 1
         assert pick("barrier") == ("dissemination" if many else "linear")
         wider = size >= builtins.LOCAL_LINEAR_ALLGATHER_MIN_SIZE
@@ -514,6 +520,9 @@ def test_network_rules_where_local_has_its_own(size):
 
     tree = "binomial" if size >= 4 else "linear"
     assert pick("gather", obj=x, root=0) == tree
+    assert pick("scatter", seq=[x] * size, root=0) == tree
+    for payload in (1, np.zeros(4), x):  # reduce keeps the tree whatever the size
+        assert pick("reduce", x=payload, op=afmi.SUM, root=0) == tree
     assert pick("reduce_scatter", x=x, op=afmi.SUM) == "ring"
     assert pick("reduce_scatter", x=x, op=batched_matmul_op()) == (
         "reduce_scatter_tree" if size >= 4 else "linear"
