@@ -52,3 +52,26 @@ def test_demo_main_job_matches_sequential(subprocess_env):
     assert proc.returncode == 0, proc.stderr
     assert "matches sequential k-means: yes" in proc.stdout
     assert proc.stdout.count("epoch ") == 4 + 1  # progress lines + the summary's "median epoch"
+    # one line per epoch, in order, printed once for the job (not once per rank)
+    assert re.findall(r"^epoch +(\d+)/4 ", proc.stdout, re.M) == ["1", "2", "3", "4"]
+
+
+def test_demo_times_the_jobs_epochs_once_each_and_starts_from_the_first_rows():
+    import argparse
+
+    import numpy as np
+
+    import afmi
+    from afmi.cli import demo
+
+    args = argparse.Namespace(samples=9000, features=3, clusters=4, seed=1, epochs=3)
+    # the start rows are the data set's first rows, made without the rest of it
+    whole = demo.make_shard(9000, 3, 4, 1, 0, 1)
+    assert np.array_equal(demo.make_rows(9000, 3, 4, 1, 0, 4), whole[:4])
+    assert np.array_equal(demo.make_rows(9000, 3, 4, 1, 4095, 4100), whole[4095:4100])
+    clock = demo.EpochClock(3, args.epochs, quiet=True)
+    results = afmi.run_local(demo.kmeans_rank, 3, args, clock)
+    assert len(clock.seconds) == args.epochs and all(t > 0 for t in clock.seconds)
+    assert clock.start > 0
+    for r in results[1:]:
+        assert np.array_equal(r["centroids"], results[0]["centroids"])
