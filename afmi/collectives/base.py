@@ -184,15 +184,38 @@ class CollectiveContext:
             raise
         return out
 
+    async def exchange(
+        self,
+        sources: list[int],
+        sending: Coroutine[Any, Any, Any],
+        sub: int = 0,
+        raw: bool = False,
+    ) -> list[Any]:
+        """Post a receive from each of ``sources``, run ``sending``, then collect the
+        receives in turn (:meth:`wait_each`): the messages match in whatever order
+        they come, with no task per receive. If ``sending`` fails or is cancelled,
+        the receives are withdrawn before the error propagates."""
+        try:
+            tickets = self.post_each(sources, sub)
+        except BaseException:
+            sending.close()
+            raise
+        try:
+            await sending
+        except BaseException:
+            self.withdraw(tickets)
+            raise
+        return await self.wait_each(tickets, raw=raw)
+
     def decode(self, msg: Message) -> Any:
         """Decode a message from :meth:`recv_raw`."""
         return self._ep.decode(msg)
 
     async def sendrecv(self, obj: Any, dest: int, source: int, sub: int = 0) -> Any:
-        """Send to ``dest`` while receiving from ``source``."""
-        ticket = self._ep.post(self._context, self._group[source], self._tag(sub))
-        await self.send(obj, dest, sub)
-        return self._ep.decode(await self._ep.arrival(ticket))
+        """Send to ``dest`` while receiving from ``source`` (a failed send withdraws
+        the receive)."""
+        (received,) = await self.exchange([source], self.send(obj, dest, sub), sub)
+        return received
 
 
 class Algorithm(abc.ABC):

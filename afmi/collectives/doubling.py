@@ -150,20 +150,20 @@ class BruckAllgather(Algorithm):
             dist = 1 << k
             n = min(dist, size - len(msgs))
             dest, source = (rank - dist) % size, (rank + dist) % size
-            tickets = ctx.post_each([source] * n, k)  # no task per receive
-            try:
-                for m in msgs[:n]:
-                    await ctx.send_raw(m, dest, k)
-            except BaseException:
-                ctx.withdraw(tickets)
-                raise
-            msgs.extend(await ctx.wait_each(tickets, raw=True))
+            # no task per receive; the round's messages go to one rank, in order
+            sending = _send_in_turn(ctx, msgs[:n], dest, k)
+            msgs.extend(await ctx.exchange([source] * n, sending, k, raw=True))
             k += 1
         out: list[Any] = [None] * size
         out[rank] = obj
         for i in range(1, size):
             out[(rank + i) % size] = ctx.decode(msgs[i])
         return out
+
+
+async def _send_in_turn(ctx: CollectiveContext, msgs: list[Message], dest: int, sub: int) -> None:
+    for msg in msgs:
+        await ctx.send_raw(msg, dest, sub)
 
 
 async def _prefix(ctx: CollectiveContext, x: Any, op: Op, inclusive: bool) -> Any:

@@ -38,13 +38,12 @@ for the barrier), so the registry prefers them on those channels.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
 
 from afmi.collectives.base import Algorithm, CollectiveContext, Step
-from afmi.collectives.linear import fold, gather_to
+from afmi.collectives.linear import fold, gather_to, send_items
 from afmi.collectives.registry import Chooser, register, set_chooser
 from afmi.ops import Op
 from afmi.wire.matching import ANY_SOURCE
@@ -138,26 +137,14 @@ class ScatterReduceAllreduce(_Storage):
         slices = np.array_split(np.ascontiguousarray(x).reshape(-1), n)
         others = [r for r in range(n) if r != me]
         # Round 1: slice j of every rank goes to rank j, which reduces it.
-        incoming = [asyncio.ensure_future(ctx.recv(r, 0)) for r in others]
-        try:
-            await asyncio.gather(*(ctx.send(slices[r], r, 0) for r in others))
-            received = await asyncio.gather(*incoming)
-        finally:
-            for f in incoming:
-                f.cancel()
+        received = await ctx.exchange(others, send_items(ctx, [(slices[r], r) for r in others]))
         parts: list[Any] = [None] * n
         parts[me] = slices[me]
         for r, v in zip(others, received):
             parts[r] = v
         mine = fold(op, parts)
         # Round 2: each reduced slice is uploaded once and read by all.
-        results = [asyncio.ensure_future(ctx.recv(r, 1)) for r in others]
-        try:
-            await publish(ctx, mine, list(range(n)), 1)
-            reduced = await asyncio.gather(*results)
-        finally:
-            for f in results:
-                f.cancel()
+        reduced = await ctx.exchange(others, publish(ctx, mine, list(range(n)), 1), 1)
         pieces: list[Any] = [None] * n
         pieces[me] = mine
         for r, v in zip(others, reduced):
