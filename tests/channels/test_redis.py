@@ -147,8 +147,39 @@ async def test_chunked_message_arrives_and_keys_are_deleted(redis_url):
         assert (msg.context, msg.source, msg.tag, msg.header) == (2, 0, 5, b"head")
         assert [bytes(x) for x in msg.buffers] == [bytes(memoryview(x)) for x in bufs]
         assert await job_keys(redis_url, job) == []  # chunks deleted as they were read
-        assert a.stats()["chunks_written"] == 4  # 28004 bytes / 10000 + 1 chunk of 3 bytes
+        # the chunks cut the buffers laid back to back (28004 bytes, 28 of alignment,
+        # 3): 3 chunks, not one per buffer (4)
+        assert a.stats()["chunks_written"] == b.stats()["chunks_read"] == 3
         assert b.stats()["messages_received"] == 1
+        assert all(memoryview(x).readonly is False for x in msg.buffers)
+
+
+@pytest.mark.parametrize("stream", [0, 2])
+async def test_many_small_buffers_share_chunks_and_arrive_aligned(redis_url, stream):
+    from afmi.channels.redis.channel import _ALIGN
+
+    job = new_job()
+    cfg = config(redis_url, chunk_bytes=64 * 1024, inline_bytes=1024, stream_min_chunks=stream)
+    async with afmi.channels.get_driver("redis").group(2, job, cfg) as (a, b):
+        got: asyncio.Queue[afmi.wire.message.Message] = asyncio.Queue()
+        a.start(lambda m: None, lambda e: None)
+        b.start(got.put_nowait, lambda e: None)
+        # a dict of arrays, as a model's gradients: 40 buffers of odd sizes, 2 MiB
+        bufs = [np.arange(1000 + 2561 * i, dtype=np.uint8) for i in range(40)]
+        bufs[7] = np.zeros(0, dtype=np.uint8)
+        total = sum(x.nbytes for x in bufs)
+        await a.send(1, afmi.wire.message.Message(2, 0, 5, 0, b"head", bufs))
+        msg = await asyncio.wait_for(got.get(), 10)
+        assert [bytes(x) for x in msg.buffers] == [x.tobytes() for x in bufs]
+        # the payload's length over the chunk size, with at most _ALIGN - 1 bytes of
+        # alignment per buffer: 31 chunks of 64 KiB, where one per buffer made 53
+        chunks = a.stats()["chunks_written"]
+        assert -(-total // (64 * 1024)) <= chunks <= -(-(total + 40 * _ALIGN) // (64 * 1024))
+        assert chunks == b.stats()["chunks_read"] == 31
+        addresses = [np.frombuffer(x, np.uint8).ctypes.data for x in msg.buffers if len(x)]
+        first = addresses[0]
+        assert all((addr - first) % _ALIGN == 0 for addr in addresses)
+        assert await job_keys(redis_url, job) == []
 
 
 async def test_publish_stores_chunks_once_and_last_reader_deletes(redis_url):

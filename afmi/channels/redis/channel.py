@@ -6,7 +6,10 @@ Keys (all under ``{prefix}:{job}``, all with a TTL of ``key_ttl``):
   message travels whole inside its entry; a large one leaves only a
   descriptor there.
 * ``…:c:{src}:{n}:{i}`` — chunk ``i`` of the ``n``-th large message of rank
-  ``src`` (``chunk_bytes`` each).
+  ``src`` (``chunk_bytes`` each). The chunks cut the message's buffers laid
+  back to back (each from a multiple of 64 bytes), so many small buffers
+  share a chunk; the receiver reads them into one allocation of the same
+  layout.
 * ``…:c:{src}:{n}:n`` — the chunk *notices* of a streamed message: the
   sender pipelines, on one connection, the descriptor first and then, for
   each chunk, ``SET`` chunk and ``RPUSH`` its number here. The receiver blocks
@@ -54,7 +57,7 @@ from redis.backoff import NoBackoff
 from redis.connection import SSLConnection, parse_url
 
 from afmi.channels.base import Channel, open_group
-from afmi.channels.redis.resp import RespConnection, RespError
+from afmi.channels.redis.resp import Parts, RespConnection, RespError
 from afmi.errors import ChannelError, ConfigError
 from afmi.wire.message import Buffer, Message
 
@@ -148,13 +151,59 @@ def _flat(buf: Buffer) -> memoryview:
     return mv
 
 
-def _chunk_spans(sizes: Sequence[int], chunk: int) -> list[tuple[int, int, int]]:
-    """``(buffer index, start, stop)`` of every chunk, buffer by buffer."""
-    spans = []
-    for j, n in enumerate(sizes):
-        for start in range(0, n, chunk):
-            spans.append((j, start, min(start + chunk, n)))
-    return spans
+#: In a chunked message's stored payload every buffer starts at a multiple of this
+#: many bytes; the receiver's one allocation has the same layout, so arrays decoded
+#: from its buffers are aligned.
+_ALIGN = 64
+
+
+def _layout(sizes: Sequence[int]) -> tuple[list[int], int]:
+    """Offsets of a chunked message's buffers in its stored payload, and its length.
+
+    The buffers lie back to back (each from a multiple of :data:`_ALIGN`), and
+    the chunks cut that payload, not each buffer: a message of many small
+    buffers (a list or dict of arrays) takes as few chunks, and requests, as one
+    array of its size. One chunk per buffer made a dict of 64 arrays of 16 KiB
+    take 4.7x as long as one 1 MiB array between two ranks.
+    """
+    offsets, end = [], 0
+    for n in sizes:
+        start = -(-end // _ALIGN) * _ALIGN
+        offsets.append(start)
+        end = start + n
+    return offsets, end
+
+
+def _chunk_count(sizes: Sequence[int], chunk: int) -> int:
+    """How many chunks a message with buffers of ``sizes`` is stored in."""
+    return -(-_layout(sizes)[1] // chunk)
+
+
+def _chunk_values(views: Sequence[memoryview], chunk: int) -> list[memoryview | Parts]:
+    """Each chunk's value: a view of one buffer, or the parts of several in order
+    (with the zero bytes that align the next buffer), none of them copied."""
+    offsets, _ = _layout([v.nbytes for v in views])
+    pieces: list[memoryview] = []
+    end = 0
+    for start, view in zip(offsets, views):
+        if start > end:
+            pieces.append(memoryview(bytes(start - end)))
+        pieces.append(view)
+        end = start + view.nbytes
+    values: list[memoryview | Parts] = []
+    parts: list[memoryview] = []
+    room = chunk
+    for piece in pieces:
+        while piece.nbytes:
+            take = min(room, piece.nbytes)
+            parts.append(piece[:take])
+            piece, room = piece[take:], room - take
+            if room == 0:
+                values.append(parts[0] if len(parts) == 1 else tuple(parts))
+                parts, room = [], chunk
+    if parts:
+        values.append(parts[0] if len(parts) == 1 else tuple(parts))
+    return values
 
 
 async def _in_window(
@@ -306,29 +355,28 @@ class RedisChannel(Channel):
     ) -> None:
         n = next(self._counter)
         stem = f"{self._base}:c:{self.rank}:{n}"
-        views = [_flat(b) for b in msgs[0].buffers]
-        spans = _chunk_spans([v.nbytes for v in views], self._cfg.chunk_bytes)
+        values = _chunk_values([_flat(b) for b in msgs[0].buffers], self._cfg.chunk_bytes)
         ttl = self._ttl_ms
         turn = next(self._bulk_turn)
         conn = self._bulk[turn]
         commands: list[tuple[Any, ...]] = []
         stream = self._cfg.stream_min_chunks
-        if len(dests) == 1 and stream and len(spans) >= stream:
+        if len(dests) == 1 and stream and len(values) >= stream:
             # Streamed: the descriptor goes first; after each chunk, its number is pushed
             # onto a notice list the receiver is blocked on, so writing and reading overlap.
             notices = f"{stem}:n"
             ref: list[Any] = [stem, self._cfg.chunk_bytes, None, notices]
             commands += self._entries(dests, msgs, ref)
-            for i, (j, a, b) in enumerate(spans):
-                commands.append(("SET", f"{stem}:{i}", views[j][a:b], "PX", ttl))
+            for i, value in enumerate(values):
+                commands.append(("SET", f"{stem}:{i}", value, "PX", ttl))
                 commands.append(("RPUSH", notices, i))
                 commands.append(("PEXPIRE", notices, ttl))
         else:
             # Stored, then the descriptors (the default; for a payload published to
             # several ranks, the reader that brings the count to zero deletes the chunks).
             rc_key = f"{self._base}:rc:{self.rank}:{n}" if len(dests) > 1 else None
-            for i, (j, a, b) in enumerate(spans):
-                commands.append(("SET", f"{stem}:{i}", views[j][a:b], "PX", ttl))
+            for i, value in enumerate(values):
+                commands.append(("SET", f"{stem}:{i}", value, "PX", ttl))
             if rc_key is not None:
                 commands.append(("SET", rc_key, len(dests), "PX", ttl))
             ref = [stem, self._cfg.chunk_bytes, rc_key, None]
@@ -338,13 +386,13 @@ class RedisChannel(Channel):
                 before, mine = self._stored, asyncio.get_running_loop().create_future()
                 self._stored = mine
                 try:
-                    await self._run(self._store(turn, commands, len(spans), before))
+                    await self._run(self._store(turn, commands, len(values), before))
                 finally:
                     if not mine.done():
                         mine.set_result(None)
-                self._stats["chunks_written"] += len(spans)
+                self._stats["chunks_written"] += len(values)
                 return
-        self._stats["chunks_written"] += len(spans)
+        self._stats["chunks_written"] += len(values)
         await self._run(conn.pipeline(commands))
 
     async def _store(
@@ -489,16 +537,18 @@ class RedisChannel(Channel):
 
     async def _fetch(self, slot: list[Any], msg: Message, sizes: list[int], ref: list[Any]) -> None:
         stem, chunk, rc_key, notices = ref
-        # np.empty: no zero-fill of pages that the socket is about to overwrite.
-        buffers = [np.empty(n, dtype=np.uint8) for n in sizes]
-        views = [memoryview(b.data) for b in buffers]
-        spans = _chunk_spans(sizes, chunk)
-        keys = _ref_keys(ref, len(spans))
+        # One allocation laid out as the stored payload (_layout), every buffer a view
+        # of it; np.empty: no zero-fill of pages that the socket is about to overwrite.
+        offsets, total = _layout(sizes)
+        whole = memoryview(np.empty(total, dtype=np.uint8).data)
+        buffers = [whole[start : start + n] for start, n in zip(offsets, sizes)]
+        nchunks = -(-total // chunk)
+        keys = _ref_keys(ref, nchunks)
         token = id(slot)
         self._fetching[token] = keys
         notifier: RespConnection | None = None
         try:
-            targets = [views[j][a:b] for j, a, b in spans]
+            targets = [whole[i * chunk : (i + 1) * chunk] for i in range(nchunks)]
             if notices is not None:
                 notifier = await self._notifier()
                 found = await self._fetch_streamed(notifier, stem, notices, targets)
@@ -523,7 +573,7 @@ class RedisChannel(Channel):
                 notifier.close()  # it may still have blocked commands queued
             if not self._closed:
                 self._fetching.pop(token, None)
-        self._stats["chunks_read"] += len(spans)
+        self._stats["chunks_read"] += nchunks
         msg.buffers = buffers
         slot[0] = msg
         self._flush(msg.source)
@@ -650,7 +700,7 @@ class RedisChannel(Channel):
             _, _, _, _, _, sizes, ref, _ = msgpack.unpackb(entry)
             if ref is None:
                 continue
-            keys = _ref_keys(ref, len(_chunk_spans(sizes, ref[1])))
+            keys = _ref_keys(ref, _chunk_count(sizes, ref[1]))
             if ref[2] is None or await self._cmd.command("DECR", ref[2]) <= 0:  # shared
                 doomed += keys
         await self._cmd.command("DEL", mailbox, *doomed)

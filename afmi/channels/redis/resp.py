@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-__all__ = ["RespConnection", "RespError", "encode_command"]
+__all__ = ["Arg", "Parts", "RespConnection", "RespError", "encode_command"]
 
 _CRLF = b"\r\n"
 _SCRATCH = 64 * 1024
@@ -47,8 +47,17 @@ class _Sink:
     target: memoryview | None = None
 
 
-def encode_command(args: Sequence[bytes | str | int | memoryview]) -> list[Any]:
-    """RESP array of bulk strings; large values are kept as separate, uncopied buffers."""
+#: An argument given as a tuple of parts: one bulk string, the parts back to back.
+Parts = tuple[bytes | memoryview, ...]
+Arg = bytes | str | int | memoryview | Parts
+
+
+def encode_command(args: Sequence[Arg]) -> list[Any]:
+    """RESP array of bulk strings; large values are kept as separate, uncopied buffers.
+
+    An argument that is a tuple of byte buffers is one bulk string made of them in
+    order (a chunk that spans several of a message's buffers), none of them joined.
+    """
     out: list[Any] = []
     head = bytearray(b"*%d\r\n" % len(args))
     for arg in args:
@@ -56,15 +65,16 @@ def encode_command(args: Sequence[bytes | str | int | memoryview]) -> list[Any]:
             arg = arg.encode()
         elif isinstance(arg, int):
             arg = b"%d" % arg
-        n = memoryview(arg).nbytes
-        head += b"$%d\r\n" % n
-        if n > 4096:
-            out.append(bytes(head))
-            out.append(arg)
-            head = bytearray(_CRLF)
-        else:
-            head += arg
-            head += _CRLF
+        parts = arg if isinstance(arg, tuple) else (arg,)
+        head += b"$%d\r\n" % sum(memoryview(part).nbytes for part in parts)
+        for part in parts:
+            if memoryview(part).nbytes > 4096:
+                out.append(bytes(head))
+                out.append(part)
+                head = bytearray()
+            else:
+                head += part
+        head += _CRLF
     out.append(bytes(head))
     return out
 
@@ -148,7 +158,7 @@ class RespConnection(asyncio.BufferedProtocol):
             if self._closed is not None:
                 raise ConnectionError(f"connection to Redis closed: {self._closed}")
 
-    async def command(self, *args: bytes | str | int | memoryview) -> Any:
+    async def command(self, *args: Arg) -> Any:
         """Run one command and return its reply (bytes, int, list or None)."""
         fut = self._send(args)
         await self._wait_writable()
@@ -168,7 +178,7 @@ class RespConnection(asyncio.BufferedProtocol):
             pass  # raised below if it is the first error
         return [f.result() for f in futs]
 
-    def submit(self, *args: bytes | str | int | memoryview) -> asyncio.Future[Any]:
+    def submit(self, *args: Arg) -> asyncio.Future[Any]:
         """Write one command now and return the future of its reply (for pipelining)."""
         return self._send(args)
 
