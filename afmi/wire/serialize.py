@@ -46,14 +46,29 @@ def _dtype_descr(dtype: np.dtype[Any]) -> Any:
     return dtype_to_descr(dtype)
 
 
+#: dtypes by their ``dtype.str`` (a payload's arrays mostly share a few).
+_DTYPES: dict[str, np.dtype[Any]] = {}
+
+
 def _descr_dtype(descr: Any) -> np.dtype[Any]:
     if isinstance(descr, str):
-        return np.dtype(descr)
+        dtype = _DTYPES.get(descr)
+        if dtype is None:
+            dtype = np.dtype(descr)
+            if len(_DTYPES) < 256:
+                _DTYPES[descr] = dtype
+        return dtype
     return descr_to_dtype([tuple(f) if isinstance(f, list) else f for f in descr])
 
 
 def _flat_bytes(arr: np.ndarray[Any, Any]) -> tuple[Buffer, str]:
     """A uint8 view of ``arr``'s data (copying only if not contiguous) and its order."""
+    if arr.flags.c_contiguous and arr.size and arr.dtype.itemsize:
+        # the cheapest view (0.2 against 0.6 us); datetimes have no buffer protocol
+        try:
+            return memoryview(arr).cast("B"), "C"  # type: ignore[arg-type]
+        except ValueError:
+            pass
     if arr.flags.c_contiguous:
         flat, order = arr.reshape(-1), "C"
     elif arr.flags.f_contiguous:
@@ -155,8 +170,10 @@ class _Encoder:
                 )
             data, order = _flat_bytes(o)
             buffers.append(data)
-            meta = [_dtype_descr(o.dtype), list(o.shape), order, len(buffers) - 1]
-            return msgpack.ExtType(_ARRAY, pack(meta))
+            descr = _dtype_descr(o.dtype)
+            meta = [descr, list(o.shape), order, len(buffers) - 1]
+            # natives only for a plain dtype: the reused packer, not a new one
+            return msgpack.ExtType(_ARRAY, packb(meta) if type(descr) is str else pack(meta))
         if isinstance(o, np.generic) and not o.dtype.hasobject:
             a = np.asarray(o)
             return msgpack.ExtType(_SCALAR, pack([_dtype_descr(a.dtype), a.tobytes()]))
@@ -227,7 +244,9 @@ class _Decoder:
             dtype = _descr_dtype(descr)
             if dtype.itemsize == 0:
                 return np.empty(shape, dtype=dtype, order=order)
-            flat = np.frombuffer(self.buffers[index], dtype=np.uint8).view(dtype)
+            flat = np.frombuffer(self.buffers[index], dtype=dtype)
+            if len(shape) == 1:
+                return flat
             return flat.reshape(shape, order=order)
         if code == _SCALAR:
             descr, raw = unpack(data)
