@@ -256,9 +256,12 @@ class ChannelModel:
 
     def fetched_reads(self, work: Work, nbytes: int) -> int:
         """Reads of ``work`` (a call moving ``nbytes`` per rank) that fetch their message:
-        all of its deliveries where the channel has a fetch step and ``nbytes`` is above
-        the inline size, else none."""
-        return work.deliveries if self.fetch_s > 0 and self.fetches(nbytes) else 0
+        where the channel has a fetch step, its deliveries of messages above the inline
+        size (:meth:`Work.sized_deliveries`: a binomial gather's upper rounds carry
+        several items), else none."""
+        if self.fetch_s <= 0:
+            return 0
+        return sum(count for count, size in work.sized_deliveries(nbytes) if self.fetches(size))
 
     def shared_read_cpu_s(self, work: Work) -> float:
         """Extra CPU seconds of the shared reads of ``work`` (after :meth:`channel_work`):

@@ -183,9 +183,11 @@ def predict(
     w = channel.channel_work(work(op, algorithm, size, nbytes))
     messages, moved = w.messages, w.bytes_sent
     per_message = channel.reads_per_message
-    if not channel.fetches(nbytes):
-        per_message = max(per_message - 1, 0.0)  # no GET: the message rode in the key
-    reads = w.deliveries * per_message
+    inline = max(per_message - 1, 0.0)  # no GET: the message rode in the key
+    reads = sum(
+        count * (per_message if channel.fetches(size) else inline)
+        for count, size in w.sized_deliveries(nbytes)
+    )
     polls = w.deliveries * channel.polls_per_message + w.receive_waits * channel.polls_per_wait
     if w.receive_waits:
         # A wait lasts about one round of the call, less where a round's waits end one

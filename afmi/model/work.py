@@ -43,7 +43,12 @@ class Work:
     times a rank waits for messages (None: one per delivery): fewer where a
     rank collects several messages in one wait, as a linear gather's root
     does; a channel whose receivers poll (S3) lists a mailbox at least once
-    per wait (:attr:`receive_waits`).
+    per wait (:attr:`receive_waits`). ``delivery_sizes`` gives, where the
+    deliveries are not all of the call's ``nbytes``, how many carry how many
+    bytes, as ``((count, nbytes), ...)``: a binomial gather's vertices send
+    their whole subtree's items, so on a channel that fetches messages over an
+    inline size the upper rounds may fetch where the first does not
+    (:meth:`sized_deliveries`).
     """
 
     messages: int
@@ -57,11 +62,19 @@ class Work:
     shared_bytes: int = 0
     waits: int | None = None
     reduce_op_bytes: int = 0
+    delivery_sizes: tuple[tuple[int, int], ...] | None = None
 
     @property
     def receive_waits(self) -> int:
         """How many times ranks wait for messages: ``waits``, or one per delivery."""
         return self.deliveries if self.waits is None else self.waits
+
+    def sized_deliveries(self, nbytes: int) -> tuple[tuple[int, int], ...]:
+        """``((count, bytes of each), ...)`` of the deliveries of a call moving ``nbytes``
+        per rank: ``delivery_sizes``, or every delivery of ``nbytes``."""
+        if self.delivery_sizes is None:
+            return ((self.deliveries, nbytes),)
+        return self.delivery_sizes
 
 
 def _p2p(messages: int, nbytes: int, reduce: int = 0, path: int = 0) -> Work:
@@ -76,6 +89,31 @@ def _log2(size: int) -> int:
 def _tree_bytes(size: int, nbytes: int) -> int:
     """Bytes a binomial gather/scatter moves: every rank's item travels ``depth`` hops."""
     return nbytes * sum(bin(v).count("1") for v in range(1, size))
+
+
+def _tree_sizes(size: int, nbytes: int) -> tuple[tuple[int, int], ...]:
+    """The messages of a binomial gather/scatter, ``((count, bytes), ...)``: vertex ``v``'s
+    carries its subtree's items, ``min(lowest set bit of v, size - v)`` of them."""
+    counts: dict[int, int] = {}
+    for v in range(1, size):
+        items = min(v & -v, size - v)
+        counts[items * nbytes] = counts.get(items * nbytes, 0) + 1
+    return tuple(sorted((count, b) for b, count in counts.items()))
+
+
+def _tree(size: int, nbytes: int) -> Work:
+    """A binomial gather or scatter: ``size - 1`` messages of subtrees' items."""
+    moved = _tree_bytes(size, nbytes)
+    return Work(size - 1, moved, size - 1, moved, delivery_sizes=_tree_sizes(size, nbytes))
+
+
+def _sizes(*parts: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """``((count, bytes), ...)`` with the parts of equal size merged, no empty ones."""
+    counts: dict[int, int] = {}
+    for count, b in parts:
+        if count > 0:
+            counts[b] = counts.get(b, 0) + count
+    return tuple(sorted((count, b) for b, count in counts.items()))
 
 
 def _doubling(size: int, nbytes: int) -> Work:
@@ -117,7 +155,7 @@ def _bcast_scatter_allgather(size: int, nbytes: int) -> Work:
     return Work(messages, moved, messages, moved)
 
 
-def _published(uploads: int, readers: int, nbytes: int) -> dict[str, int]:
+def _published(uploads: int, readers: int, nbytes: int) -> dict[str, Any]:
     """The shared-read fields of :class:`Work` for ``uploads`` payloads of ``nbytes``, each
     published to ``readers`` ranks (a payload for one reader is a plain message: none)."""
     if readers < 2:
@@ -177,11 +215,16 @@ _TABLE: dict[tuple[str, str], Callable[[int, int], Work]] = {
         1, n, p - 1, (p - 1) * n, **_published(1, p - 1, n)
     ),
     ("gather", "linear"): _waits(lambda p: 1, lambda p, n: _p2p(p - 1, n)),
-    ("gather", "binomial"): lambda p, n: Work(p - 1, _tree_bytes(p, n), p - 1, _tree_bytes(p, n)),
+    ("gather", "binomial"): _tree,
     ("scatter", "linear"): lambda p, n: _p2p(p - 1, n),
-    ("scatter", "binomial"): lambda p, n: Work(p - 1, _tree_bytes(p, n), p - 1, _tree_bytes(p, n)),
+    ("scatter", "binomial"): _tree,
     ("allgather", "linear"): lambda p, n: Work(
-        2 * (p - 1), (p - 1) * n * (1 + p), 2 * (p - 1), (p - 1) * n * (1 + p), waits=p
+        2 * (p - 1),
+        (p - 1) * n * (1 + p),
+        2 * (p - 1),
+        (p - 1) * n * (1 + p),
+        waits=p,
+        delivery_sizes=_sizes((p - 1, n), (p - 1, p * n)),  # the items, then all of them
     ),
     ("allgather", "bruck"): lambda p, n: Work(
         p * _log2(p), p * (p - 1) * n, p * _log2(p), p * (p - 1) * n
@@ -208,6 +251,7 @@ _TABLE: dict[tuple[str, str], Callable[[int, int], Work]] = {
         (p - 1) * n,
         (p - 1) * n,
         waits=p,
+        delivery_sizes=_sizes((p - 1, n), (p - 1, n // p)),
     ),
     ("reduce_scatter", "reduce_scatter_tree"): lambda p, n: Work(
         2 * (p - 1),
@@ -216,6 +260,7 @@ _TABLE: dict[tuple[str, str], Callable[[int, int], Work]] = {
         (p - 1) * n + _tree_bytes(p, n // p),
         (p - 1) * n,
         _log2(p) * n,
+        delivery_sizes=_sizes((p - 1, n), *_tree_sizes(p, n // p)),
     ),
     ("reduce_scatter", "ring"): lambda p, n: _ring(p, n, 1),
     ("scan", "linear"): _waits(

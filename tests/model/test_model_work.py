@@ -270,3 +270,49 @@ def test_only_messages_with_the_data_pay_for_it():
     from afmi.model import P2P
 
     assert timing("send", 64, 2, P2P, paid) == timing("send", 64, 2, P2P, plain)
+
+
+@pytest.mark.parametrize("p", [2, 3, 5, 6, 8, 13, 16])
+def test_a_binomial_trees_messages_carry_their_subtrees_items(p):
+    from afmi.model.work import _tree_bytes
+
+    for collective in ("gather", "scatter"):
+        w = work(collective, registry.get(collective, "binomial"), p, 100)
+        sizes = w.sized_deliveries(100)
+        # every delivery accounted for, and the bytes are the tree's item-hops
+        assert sum(c for c, _ in sizes) == w.deliveries == p - 1
+        assert sum(c * b for c, b in sizes) == w.bytes_received == _tree_bytes(p, 100)
+        if p == 8:  # vertices 1, 3, 5, 7 send one item, 2 and 6 two, 4 four
+            assert sizes == ((1, 400), (2, 200), (4, 100))
+        if p == 6:  # vertex 4's subtree is cut at the last rank: 4 and 5
+            assert sizes == ((2, 200), (3, 100))
+    # algorithms whose messages all carry the call's payload say nothing more
+    flat = work("bcast", registry.get("bcast", "binomial"), p, 100)
+    assert flat.delivery_sizes is None and flat.sized_deliveries(100) == ((p - 1, 100),)
+    linear = work("allgather", registry.get("allgather", "linear"), p, 100)
+    assert sorted(linear.sized_deliveries(100)) == sorted(
+        [(p - 1, 100), (p - 1, p * 100)] if p > 1 else []
+    )
+
+
+def test_only_the_messages_over_the_inline_size_are_fetched():
+    # Redis's shape: messages up to 64 KiB ride in the mailbox entry, larger ones are fetched.
+    # An 8-rank binomial gather of 64 KiB items sends 4 messages of one item, 2 of two and
+    # 1 of four: the three of 128 and 256 KiB are fetched, and cost the fetch's CPU.
+    m = _model(inline_max_bytes=64 * 1024, fetch_s=1e-4, cpu_per_fetch_s=5e-5, parallel_ranks=1.0)
+    gather = registry.get("gather", "binomial")
+    kib = 1024
+    assert m.fetched_reads(work("gather", gather, 8, 64 * kib), 64 * kib) == 3
+    assert m.fetched_reads(work("gather", gather, 8, 16 * kib), 16 * kib) == 0  # 64 KiB at most
+    assert m.fetched_reads(work("gather", gather, 8, 64 * kib + 1), 64 * kib + 1) == 7
+    # a bcast's messages are all of the call's size: all fetched or none
+    bcast = registry.get("bcast", "binomial")
+    assert m.fetched_reads(work("bcast", bcast, 8, 64 * kib), 64 * kib) == 0
+    assert m.fetched_reads(work("bcast", bcast, 8, 128 * kib), 128 * kib) == 7
+    # the CPU bound counts them: three fetches' CPU more than if none were fetched
+    inline = dataclasses.replace(m, inline_max_bytes=1 << 30)
+    extra = (
+        timing("gather", 64 * kib, 8, gather, m)[1]
+        - timing("gather", 64 * kib, 8, gather, inline)[1]
+    )
+    assert extra == pytest.approx(3 * 5e-5)
