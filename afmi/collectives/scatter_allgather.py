@@ -27,7 +27,7 @@ import numpy as np
 from afmi.collectives.base import Algorithm, CollectiveContext, Step
 from afmi.collectives.ring import block_bounds
 from afmi.collectives.tree import ceil_log2, subtree_span
-from afmi.wire.message import Message
+from afmi.wire.message import Message, packed_layout
 
 __all__ = ["BCAST_SCATTER_MIN_BYTES", "ScatterAllgatherBcast"]
 
@@ -41,12 +41,7 @@ _ALIGN = 64
 
 def _layout(lengths: list[int]) -> tuple[list[int], int]:
     """Offsets of the payload's buffers in the flat bytes, and the total length."""
-    offsets, end = [], 0
-    for n in lengths:
-        start = -(-end // _ALIGN) * _ALIGN
-        offsets.append(start)
-        end = start + n
-    return offsets, end
+    return packed_layout(lengths, _ALIGN)
 
 
 async def _first_of(ctx: CollectiveContext, source: int) -> tuple[int, Message]:

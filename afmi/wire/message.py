@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Message", "Buffer", "copy_buffers"]
+__all__ = ["Message", "Buffer", "copy_buffers", "packed_layout"]
 
 #: Anything exposing the buffer protocol (bytes, bytearray, memoryview, numpy arrays).
 Buffer = Any
@@ -60,3 +61,14 @@ def copy_buffers(buffers: list[Buffer]) -> list[Buffer]:
             mv = mv.cast("B")
         out.append(bytearray(mv))
     return out
+
+
+def packed_layout(sizes: Sequence[int], align: int = 64) -> tuple[list[int], int]:
+    """Offsets of buffers of ``sizes`` laid back to back in one flat payload, each from a
+    multiple of ``align`` bytes (so that arrays built on them are aligned), and its length."""
+    offsets, end = [], 0
+    for n in sizes:
+        start = -(-end // align) * align
+        offsets.append(start)
+        end = start + n
+    return offsets, end
