@@ -59,21 +59,28 @@ async def test_redis_conformance_streamed(case, redis_url):
     assert await job_keys(redis_url, job) == []
 
 
-async def _send_unreceived(comm, nbytes):
+async def _send_unreceived(comm, nbytes, split=False):
+    def payload():
+        if not split:
+            return np.ones(nbytes // 8)
+        # arrays of odd sizes: their chunks cut the aligned layout, not each array
+        return [np.ones(nbytes // 40 + 3 * i, dtype=np.uint8) for i in range(40)]
+
     if comm.rank == 0:
-        await comm.send(np.ones(nbytes // 8), 1)
+        await comm.send(payload(), 1)
         await comm.send("small", 1)
-        await comm.send(np.ones(nbytes // 8), 1)  # never received
+        await comm.send(payload(), 1)  # never received
     await comm.barrier()
     return comm.rank
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("stream", [0, 2])
-async def test_unreceived_messages_leave_no_keys(redis_url, stream):
+async def test_unreceived_messages_leave_no_keys(redis_url, stream, split):
     job = new_job()
     cfg = config(redis_url, chunk_bytes=64 * 1024, inline_bytes=1024, stream_min_chunks=stream)
     out = await afmi.launch_local(
-        _send_unreceived, 2, 300_000, channel="redis", config=cfg, job=job, timeout=30
+        _send_unreceived, 2, 300_000, split, channel="redis", config=cfg, job=job, timeout=30
     )
     assert out == [0, 1]
     assert await job_keys(redis_url, job) == []
@@ -196,6 +203,14 @@ async def test_publish_stores_chunks_once_and_last_reader_deletes(redis_url):
         for d in (1, 2, 3):
             m = await asyncio.wait_for(queues[d].get(), 10)
             assert m.seq == d and bytes(m.buffers[0]) == data.tobytes()
+        # several buffers published at once: one layout, read whole by every reader
+        parts = [np.arange(7_000 + i, dtype=np.int16) for i in range(9)]
+        msgs = [afmi.wire.message.Message(2, 0, 1, 10 + d, b"h", parts) for d in (1, 2, 3)]
+        await chans[0].publish([1, 2, 3], msgs)
+        assert chans[0].stats()["chunks_written"] == 5 + 3  # 126,144 bytes laid out, 50,000 a chunk
+        for d in (1, 2, 3):
+            m = await asyncio.wait_for(queues[d].get(), 10)
+            assert [bytes(b) for b in m.buffers] == [x.tobytes() for x in parts]
         for _ in range(50):
             if not await job_keys(redis_url, job):
                 break
