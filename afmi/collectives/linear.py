@@ -13,6 +13,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from afmi.collectives.base import Algorithm, CollectiveContext, Step
+from afmi.collectives.combine import combine
 from afmi.ops import Op
 from afmi.wire.message import Message
 
@@ -84,11 +85,26 @@ async def send_each(ctx: CollectiveContext, msg: Message, dests: list[int], sub:
     await send_all(ctx, [(msg, dest) for dest in dests], sub)
 
 
-def fold(op: Op, values: list[Any]) -> Any:
-    """``values[0] op values[1] op ...`` left to right."""
+def fold(op: Op, values: list[Any], mine: int | None = None) -> Any:
+    """``values[0] op values[1] op ...`` left to right.
+
+    With ``mine``, every value but ``values[mine]``, the caller's own input
+    (never written), is the algorithm's own (a received array): each step
+    writes its result into one of them where
+    :func:`~afmi.collectives.combine.combine` allows, so a fold of built-in
+    elementwise ops allocates nothing. A fresh result array per step cost a
+    2-rank ``redis`` allreduce's root 158 us for 512 KiB of float64, mostly the
+    page faults of new memory. Without ``mine`` no value is written.
+    """
     acc = values[0]
+    if mine is None:
+        for v in values[1:]:
+            acc = op(acc, v)
+        return acc
+    theirs = values[mine]
     for v in values[1:]:
-        acc = op(acc, v)
+        into = acc if acc is not theirs else v if v is not theirs else None
+        acc = combine(op, acc, v, into)
     return acc
 
 
@@ -187,7 +203,7 @@ class LinearReduce(_Linear):
 
     async def run(self, ctx: CollectiveContext, *, x: Any, op: Op, root: int) -> Any:
         values = await gather_to(ctx, x, root)
-        return None if values is None else fold(op, values)
+        return None if values is None else fold(op, values, root)
 
 
 class LinearAllreduce(_Linear):
@@ -198,7 +214,7 @@ class LinearAllreduce(_Linear):
 
     async def run(self, ctx: CollectiveContext, *, x: Any, op: Op) -> Any:
         values = await gather_to(ctx, x, 0, 0)
-        result = fold(op, values) if values is not None else None
+        result = fold(op, values, 0) if values is not None else None
         return await bcast_from(ctx, result, 0, 1)
 
 
@@ -211,7 +227,7 @@ class LinearReduceScatter(_Linear):
         values = await gather_to(ctx, x, 0, 0)
         blocks = None
         if values is not None:
-            blocks = np.array_split(fold(op, values), ctx.size)
+            blocks = np.array_split(fold(op, values, 0), ctx.size)
         if ctx.rank == 0:
             assert blocks is not None
             await send_items(ctx, [(blocks[r], r) for r in range(1, ctx.size)], 1)

@@ -142,7 +142,7 @@ class ScatterReduceAllreduce(_Storage):
         parts[me] = slices[me]
         for r, v in zip(others, received):
             parts[r] = v
-        mine = fold(op, parts)
+        mine = fold(op, parts, me)
         # Round 2: each reduced slice is uploaded once and read by all.
         reduced = await ctx.exchange(others, publish(ctx, mine, list(range(n)), 1), 1)
         pieces: list[Any] = [None] * n
@@ -193,7 +193,7 @@ class StorageAllreduce(_Storage):
         values = await gather_to(ctx, x, 0, 0)
         if ctx.rank == 0:
             assert values is not None
-            result = fold(op, values)
+            result = fold(op, values, 0)
             await publish(ctx, result, list(range(ctx.size)), 1)
             return result
         return await ctx.recv(0, 1)

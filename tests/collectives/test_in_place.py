@@ -125,3 +125,38 @@ async def test_out_with_a_fortran_ordered_input(algorithm):
         assert np.array_equal(out, sum(np.arange(12.0).reshape(3, 4) + r for r in range(3)))
 
     await launch(main, 3)
+
+
+def test_a_fold_writes_into_received_arrays_and_never_the_callers():
+    from afmi.collectives.linear import fold
+
+    def fresh():
+        mine = np.arange(5, dtype=np.float64)
+        return mine, [mine, np.full(5, 10.0), np.full(5, 100.0)]
+
+    # the caller's input first (a linear root 0): the sum lands in the first received array
+    mine, values = fresh()
+    got = fold(afmi.SUM, values, 0)
+    assert got is values[1] and np.array_equal(got, np.arange(5) + 110.0)
+    assert np.array_equal(mine, np.arange(5))  # never written
+    # the caller's input in the middle (root 1): into values[0], then on
+    mine, values = fresh()
+    values[0], values[1] = values[1], values[0]
+    got = fold(afmi.MAX, values, 1)
+    assert got is values[0] and np.array_equal(got, np.full(5, 100.0))
+    assert np.array_equal(mine, np.arange(5))
+    # a read-only received array is not written: the op's own result instead
+    mine, values = fresh()
+    values[1].flags.writeable = False
+    got = fold(afmi.SUM, values, 0)
+    assert np.array_equal(got, np.arange(5) + 110.0) and np.array_equal(values[1], np.full(5, 10.0))
+    # a user op (here not commutative) runs as itself, in rank order, writing nothing
+    minus = afmi.Op(lambda a, b: a - b, commutative=False)
+    mine, values = fresh()
+    got = fold(minus, values, 0)
+    assert np.array_equal(got, np.arange(5) - 110.0)
+    assert np.array_equal(values[1], np.full(5, 10.0)) and np.array_equal(mine, np.arange(5))
+    # without ``mine`` nothing is written at all (a plain left fold)
+    mine, values = fresh()
+    got = fold(afmi.SUM, values)
+    assert got is not values[1] and np.array_equal(values[1], np.full(5, 10.0))
