@@ -52,8 +52,12 @@ async def together(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
 #: Measured in one process on ``direct`` (2026-12-06), sends in turn against a task
 #: each: a bcast of 64 KiB took 205 against 300-313 us on 4 ranks and 436 against
 #: 678-733 us on 8, 256 KiB 313-324 against 357-358 us on 4 ranks, and 1 MiB
-#: 966-1073 against 848-872 us on 4 ranks and 2.0-2.3 against 1.6-1.9 ms on 8.
-IN_TURN_MAX_BYTES = 512 * 1024
+#: 966-1073 against 848-872 us on 4 ranks and 2.0-2.3 against 1.6-1.9 ms on 8. At
+#: 512 KiB, in one process the two took turns, but across processes (4 on 2 cores)
+#: side by side was faster in three jobs of three (640-901 against 772-1037 us), and
+#: the model put in-turn 512 KiB bcasts 25-48 % low in four runs: so the limit lies
+#: between the sizes measured, above a 256 KiB array's message (with its header).
+IN_TURN_MAX_BYTES = 384 * 1024
 #: The channels on which small messages go in turn (:data:`IN_TURN_MAX_BYTES`): a send
 #: there returns once the message is with the receiver or the kernel. On ``redis`` and
 #: ``s3`` a send waits for the server's reply (an RPUSH, a PUT), so one after another
