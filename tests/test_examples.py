@@ -69,7 +69,7 @@ def test_demo_times_the_jobs_epochs_once_each_and_starts_from_the_first_rows():
     whole = demo.make_shard(9000, 3, 4, 1, 0, 1)
     assert np.array_equal(demo.make_rows(9000, 3, 4, 1, 0, 4), whole[:4])
     assert np.array_equal(demo.make_rows(9000, 3, 4, 1, 4095, 4100), whole[4095:4100])
-    clock = demo.EpochClock(3, args.epochs, quiet=True)
+    clock = demo.EpochClock(args.epochs, quiet=True)
     results = afmi.run_local(demo.kmeans_rank, 3, args, clock)
     assert len(clock.seconds) == args.epochs and all(t > 0 for t in clock.seconds)
     assert clock.start > 0

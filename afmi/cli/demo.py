@@ -98,15 +98,13 @@ class EpochClock:
     last rank's result made them 1.9x and 0.14x.
     """
 
-    def __init__(self, ranks: int, epochs: int, quiet: bool = False) -> None:
-        self.ranks = ranks
+    def __init__(self, epochs: int, quiet: bool = False) -> None:
         self.epochs = epochs
         self.quiet = quiet
         self.start = 0.0
         #: Seconds of every epoch the job has finished.
         self.seconds: list[float] = []
         self._last = 0.0
-        self._done = [0] * epochs
 
     def begin(self) -> None:
         """The job starts its first epoch now (every rank has passed the set-up barrier)."""
@@ -114,9 +112,8 @@ class EpochClock:
 
     def finish(self, epoch: int, inertia: float) -> None:
         """A rank has its result of ``epoch``; the first one ends it (and prints it)."""
-        self._done[epoch] += 1
-        if self._done[epoch] > 1:
-            return
+        if len(self.seconds) > epoch:
+            return  # another rank had it first
         now = time.perf_counter()
         self.seconds.append(now - self._last)
         self._last = now
@@ -164,7 +161,7 @@ def main(args: argparse.Namespace) -> int:
             f"{args.ranks} ranks over the {args.channel!r} channel, {args.epochs} epochs",
             flush=True,
         )
-    clock = EpochClock(args.ranks, args.epochs, args.quiet)
+    clock = EpochClock(args.epochs, args.quiet)
     t0 = time.perf_counter()
     results = afmi.run_local(kmeans_rank, args.ranks, args, clock, channel=args.channel)
     elapsed = time.perf_counter() - t0
