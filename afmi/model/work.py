@@ -91,22 +91,6 @@ def _tree_bytes(size: int, nbytes: int) -> int:
     return nbytes * sum(bin(v).count("1") for v in range(1, size))
 
 
-def _tree_sizes(size: int, nbytes: int) -> tuple[tuple[int, int], ...]:
-    """The messages of a binomial gather/scatter, ``((count, bytes), ...)``: vertex ``v``'s
-    carries its subtree's items, ``min(lowest set bit of v, size - v)`` of them."""
-    counts: dict[int, int] = {}
-    for v in range(1, size):
-        items = min(v & -v, size - v)
-        counts[items * nbytes] = counts.get(items * nbytes, 0) + 1
-    return tuple(sorted((count, b) for b, count in counts.items()))
-
-
-def _tree(size: int, nbytes: int) -> Work:
-    """A binomial gather or scatter: ``size - 1`` messages of subtrees' items."""
-    moved = _tree_bytes(size, nbytes)
-    return Work(size - 1, moved, size - 1, moved, delivery_sizes=_tree_sizes(size, nbytes))
-
-
 def _sizes(*parts: tuple[int, int]) -> tuple[tuple[int, int], ...]:
     """``((count, bytes), ...)`` with the parts of equal size merged, no empty ones."""
     counts: dict[int, int] = {}
@@ -114,6 +98,18 @@ def _sizes(*parts: tuple[int, int]) -> tuple[tuple[int, int], ...]:
         if count > 0:
             counts[b] = counts.get(b, 0) + count
     return tuple(sorted((count, b) for b, count in counts.items()))
+
+
+def _tree_sizes(size: int, nbytes: int) -> tuple[tuple[int, int], ...]:
+    """The messages of a binomial gather/scatter, ``((count, bytes), ...)``: vertex ``v``'s
+    carries its subtree's items, ``min(lowest set bit of v, size - v)`` of them."""
+    return _sizes(*((1, min(v & -v, size - v) * nbytes) for v in range(1, size)))
+
+
+def _tree(size: int, nbytes: int) -> Work:
+    """A binomial gather or scatter: ``size - 1`` messages of subtrees' items."""
+    moved = _tree_bytes(size, nbytes)
+    return Work(size - 1, moved, size - 1, moved, delivery_sizes=_tree_sizes(size, nbytes))
 
 
 def _doubling(size: int, nbytes: int) -> Work:
