@@ -39,11 +39,6 @@ _FULL, _DESCRIPTOR, _PIECES, _RING = 0, 1, 2, 3
 _ALIGN = 64
 
 
-def _layout(lengths: list[int]) -> tuple[list[int], int]:
-    """Offsets of the payload's buffers in the flat bytes, and the total length."""
-    return packed_layout(lengths, _ALIGN)
-
-
 async def _first_of(ctx: CollectiveContext, source: int) -> tuple[int, Message]:
     """The first message from ``source`` on sub-tag FULL or DESCRIPTOR, and which it was."""
     futs = {
@@ -105,7 +100,7 @@ class ScatterAllgatherBcast(Algorithm):
             header, lengths = ctx.decode(msg)
         for child in children:
             await ctx.send_raw(descriptor, (child + root) % size, _DESCRIPTOR)
-        offsets, total = _layout(lengths)
+        offsets, total = packed_layout(lengths, _ALIGN)
         bounds = block_bounds(total, size)
         # This vertex's subtree covers pieces [vrank, end): one contiguous byte range.
         end = min(vrank + span, size)
