@@ -68,7 +68,7 @@ class ChannelModel:
     rank waits through the first round: S3), and its first round takes
     ``first_round_saving_s`` less than a ping-pong message (its receivers
     begin to poll with the call, where a ping-pong's receiver polled through
-    its own send). Every message costs
+    its own send; the calibration keeps it at most ``l(0)``). Every message costs
     ``price_per_request_usd`` to write, ``reads_per_message *
     price_per_read_usd`` to read (one read less when it needs no fetch of its
     own, see :meth:`fetches`) and ``polls_per_message * price_per_poll_usd``
