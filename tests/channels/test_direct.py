@@ -3,6 +3,7 @@
 import asyncio
 import functools
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -316,3 +317,60 @@ async def test_unreachable_rendezvous_is_a_clear_error():
     address = f"127.0.0.1:{free_port()}"
     with pytest.raises(afmi.ChannelError, match="cannot reach the rendezvous service"):
         await DirectChannel.open(0, 2, "j", "tok", address, Config().channels.direct)
+
+
+def _flood_payloads():
+    # large arrays the kernel takes only in part, small ones between them, and dicts of
+    # more arrays than one writev takes
+    out = []
+    for i in range(12):
+        if i % 3 == 0:
+            out.append(np.full((4 << 20) // 8, i, dtype=np.float64))
+        elif i % 3 == 1:
+            out.append(np.array([i]))
+        else:
+            out.append({f"k{j}": np.full(8, i + j) for j in range(1100)})
+    return out
+
+
+def _same(a, b):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    return np.array_equal(a, b)
+
+
+async def _flood(comm):
+    expected = _flood_payloads()
+    if comm.rank == 0:
+        link = comm.endpoint.channels["direct"]._links[1]
+        for one_by_one in (True, False):
+            payloads = _flood_payloads()
+            if one_by_one:  # each finds nothing queued before it
+                for p in payloads:
+                    await comm.send(p, 1, tag=3)
+            else:
+                await afmi.waitall([comm.isend(p, 1, tag=3) for p in payloads])
+            for p in payloads:  # sent: changing them now must not change what arrives
+                for a in p.values() if isinstance(p, dict) else [p]:
+                    a[...] = -1
+        await comm.barrier()
+        return link._writev_fd >= 0
+    got = [await comm.recv(0, 3) for _ in range(2 * len(expected))]
+    await comm.barrier()
+    return [_same(a, b) for a, b in zip(expected * 2, got)]
+
+
+async def test_messages_written_with_writev_arrive_whole_and_in_order():
+    """On asyncio's own loop before Python 3.12 the link writes a large message's
+    buffers with one writev (no joined copy) and queues what the kernel does not take."""
+    from afmi.channels.direct.link import _joins_to_write
+
+    vectored, same = await afmi.launch_local(_flood, 2, channel="direct", timeout=60)
+    assert vectored == (sys.version_info < (3, 12))
+    assert same == [True] * 24
+
+    class OwnWritelines(asyncio.Transport):
+        def writelines(self, list_of_data):
+            raise AssertionError("not called")
+
+    assert not _joins_to_write(OwnWritelines())
