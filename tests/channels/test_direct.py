@@ -354,7 +354,7 @@ async def _flood(comm):
                 for a in p.values() if isinstance(p, dict) else [p]:
                     a[...] = -1
         await comm.barrier()
-        return link._writev_fd >= 0
+        return link.writer.vectored
     got = [await comm.recv(0, 3) for _ in range(2 * len(expected))]
     await comm.barrier()
     return [_same(a, b) for a, b in zip(expected * 2, got)]
@@ -363,7 +363,7 @@ async def _flood(comm):
 async def test_messages_written_with_writev_arrive_whole_and_in_order():
     """On asyncio's own loop before Python 3.12 the link writes a large message's
     buffers with one writev (no joined copy) and queues what the kernel does not take."""
-    from afmi.channels.direct.link import _joins_to_write
+    from afmi.channels.vectored import joins_to_write
 
     vectored, same = await afmi.launch_local(_flood, 2, channel="direct", timeout=60)
     assert vectored == (sys.version_info < (3, 12))
@@ -373,4 +373,4 @@ async def test_messages_written_with_writev_arrive_whole_and_in_order():
         def writelines(self, list_of_data):
             raise AssertionError("not called")
 
-    assert not _joins_to_write(OwnWritelines())
+    assert not joins_to_write(OwnWritelines())

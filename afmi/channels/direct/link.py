@@ -3,9 +3,8 @@
 A :class:`Link` is an ``asyncio.BufferedProtocol``. Arriving bytes go straight
 into the memory :class:`~afmi.wire.frame.FrameDecoder` hands out, so array
 data lands in the buffer the received message keeps (no per-message copy).
-Outgoing messages go out with ``transport.writelines(encode_frame(msg))``, or,
-where that would join a large message into one copy (asyncio's own transports
-before Python 3.12), with one ``os.writev`` of its buffers.
+Outgoing messages go out as ``encode_frame(msg)``'s list of buffers, written
+without joining them (:class:`~afmi.channels.vectored.VectoredWriter`).
 
 Handshake (both sides at once, no ordering needed)::
 
@@ -25,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import os
 import secrets
 import struct
 from typing import TYPE_CHECKING, Any, cast
@@ -34,6 +32,7 @@ import msgpack
 import numpy as np
 
 from afmi.channels.direct.tcp import tune
+from afmi.channels.vectored import VectoredWriter
 from afmi.errors import ChannelError
 from afmi.wire.frame import (
     KIND_MESSAGE,
@@ -58,25 +57,6 @@ _unpack_prelude = struct.Struct("<2sBBI").unpack_from
 _STAGING = 64 * 1024
 #: Messages without array buffers skip waiting for the socket to drain until this much is queued.
 _SMALL_BACKLOG = 1024 * 1024
-#: Messages from this size on are written with one ``writev`` of their buffers where the
-#: transport would join them into one copy first (:func:`_joins_to_write`).
-_VECTORED_MIN_BYTES = 32 * 1024
-#: The most buffers one ``writev`` takes (POSIX's IOV_MAX is at least 16; Linux 1024).
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
-
-
-def _joins_to_write(transport: asyncio.BaseTransport) -> bool:
-    """Whether ``transport.writelines`` joins its buffers into one ``bytes`` first.
-
-    asyncio's own socket transports do before Python 3.12 (the base class's
-    ``writelines``): a copy of every byte of a message before the kernel gets it, and
-    of the part the kernel did not take a second one. uvloop's, and asyncio's from
-    3.12, hand the buffers to the kernel as they are.
-    """
-    return (
-        hasattr(os, "writev")
-        and getattr(type(transport), "writelines", None) is asyncio.WriteTransport.writelines
-    )
 
 
 def _mac(token: str, job: str, sender: int, receiver: int, nonce: bytes) -> bytes:
@@ -116,8 +96,8 @@ class Link(asyncio.BufferedProtocol):
         self._fill: list[memoryview] | None = None
         self._fill_msg: Message | None = None
         self._fill_index = self._fill_offset = 0
-        #: The socket's descriptor where messages are written with ``writev`` (-1: not).
-        self._writev_fd = -1
+        #: Writes a message's buffers without joining them (:mod:`afmi.channels.vectored`).
+        self.writer: VectoredWriter | None = None
 
     # -- connection --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -126,8 +106,7 @@ class Link(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             tune(sock, self.owner.config.tcp_congestion)
-            if _joins_to_write(transport):
-                self._writev_fd = sock.fileno()
+        self.writer = VectoredWriter(transport)
         # Pause as soon as anything is queued: resume_writing then means "all handed
         # to the kernel", which is when a sender may reuse its arrays.
         transport.set_write_buffer_limits(high=0)
@@ -346,14 +325,8 @@ class Link(asyncio.BufferedProtocol):
         transport = self.transport
         if self._lost is not None or transport is None:
             raise self._lost or ChannelError("link not connected", peer=self.peer)
-        rest = None
-        if self._writev_fd >= 0 and len(frames) > 1 and transport.get_write_buffer_size() == 0:
-            rest = self._write_vectored(frames)
-        if rest is None:
-            transport.writelines(frames)
-        else:
-            for view in rest:  # what the kernel did not take: the transport keeps a copy
-                transport.write(view)
+        assert self.writer is not None
+        self.writer.writelines(frames)
         if not self.paused:
             return
         if not has_buffers and transport.get_write_buffer_size() < _SMALL_BACKLOG:
@@ -364,29 +337,6 @@ class Link(asyncio.BufferedProtocol):
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._flush_waiters.append(fut)
             await fut
-
-    def _write_vectored(self, frames: list[Any]) -> list[memoryview] | None:
-        """Hand ``frames`` to the kernel in one ``writev``, nothing being queued before
-        them; return the views of what it did not take, or None for a message to join
-        (under :data:`_VECTORED_MIN_BYTES`, where a copy costs less than the views, or
-        of more buffers than one ``writev`` takes)."""
-        if len(frames) > _IOV_MAX:
-            return None
-        views = [memoryview(f).cast("B") for f in frames]
-        if sum(len(v) for v in views) < _VECTORED_MIN_BYTES:
-            return None
-        try:
-            sent = os.writev(self._writev_fd, views)
-        except OSError:  # full (BlockingIOError) or broken: the transport finds out which
-            return views
-        rest = []
-        for view in views:
-            if sent >= len(view):
-                sent -= len(view)
-                continue
-            rest.append(view[sent:] if sent else view)
-            sent = 0
-        return rest
 
     def say_goodbye(self) -> None:
         """Send BYE and half-close; the peer answers by closing its side."""

@@ -12,7 +12,8 @@ itself over an :class:`asyncio.BufferedProtocol`:
   (:meth:`RespConnection.submit_get_into`), so a chunk lands in the final
   message buffer with no intermediate copy (only its header is read into the
   connection's own buffer first);
-* values are written with ``transport.writelines`` (array data not copied).
+* values are written as lists of buffers, array data not copied
+  (:class:`~afmi.channels.vectored.VectoredWriter`).
 
 Everything else (URL parsing, authentication errors, counters) goes
 through redis-py; see :mod:`afmi.channels.redis.channel`.
@@ -26,6 +27,8 @@ import ssl as ssl_module
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
+
+from afmi.channels.vectored import VectoredWriter
 
 __all__ = ["Arg", "Parts", "RespConnection", "RespError", "encode_command"]
 
@@ -84,6 +87,7 @@ class RespConnection(asyncio.BufferedProtocol):
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
+        self._writer: VectoredWriter | None = None
         self._sinks: collections.deque[_Sink] = collections.deque()
         self._buf = bytearray(_SCRATCH)
         self._start = 0
@@ -149,7 +153,8 @@ class RespConnection(asyncio.BufferedProtocol):
             self._sinks.append(_Sink(fut, targets[i] if targets else None))
             futs.append(fut)
             buffers += encode_command(args)
-        self._transport.writelines(buffers)
+        assert self._writer is not None
+        self._writer.writelines(buffers)
         return futs
 
     async def _wait_writable(self) -> None:
@@ -207,6 +212,7 @@ class RespConnection(asyncio.BufferedProtocol):
     # -- protocol callbacks --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        self._writer = VectoredWriter(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(exc or ConnectionError("server closed the connection"))
