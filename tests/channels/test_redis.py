@@ -494,11 +494,45 @@ async def _allreduce_out(comm):
 
 
 async def test_receives_into_caller_arrays_over_redis(redis_url):
-    # Redis never lands data in place (no destination hook): out= still works, by copy,
-    # for the storage allreduce algorithms and for point-to-point.
+    # out= works for the storage allreduce algorithms and for point-to-point
     job = new_job()
     got = await afmi.launch_local(
         _allreduce_out, 3, channel="redis", config=config(redis_url), job=job, timeout=60
     )
     assert got == [299_999.0 * 6] * 3
+    assert await job_keys(redis_url, job) == []
+
+
+async def _posted_out(comm):
+    big = 1 << 19  # float64: 4 MiB, chunked (1 MiB chunks)
+    if comm.rank == 0:
+        await comm.barrier()
+        await comm.send(np.arange(big, dtype=np.float64), 1, tag=3)
+        await comm.barrier()
+        await comm.send(-np.arange(big, dtype=np.float64), 1)  # into out, unposted
+        await comm.send([np.ones(10_000), np.ones(10_000)], 1)  # two buffers: copied
+        await comm.barrier()
+        return None
+    out = np.zeros(big)
+    req = comm.irecv(0, tag=3, out=out)
+    await comm.barrier()  # posted before rank 0 sends
+    assert await req is out and np.array_equal(out, np.arange(big, dtype=np.float64))
+    await comm.barrier()
+    await comm.barrier()  # both messages are stored, and the first may be fetched already
+    again = await comm.recv(0, out=out)
+    assert again is out and np.array_equal(out, -np.arange(big, dtype=np.float64))
+    pair = await comm.recv(0)
+    assert [a.sum() for a in pair] == [10_000.0, 10_000.0]
+    return comm.endpoint.channels["redis"].stats()["received_in_place"]
+
+
+async def test_a_posted_receive_fetches_chunks_straight_into_its_array(redis_url):
+    """A chunked message of one array whose recv(out=) is posted when its entry is read
+    is fetched into that array (no fresh allocation, no copy); one that arrives before
+    its receive is copied into out as before."""
+    job = new_job()
+    got = await afmi.launch_local(
+        _posted_out, 2, channel="redis", config=config(redis_url), job=job, timeout=60
+    )
+    assert got[1] == 1
     assert await job_keys(redis_url, job) == []

@@ -524,9 +524,12 @@ class RedisChannel(Channel):
             slot[0] = Message(context, source, tag, seq, header, buffers)
             self._flush(source)
             return
-        task = asyncio.get_running_loop().create_task(
-            self._fetch(slot, Message(context, source, tag, seq, header, []), sizes, ref)
-        )
+        msg = Message(context, source, tag, seq, header, [])
+        claim = self.destination
+        if claim is not None and len(sizes) == 1:
+            # a posted recv(out=) that this message will match: fetch straight into it
+            msg.landed = claim(context, source, tag, seq, sizes)
+        task = asyncio.get_running_loop().create_task(self._fetch(slot, msg, sizes, ref))
         self._fetches.add(task)
         task.add_done_callback(self._fetches.discard)
 
@@ -534,8 +537,12 @@ class RedisChannel(Channel):
         stem, chunk, rc_key, notices = ref
         # One allocation laid out as the stored payload (_layout), every buffer a view
         # of it; np.empty: no zero-fill of pages that the socket is about to overwrite.
+        # A message of one buffer that a posted receive claimed goes into its array.
         offsets, total = _layout(sizes)
-        whole = memoryview(np.empty(total, dtype=np.uint8).data)
+        if msg.landed is not None:
+            whole = memoryview(msg.landed.into[0]).cast("B")
+        else:
+            whole = memoryview(np.empty(total, dtype=np.uint8).data)
         buffers = [whole[start : start + n] for start, n in zip(offsets, sizes)]
         nchunks = -(-total // chunk)
         keys = _ref_keys(ref, nchunks)
@@ -569,6 +576,7 @@ class RedisChannel(Channel):
             if not self._closed:
                 self._fetching.pop(token, None)
         self._stats["chunks_read"] += nchunks
+        self._stats["received_in_place"] += msg.landed is not None
         msg.buffers = buffers
         slot[0] = msg
         self._flush(msg.source)
@@ -701,12 +709,15 @@ class RedisChannel(Channel):
         await self._cmd.command("DEL", mailbox, *doomed)
 
     def stats(self) -> dict[str, Any]:
-        """Messages and bytes sent and received, chunks written and read, barrier arrivals."""
+        """Messages and bytes sent and received, chunks written and read, barrier arrivals,
+        and messages received straight into a posted receive's array."""
         keys = ("messages_sent", "bytes_sent", "messages_received", "bytes_received")
         out = {k: self._stats[k] for k in keys}
         out["chunks_written"] = self._stats["chunks_written"]
         out["chunks_read"] = self._stats["chunks_read"]
         out["counter_increments"] = self._stats["counter_increments"]
+        #: chunked messages fetched straight into a posted receive's array (recv(out=))
+        out["received_in_place"] = self._stats["received_in_place"]
         return out
 
 
