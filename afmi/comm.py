@@ -340,7 +340,7 @@ class Communicator:
         ``out``: a C-contiguous, writable numpy array to receive an array payload
         into (returned instead of a new array), like ``Recv(buf)`` in MPI. The
         payload must have ``out``'s dtype and number of elements. Channels that
-        can (direct, local) receive a large payload straight into ``out`` when
+        can (direct, local, redis) receive a large payload straight into ``out`` when
         the receive is posted before it arrives (use :meth:`irecv` to post early).
         """
         ticket = self._post(source, tag, out)
