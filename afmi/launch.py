@@ -16,7 +16,14 @@ from afmi.config import Config
 from afmi.endpoint import Endpoint
 from afmi.errors import ArgumentError, OperationTimeoutError, RankFailedError
 
-__all__ = ["channel_names", "connect", "launch_local", "run_local", "new_event_loop"]
+__all__ = [
+    "channel_names",
+    "connect",
+    "event_loop_name",
+    "launch_local",
+    "run_local",
+    "new_event_loop",
+]
 
 Main = Callable[..., Awaitable[Any]]
 
@@ -28,6 +35,20 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     except ImportError:
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()  # type: ignore[no-any-return]
+
+
+def event_loop_name() -> str:
+    """Which event loop :func:`new_event_loop` makes: ``"uvloop"`` or ``"asyncio"``.
+
+    The bench records it beside its figures: the two move large messages at
+    different speeds (docs/direct.md), so a model calibrated on one describes
+    jobs run on that one.
+    """
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
 
 
 def _auto_channels(config: Config, in_process: bool, env: Mapping[str, str]) -> list[str]:

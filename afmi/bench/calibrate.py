@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from afmi.launch import event_loop_name
+
 if TYPE_CHECKING:
     from afmi.config import Config
 
@@ -884,7 +886,9 @@ def model_file(channels: dict[str, dict[str, float]], where: str | None = None) 
     """The content of a model file for calibrated ``channels`` (``name -> parameters``)."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     table: dict[str, Any] = {
-        "calibrated": where or f"afmi bench --calibrate on {platform.node()} at {stamp}"
+        "calibrated": where
+        or f"afmi bench --calibrate on {platform.node()} at {stamp} "
+        f"({event_loop_name()} event loop)"
     }
     for name, params in sorted(channels.items()):
         table[name] = {k: float(v) for k, v in params.items()}

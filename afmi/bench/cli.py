@@ -231,6 +231,7 @@ def _processes(args: argparse.Namespace) -> int:
 
     from afmi.bench.procs import ProcsOptions, model_accuracy, run_procs
     from afmi.bench.report import Progress, format_processes, write_json
+    from afmi.launch import event_loop_name
 
     try:
         config = Config.load(args.config)
@@ -263,6 +264,7 @@ def _processes(args: argparse.Namespace) -> int:
             "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "host": platform.node(),
             "python": sys.version.split()[0],
+            "event_loop": event_loop_name(),
             "cpus": os.cpu_count(),
             "quick": args.quick,
             "processes": proc,

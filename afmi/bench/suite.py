@@ -25,6 +25,7 @@ from afmi.bench import accuracy, anchors, calibrate, measure
 from afmi.channels import get_driver
 from afmi.config import Config
 from afmi.errors import ArgumentError
+from afmi.launch import event_loop_name
 
 __all__ = ["Options", "calibration_sizes", "merge_passes", "run_suite", "CHANNELS"]
 
@@ -379,6 +380,7 @@ def run_suite(
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "python": sys.version.split()[0],
+        "event_loop": event_loop_name(),
         "cpus": os.cpu_count(),
         "quick": opts.quick,
         "channels": [],

@@ -65,6 +65,12 @@ def test_quick_run_writes_json(bench_run):
     data = json.loads((tmp / "out.json").read_text())
     assert data["channels"] == ["local"]
     assert data["quick"] is True
+    # the loop the ranks ran on (uvloop when installed), here as in the model file
+    from afmi.launch import event_loop_name
+
+    assert data["event_loop"] == event_loop_name()
+    model = json.loads((tmp / "model.json").read_text())["model"]
+    assert f"({event_loop_name()} event loop)" in model["calibrated"]
     assert [r["nbytes"] for r in data["pingpong"]] == [1, 16, 256, 4096]
     assert data["passes"] == 2
     assert set(data["accuracy"]["pass_spread_by_channel"]) == {"local"}

@@ -52,7 +52,11 @@ def test_cli_run_writes_json_and_skips_mpi_without_mpiexec(tmp_path, subprocess_
     # without mpi4py there is no back-to-back allreduce: nothing to set it beside
     assert "Allreduce of float64" not in res.stdout
     assert "Collectives, one process per rank" in res.stdout
-    data = json.loads(out.read_text())["processes"]
+    whole = json.loads(out.read_text())
+    from afmi.launch import event_loop_name
+
+    assert whole["event_loop"] == event_loop_name()  # the rank processes' loop
+    data = whole["processes"]
     assert data["channels"] == ["direct"]
     assert MISSING_MPI in data["skipped"]["mpi4py"]
     pp = [r for r in data["pingpong"] if r["channel"] == "direct"]
