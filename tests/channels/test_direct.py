@@ -363,14 +363,6 @@ async def _flood(comm):
 async def test_messages_written_with_writev_arrive_whole_and_in_order():
     """On asyncio's own loop before Python 3.12 the link writes a large message's
     buffers with one writev (no joined copy) and queues what the kernel does not take."""
-    from afmi.channels.vectored import joins_to_write
-
     vectored, same = await afmi.launch_local(_flood, 2, channel="direct", timeout=60)
     assert vectored == (sys.version_info < (3, 12))
     assert same == [True] * 24
-
-    class OwnWritelines(asyncio.Transport):
-        def writelines(self, list_of_data):
-            raise AssertionError("not called")
-
-    assert not joins_to_write(OwnWritelines())
