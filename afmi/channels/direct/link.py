@@ -53,8 +53,11 @@ __all__ = ["Link", "HELLO", "AUTH", "BYE"]
 
 HELLO, AUTH, BYE = 1, 2, 3
 _unpack_prelude = struct.Struct("<2sBBI").unpack_from
-#: Bytes read at once between frames (whole small frames are parsed straight from here).
-_STAGING = 64 * 1024
+#: Bytes read at once between frames (whole small frames are parsed straight from here):
+#: 64 KiB and room for a header, so that the frame of a 64 KiB array arrives in one read
+#: and is copied out, not read again into a buffer of its own (in one process 65,536 B
+#: took 56 us of CPU a message and 65,000 B 44 us with 64 KiB here; 47 and 41 with this).
+_STAGING = 68 * 1024
 #: Messages without array buffers skip waiting for the socket to drain until this much is queued.
 _SMALL_BACKLOG = 1024 * 1024
 
