@@ -366,3 +366,29 @@ async def test_messages_written_with_writev_arrive_whole_and_in_order():
     vectored, same = await afmi.launch_local(_flood, 2, channel="direct", timeout=60)
     assert vectored == (sys.version_info < (3, 12))
     assert same == [True] * 24
+
+
+async def test_the_frame_of_a_64_kib_array_is_read_at_once(monkeypatch):
+    """The staging area holds a 64 KiB array and its header: such a message is parsed
+    from one read; a larger one is read into a buffer of its own (the fill route)."""
+    from afmi.channels.direct import link
+
+    fills: list[int] = []
+    start_fill = link.Link._start_fill
+
+    def counting(self, msg, lens, head):
+        fills.append(sum(lens))
+        return start_fill(self, msg, lens, head)
+
+    monkeypatch.setattr(link.Link, "_start_fill", counting)
+
+    async def main(comm):
+        for n in (1 << 16, 1 << 17):
+            if comm.rank == 0:
+                await comm.send(np.ones(n, np.uint8), 1)
+            else:
+                assert (await comm.recv(0)).sum() == n
+        return None
+
+    await afmi.launch_local(main, 2, channel="direct", timeout=60)
+    assert fills == [1 << 17]
