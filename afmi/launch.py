@@ -30,10 +30,10 @@ Main = Callable[..., Awaitable[Any]]
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop's event loop when installed (faster sockets), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
+    if event_loop_name() == "asyncio":
         return asyncio.new_event_loop()
+    import uvloop
+
     return uvloop.new_event_loop()  # type: ignore[no-any-return]
 
 
