@@ -51,6 +51,9 @@ class VectoredWriter:
         self.min_bytes = int(min_bytes)
         #: The socket's descriptor, or -1 where the transport's ``writelines`` is used.
         self.fd = transport.get_extra_info("socket").fileno() if joins_to_write(transport) else -1
+        if self.fd < 0:  # nothing to decide per write: the transport's own, called directly
+            own: Any = transport
+            self.writelines = own.writelines  # type: ignore[method-assign]
 
     @property
     def vectored(self) -> bool:
@@ -61,8 +64,7 @@ class VectoredWriter:
         """Write ``buffers`` in order (see the class docstring)."""
         transport = self.transport
         if (
-            self.fd < 0
-            or not 1 < len(buffers) <= IOV_MAX
+            not 1 < len(buffers) <= IOV_MAX
             or transport.get_write_buffer_size() != 0
             or transport.is_closing()
         ):
