@@ -328,6 +328,10 @@ class ChannelModelConfig:
     poll_backoff_s: float | None = None
     #: The poller's longest interval (default: ``channels.s3.poll_max`` for s3), seconds.
     poll_backoff_max_s: float | None = None
+    #: Seconds one poll (an S3 LIST) takes; the poller's next interval starts when it
+    #: returns, so fewer idle polls fit in a wait (default 0; ``afmi bench --calibrate``
+    #: fits it to the polls it counts).
+    poll_request_s: float | None = None
     #: Further requests, at ``price_per_request_usd``, of every read of a payload stored
     #: once for several readers (S3: a marker and a pointer PUT, a LIST of the markers).
     requests_per_shared_read: float | None = None

@@ -656,13 +656,14 @@ def model_accuracy(
         for ch in sorted({r["channel"] for r in rows}):
             pp = calibrate.split_fitted([r for r in rows if r["channel"] == ch and "op" not in r])
             coll = [r for r in rows if r["channel"] == ch and "op" in r]
-            points = [
-                (op, r["ranks"], r["nbytes"], r["latency_s"])
+            fitted = pp + [
+                r
                 for op, n in sorted({(r["op"], r["ranks"]) for r in coll})
                 for r in calibrate.split_fitted(
                     [r for r in coll if r["op"] == op and r["ranks"] == n]
                 )
             ]
+            points = [(r["op"], r["ranks"], r["nbytes"], r["latency_s"]) for r in fitted[len(pp) :]]
             try:
                 # S3 and Redis: small messages ride inline, larger ones are fetched
                 inline = model_for(ch, config).inline_max_bytes
@@ -683,6 +684,7 @@ def model_accuracy(
                 result["skipped"][f"calibrate {ch}"] = str(exc)
                 continue
             wire["poll_interval_s"] = 0.0
+            wire.update(calibrate.poll_params(ch, wire, config, fitted))
             params[ch] = wire
         if params:
             out["calibration"], model_config = calibrate.write_and_use(

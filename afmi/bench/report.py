@@ -176,6 +176,8 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
             later = f", -{_us(params['first_round_saving_s'])} a call's first round"
         if params.get("later_round_s", 0.0) > 0:
             later += f", +{_us(params['later_round_s'])} every round after it"
+        if params.get("poll_request_s", 0.0) > 0:
+            later += f", a poll takes {_us(params['poll_request_s'])}"
         lines.append(
             f"  {name}: latency {_us(params['latency_s'])}{fetch}{later}, "
             f"{params['bandwidth_single_bytes_per_s'] / 1e6:.0f} MB/s single stream"

@@ -164,7 +164,9 @@ def _calibrate_channel(
     """Fit one channel: the wire from every other ping-pong row (marked ``fitted``; the
     rest are held out), the collective parameters from every other size of each swept
     collective (``swept``, marked likewise; barriers have one size and are always
-    fitted), or, when nothing was swept, from calls of :func:`calibration_sizes`.
+    fitted), or, when nothing was swept, from calls of :func:`calibration_sizes`;
+    for a channel whose receivers poll (S3), also the time of one poll, from the
+    polls those fitted points counted (:func:`afmi.bench.calibrate.fit_poll_request`).
 
     Fitting on the sweep's own rows keeps the fitted and the held-out points
     measured side by side, under the same load of a shared machine. All ranks of
@@ -180,12 +182,14 @@ def _calibrate_channel(
     )
     top = min(1 << 18, opts.collective_max_bytes) if opts.quick else opts.collective_max_bytes
     points = []
+    fitted_rows = list(fit_rows)
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in swept:
         groups.setdefault((r["op"], r["ranks"]), []).append(r)
     for group in groups.values():
         for r in calibrate.split_fitted([dict(r) for r in group]):
             points.append((r["op"], r["ranks"], r["nbytes"], r["latency_s"]))
+            fitted_rows.append(r)
     if len(points) < 3:
         points = []
         for op in ("barrier", "bcast", "gather", "allreduce"):
@@ -204,6 +208,8 @@ def _calibrate_channel(
         )
     )
     params["poll_interval_s"] = 0.0
+    # the time of one poll, from the polls the fitted points counted (S3's LISTs)
+    params.update(calibrate.poll_params(channel, params, config, fitted_rows))
     return params, points
 
 

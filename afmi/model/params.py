@@ -74,9 +74,10 @@ class ChannelModel:
     own, see :meth:`fetches`) and ``polls_per_message * price_per_poll_usd``
     to find, every time a rank waits for messages ``polls_per_wait`` polls (S3:
     the LIST that finds them, all that are stored by then) plus :meth:`idle_polls`
-    (a wait lasts the call's predicted time over its rounds, or over the
-    waits per round where there are more of those: they end one after
-    another), every read of a payload stored once for several readers
+    (each poll takes ``poll_request_s`` before the next interval starts; a
+    wait lasts the call's predicted time over its rounds, or over the waits
+    per round where there are more of those: they end one after another),
+    every read of a payload stored once for several readers
     ``requests_per_shared_read`` more requests, every byte moved ``price_per_gb_usd / 1e9``,
     and when ``include_infrastructure`` is set the servers' hourly price is
     spread over ``requests_per_hour`` requests.
@@ -146,6 +147,7 @@ class ChannelModel:
     polls_per_wait: float = 0.0
     poll_backoff_s: float = 0.0
     poll_backoff_max_s: float = 0.0
+    poll_request_s: float = 0.0
     requests_per_shared_read: float = 0.0
     price_per_gb_usd: float = 0.0
     infrastructure_usd_per_hour: float = 0.0
@@ -283,17 +285,38 @@ class ChannelModel:
     def idle_polls(self, wait_s: float) -> float:
         """Polls that find nothing while one receive waits ``wait_s`` seconds: the poller
         lists after ``poll_backoff_s``, doubling the interval while nothing arrives, up to
-        ``poll_backoff_max_s`` (then one poll per such interval); 0 without a backoff."""
+        ``poll_backoff_max_s`` (then one poll per such interval); 0 without a backoff.
+
+        Every interval starts when the poll before it returned, so each poll also
+        takes ``poll_request_s``: the ``k``-th poll that finds nothing ends
+        ``poll_backoff_s * (2**k - 1) + k * poll_request_s`` into the wait. The count
+        is continuous (the ``k`` whose poll ends at ``wait_s``), as the model
+        prices averages; with ``poll_request_s`` 0 it is ``log2(1 + wait_s /
+        poll_backoff_s)``.
+        """
         start = self.poll_backoff_s
         if start <= 0 or wait_s <= 0:
             return 0.0
-        polls = math.log2(1.0 + wait_s / start)
+        each = self.poll_request_s
         top = self.poll_backoff_max_s
-        if top > start:
-            doublings = math.log2(top / start)  # the interval reaches its cap after these
-            if polls > doublings:
-                polls = doublings + (wait_s - (top - start)) / top
-        return polls
+        # the interval reaches its cap after this many polls (unbounded without a cap)
+        doublings = math.log2(top / start) if top > start else math.inf
+
+        def ends(k: float) -> float:
+            return start * (math.pow(2.0, k) - 1.0) + k * each
+
+        if doublings < math.inf and wait_s > ends(doublings):
+            return doublings + (wait_s - ends(doublings)) / (top + each)
+        if each <= 0:
+            return math.log2(1.0 + wait_s / start)
+        low, high = 0.0, min(doublings, math.log2(1.0 + wait_s / start))
+        for _ in range(50):  # ends() rises with k: bisect for ends(k) == wait_s
+            mid = (low + high) / 2
+            if ends(mid) < wait_s:
+                low = mid
+            else:
+                high = mid
+        return (low + high) / 2
 
     def requests_usd(self, writes: float, reads: float, polls: float) -> float:
         """Dollars of storage requests: writes at ``price_per_request_usd``, reads at

@@ -97,3 +97,84 @@ def test_a_tally_counts_polls_inside_calls_and_other_requests_throughout():
         endpoint=SimpleNamespace(channels={"local": SimpleNamespace(stats=dict)})
     )
     assert not measure.Tally(silent).counting and measure.Tally(silent).end() == {}
+
+
+def _rows_polled_at(model, seconds):
+    """Bench rows whose counted LISTs are what ``model`` predicts with polls of ``seconds``."""
+    import dataclasses
+
+    from afmi.model.cli import algorithm_for
+    from afmi.model.params import FunctionPrice
+    from afmi.model.predict import predict
+
+    truth = dataclasses.replace(model, poll_request_s=seconds)
+    rows = []
+    for op, ranks, nbytes in [
+        ("send", 2, 8),
+        ("send", 2, 4096),
+        ("bcast", 4, 8),
+        ("bcast", 8, 4096),
+        ("gather", 4, 8),
+        ("allreduce", 4, 8),
+    ]:
+        alg = algorithm_for(op, "s3", ranks, nbytes)
+        polls = predict(op, nbytes, ranks, alg, truth, FunctionPrice(0.0, 0.0)).polls
+        row = {"ranks": ranks, "nbytes": nbytes, "requests_per_call": {"list": polls}}
+        if op != "send":
+            row["op"] = op
+        rows.append(row)
+    return rows
+
+
+def test_the_calibration_finds_how_long_a_poll_takes_from_the_polls_counted():
+    # logic only: counts made by the model itself with a known poll time
+    from afmi.bench import calibrate
+    from afmi.model.params import DEFAULTS
+
+    s3 = DEFAULTS["s3"]
+    for seconds in (0.0, 0.004, 0.009, 0.025):
+        assert calibrate.fit_poll_request(s3, _rows_polled_at(s3, seconds)) == pytest.approx(
+            seconds, abs=calibrate.POLL_REQUEST_STEP_S
+        )
+    # nothing to fit: no poller, or no row that counted a poll
+    import dataclasses
+
+    rows = _rows_polled_at(s3, 0.009)
+    assert calibrate.fit_poll_request(dataclasses.replace(s3, poll_backoff_s=0.0), rows) == 0
+    assert calibrate.fit_poll_request(s3, [{"nbytes": 8, "requests_per_call": {}}]) == 0
+
+
+def test_polls_priced_with_the_fitted_poll_time_match_the_lists_counted_on_moto(s3):
+    import dataclasses
+    import math
+
+    from afmi.bench import calibrate, suite
+    from afmi.model.cli import algorithm_for
+    from afmi.model.params import FunctionPrice
+    from afmi.model.predict import predict
+
+    config = _config(s3)
+    budget = measure.Budget(10, 3, 2, 2, 0.2, 2)
+    pingpongs = measure.pingpong("s3", [1, 16, 256, 4096], config, budget)
+    swept = []
+    for op, sizes in (("barrier", [0]), ("bcast", [8]), ("gather", [8]), ("allreduce", [8])):
+        swept += measure.collective_latency("s3", op, 4, sizes, config, budget)
+    # the bench's calibration of the channel: the time model, then the poll's duration
+    opts = suite.Options(channels=["s3"], quick=True)
+    reduction = {"reduce_bytes_per_s": 1e9}
+    params, _ = suite._calibrate_channel("s3", pingpongs, config, opts, [4], reduction, swept)
+    seconds = params["poll_request_s"]
+    assert 0 < seconds <= calibrate.POLL_REQUEST_MAX_S  # a LIST on moto is no instant
+    model = dataclasses.replace(channel_models(config)["s3"], **params)
+
+    def misfit(m):
+        total = 0.0
+        for r in pingpongs + swept:
+            op, size = r.get("op", "send"), r.get("ranks", 2)
+            alg = algorithm_for(op, "s3", size, r["nbytes"])
+            polls = predict(op, r["nbytes"], size, alg, m, FunctionPrice(0.0, 0.0)).polls
+            total += math.log(polls / r["requests_per_call"]["list"]) ** 2
+        return total
+
+    # over every point, the held-out ping-pongs too, polls that take their time fit better
+    assert misfit(model) < misfit(dataclasses.replace(model, poll_request_s=0.0))

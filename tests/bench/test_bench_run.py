@@ -314,6 +314,7 @@ def test_the_calibrated_lines_say_every_fitted_cost():
         "bandwidth_single_bytes_per_s": 1e8,
         "cpu_per_wait_s": 3e-3,
         "cpu_per_fetch_s": 5e-3,
+        "poll_request_s": 7e-3,
         "parallel_ranks": 1.0,
     }
     direct = {
@@ -329,10 +330,12 @@ def test_the_calibrated_lines_say_every_fitted_cost():
     s3_line, direct_line = _calibrated_lines({"channels": {"s3": s3, "direct": direct}})
     assert "+12.00 ms to fetch a message over 256 B" in s3_line
     assert "-4.00 ms a call's first round, +9.00 ms every round after it" in s3_line
+    assert "a poll takes 7.00 ms" in s3_line
     assert "+ 3.00 ms per wait for messages" in s3_line
     assert "+ 5.00 ms per fetch" in s3_line
     assert "100 MB/s single stream," in s3_line  # one rate: nothing beyond
     assert "round" not in direct_line and "wait" not in direct_line
+    assert "poll" not in direct_line
     assert "fetch" not in direct_line
     assert "CPU per message 16.0 us + 0.0 us per further rank + 14.0 us with the data" in (
         direct_line

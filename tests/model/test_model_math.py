@@ -1,6 +1,7 @@
 """The model's arithmetic: units, every function priced, traffic, config layering."""
 
 import dataclasses
+import itertools
 import json
 
 import pytest
@@ -270,6 +271,29 @@ def test_a_waiting_receiver_polls_idly_as_its_poller_backs_off():
     p = predict("send", 10, 2, P2P, s3, FunctionPrice(0.0, 1.0))
     assert p.polls == pytest.approx(1 + s3.idle_polls(p.time_s))
     assert p.request_usd == pytest.approx(s3.price_per_request_usd + p.polls * 5.4e-6)
+
+
+def test_each_poll_takes_its_request_time_before_the_next_interval_starts():
+    # a LIST that takes 10 ms: the k-th idle poll ends 5 (2**k - 1) + 10 k ms into the wait
+    s3 = dataclasses.replace(DEFAULTS["s3"], poll_request_s=0.010)
+    assert s3.idle_polls(0.015) == pytest.approx(1.0)
+    assert s3.idle_polls(0.035) == pytest.approx(2.0)
+    assert s3.idle_polls(0.065) == pytest.approx(3.0)
+    assert s3.idle_polls(0.050) == pytest.approx(2.5, abs=0.1)  # between the 2nd and 3rd
+    # fewer idle polls than instant ones for every wait, and none for no wait
+    instant = DEFAULTS["s3"]
+    for wait in (0.001, 0.02, 0.3, 2.0, 30.0):
+        assert s3.idle_polls(wait) < instant.idle_polls(wait)
+    assert s3.idle_polls(0.0) == 0
+    # once the interval has reached 0.5 s (channels.s3.poll_max), one poll per 0.51 s
+    capped = s3.idle_polls(2.0)
+    assert s3.idle_polls(2.0 + 2 * 0.51) == pytest.approx(capped + 2.0)
+    # the count rises with the wait, without a step where the interval reaches its cap
+    waits = [i / 1000 for i in range(1, 3000, 7)]
+    counts = [s3.idle_polls(w) for w in waits]
+    assert all(b > a for a, b in itertools.pairwise(counts))
+    over = Config.from_dict({"model": {"s3": {"poll_request_s": 0.010}}})
+    assert channel_models(over)["s3"].idle_polls(0.035) == pytest.approx(2.0)
 
 
 def test_one_poll_finds_every_message_a_wait_collects():
