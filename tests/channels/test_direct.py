@@ -368,6 +368,46 @@ async def test_messages_written_with_writev_arrive_whole_and_in_order():
     assert same == [True] * 24
 
 
+async def test_a_large_array_starts_on_a_64_byte_boundary_of_its_links_stream(monkeypatch):
+    """Whatever went over the link before (odd-sized messages, the handshake), the data
+    of a message whose first array has 64 KiB or more starts on a 64-byte boundary of
+    the link's byte stream, as the receiver counts it; smaller ones are not padded."""
+    from afmi.channels.direct import link
+
+    starts: list[tuple[int, int]] = []  # (array bytes, stream offset of its first byte)
+    start_fill = link.Link._start_fill
+
+    def recording(self, msg, lens, head):
+        starts.append((lens[0], self.bytes_received - len(head)))
+        return start_fill(self, msg, lens, head)
+
+    monkeypatch.setattr(link.Link, "_start_fill", recording)
+    sizes = [1 << 16, 3, 1 << 20, 77, 5, 1 << 17, (1 << 17) + 13, 200_001, 1]
+
+    async def main(comm):
+        for i, n in enumerate(sizes):
+            if comm.rank == 0:
+                await comm.send(np.full(n, i, np.uint8), 1)
+                await comm.send({"odd": "x" * i}, 1)  # a message of no array at all
+            else:
+                got = await comm.recv(0)
+                assert got.size == n and (got == i).all()
+                assert await comm.recv(0) == {"odd": "x" * i}
+        ch = comm.endpoint.channels["direct"]
+        links = [lk for lk in ch._links.values() if lk.peer != comm.rank]
+        return [(lk.bytes_sent, lk.bytes_received) for lk in links]
+
+    counts = await afmi.launch_local(main, 2, channel="direct", timeout=60)
+    # (a message of 64 KiB is parsed from the staging area: no fill to record)
+    large = [n for n in sizes if n > 1 << 16]
+    assert sorted(n for n, _ in starts) == sorted(large)
+    assert all(offset % 64 == 0 for _, offset in starts), starts
+    assert len({offset % 4096 for _, offset in starts}) > 1  # not one place in a page
+    # what one end wrote is what the other read
+    ((sent0, received0),), ((sent1, received1),) = counts
+    assert sent0 == received1 and sent1 == received0 and sent0 % 64 != 0
+
+
 async def test_the_frame_of_a_64_kib_array_is_read_at_once(monkeypatch):
     """The staging area holds a 64 KiB array and its header: such a message is parsed
     from one read; a larger one is read into a buffer of its own (the fill route)."""

@@ -5,7 +5,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from afmi.wire.frame import ControlFrame, FrameDecoder, ProtocolError, encode_control, encode_frame
+from afmi.wire.frame import (
+    ALIGN,
+    ALIGN_MIN_BYTES,
+    PRELUDE_SIZE,
+    ControlFrame,
+    FrameDecoder,
+    ProtocolError,
+    encode_control,
+    encode_frame,
+)
 from afmi.wire.message import Message
 
 messages = st.builds(
@@ -104,8 +113,47 @@ def test_garbage_raises_protocol_error(data, match):
 def test_header_with_negative_buffer_length_is_rejected():
     header = msgpack.packb([0, 0, 0, 0, b"", [-5]])
     data = b"af\x01\x00" + len(header).to_bytes(4, "little") + header
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolError, match="malformed message header"):
         FrameDecoder().feed(data)
+
+
+def test_a_large_first_buffer_starts_on_a_64_byte_boundary_of_the_stream():
+    big = bytearray(range(256)) * 1024  # 256 KiB
+    for offset in range(0, 200, 7):
+        msg = Message(3, 1, 7, offset, b"skeleton", [big, bytearray(b"tail")])
+        frames = encode_frame(msg, offset)
+        head = len(frames[0])
+        assert (offset + head) % ALIGN == 0
+        assert head - PRELUDE_SIZE < len(encode_frame(msg)[0]) - PRELUDE_SIZE + ALIGN + 2
+        # the pad costs nothing to a reader: the same message comes back
+        dec = FrameDecoder()
+        dec.feed(b"".join(bytes(f) for f in frames))
+        (got,) = dec.events()
+        assert same_message(got, msg)
+    # no pad without an offset, for a small first buffer, or a message without buffers
+    small = Message(0, 0, 0, 0, b"", [bytearray(ALIGN_MIN_BYTES - 1)])
+    assert encode_frame(small, 5)[0] == encode_frame(small)[0]
+    bare = Message(0, 0, 0, 0, b"h", [])
+    assert encode_frame(bare, 5) == encode_frame(bare)
+    large = Message(0, 0, 0, 0, b"", [bytearray(ALIGN_MIN_BYTES)])
+    assert (5 + len(encode_frame(large, 5)[0])) % ALIGN == 0
+    assert len(msgpack.unpackb(encode_frame(large)[0][PRELUDE_SIZE:])) == 6
+
+
+@pytest.mark.parametrize("pad", [b"\x00" * 3, 7, [1]])
+def test_a_header_takes_one_pad_of_bytes_and_nothing_else(pad):
+    fields = [0, 0, 0, 0, b"", [1], pad]
+    ok = isinstance(pad, bytes)
+    for extra in ([], [b""]):  # a pad, then a pad and one field too many
+        header = msgpack.packb(fields + extra)
+        data = b"af\x01\x00" + len(header).to_bytes(4, "little") + header + b"x"
+        dec = FrameDecoder()
+        if ok and not extra:
+            dec.feed(data)
+            assert [bytes(b) for b in dec.events()[0].buffers] == [b"x"]
+        else:
+            with pytest.raises(ProtocolError, match="malformed message header"):
+                dec.feed(data)
 
 
 def test_control_kind_range():

@@ -318,7 +318,8 @@ class DirectChannel(Channel):
         if link.bye_received:
             raise ChannelError(f"rank {dest} has closed its channel", peer=dest)
         buffers = msg.buffers
-        await link.send(encode_frame(msg), bool(buffers))
+        # encoded at the link's current stream offset and written before any await
+        await link.send(encode_frame(msg, link.bytes_sent), bool(buffers))
         self.messages_sent += 1
         # Cheaper than Message.nbytes (no memoryview per buffer) on this hot path.
         nbytes = len(msg.header)

@@ -43,6 +43,7 @@ from afmi.wire.frame import (
     FrameDecoder,
     ProtocolError,
     encode_control,
+    message_fields,
 )
 from afmi.wire.message import Message
 
@@ -101,6 +102,11 @@ class Link(asyncio.BufferedProtocol):
         self._fill_index = self._fill_offset = 0
         #: Writes a message's buffers without joining them (:mod:`afmi.channels.vectored`).
         self.writer: VectoredWriter | None = None
+        #: Bytes handed to the transport and read from it: where in the byte stream
+        #: the next frame starts (a large message's data starts on a 64-byte
+        #: boundary of it, :func:`afmi.wire.frame.encode_frame`).
+        self.bytes_sent = 0
+        self.bytes_received = 0
 
     # -- connection --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -114,7 +120,7 @@ class Link(asyncio.BufferedProtocol):
         # to the kernel", which is when a sender may reuse its arrays.
         transport.set_write_buffer_limits(high=0)
         hello = msgpack.packb([self.owner.job, self.owner.rank, self._nonce])
-        transport.write(encode_control(HELLO, hello))
+        self._write(encode_control(HELLO, hello))
 
     def connection_lost(self, exc: Exception | None) -> None:
         who = f"rank {self.peer}" if self.peer is not None else "an unidentified peer"
@@ -148,6 +154,7 @@ class Link(asyncio.BufferedProtocol):
         return self._decoder.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.bytes_received += nbytes
         if self._fill is not None:
             self._advance_fill(nbytes)
             return
@@ -175,8 +182,8 @@ class Link(asyncio.BufferedProtocol):
                 pos = body
                 continue
             try:
-                context, source, tag, seq, skeleton, lens = msgpack.unpackb(
-                    data[pos + PRELUDE_SIZE : body], raw=False, use_list=True
+                context, source, tag, seq, skeleton, lens = message_fields(
+                    msgpack.unpackb(data[pos + PRELUDE_SIZE : body], raw=False, use_list=True)
                 )
                 total = 0
                 for n in lens:
@@ -285,7 +292,7 @@ class Link(asyncio.BufferedProtocol):
         self._peer_nonce = nonce
         assert self.transport is not None
         mac = _mac(owner.token, owner.job, owner.rank, rank, nonce)
-        self.transport.write(encode_control(AUTH, mac))
+        self._write(encode_control(AUTH, mac))
 
     def _on_auth(self, payload: bytes) -> None:
         assert self.peer is not None
@@ -330,6 +337,7 @@ class Link(asyncio.BufferedProtocol):
             raise self._lost or ChannelError("link not connected", peer=self.peer)
         assert self.writer is not None
         self.writer.writelines(frames)
+        self.bytes_sent += sum(len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames)
         if not self.paused:
             return
         if not has_buffers and transport.get_write_buffer_size() < _SMALL_BACKLOG:
@@ -341,12 +349,17 @@ class Link(asyncio.BufferedProtocol):
             self._flush_waiters.append(fut)
             await fut
 
+    def _write(self, frame: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(frame)
+        self.bytes_sent += len(frame)
+
     def say_goodbye(self) -> None:
         """Send BYE and half-close; the peer answers by closing its side."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        transport.write(encode_control(BYE, b""))
+        self._write(encode_control(BYE, b""))
         if transport.can_write_eof():
             transport.write_eof()
         else:
