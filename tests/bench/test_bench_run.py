@@ -162,9 +162,19 @@ def test_plots_are_png(bench_run, tmp_path):
 
 
 def test_socket_anchor_measures_and_cleans_up():
-    rows = anchors.socket_pingpong([1, 1024], measure.Budget(5, 5, 1, 1, 0.05, 2))
-    assert [r["nbytes"] for r in rows] == [1, 1024]
+    # sizes that leave the stream off a 64-byte boundary: each next size realigns it
+    sizes = [1, 100, 1024, 3, 65536]
+    rows = anchors.socket_pingpong(sizes, measure.Budget(5, 5, 1, 1, 0.05, 2))
+    assert [r["nbytes"] for r in rows] == sizes
     assert all(r["latency_s"] > 0 and r["channel"] == "socket" for r in rows)
+
+
+def test_the_direct_ping_pong_tools_socket_rows_realign_between_sizes():
+    from afmi.channels.direct import pingpong
+
+    sizes = [1, 8, 100, 65536]
+    result = pingpong._socket_pair(sizes, quick=True)
+    assert sorted(result) == sizes and all(t > 0 for t in result.values())
 
 
 def test_mpi4py_anchor_runs_or_says_why_not():

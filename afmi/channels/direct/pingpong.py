@@ -6,7 +6,8 @@ Two processes on loopback; for each message size it prints the one-way
 latency (half the round trip, µs) and the bandwidth (size / one-way time) of:
 
 * ``socket``: blocking ``socket.sendall`` / ``recv_into`` a preallocated
-  buffer, TCP_NODELAY and the links' congestion control (the anchor);
+  buffer, TCP_NODELAY and the links' congestion control, each size's data
+  starting on a 64-byte boundary of the stream as afmi's does (the anchor);
 * ``channel``: :class:`DirectChannel` alone (``send`` / ``on_message``), large
   messages received into the one preallocated array it also sends (the
   channel's ``destination`` hook, as a posted ``recv(out=)`` uses it);
@@ -33,6 +34,7 @@ import numpy as np
 
 from afmi.channels.direct.tcp import set_congestion
 from afmi.config import DirectConfig
+from afmi.wire.frame import ALIGN
 
 __all__ = ["main", "sizes_up_to"]
 
@@ -83,10 +85,22 @@ def _socket_rank(rank: int, port: int, sizes: list[int], quick: bool, out: Conne
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     set_congestion(sock, DirectConfig.tcp_congestion)  # as the channel's links do
     result: Result = {}
+    offset = 0  # bytes each way so far
     for size in sizes:
+        # Each size's data starts on a 64-byte boundary of the stream, as afmi's large
+        # messages do: across processes on this project's machine data at other
+        # offsets made exchanges 3-4x slower (docs/direct.md, "Aligned data").
+        pad = -offset % ALIGN
+        if pad and rank == 0:
+            sock.sendall(bytes(pad))
+            _recv_exactly(sock, memoryview(bytearray(pad)))
+        elif pad:
+            _recv_exactly(sock, memoryview(bytearray(pad)))
+            sock.sendall(bytes(pad))
         buf = np.zeros(size, np.uint8)
         view = memoryview(buf.data)
         warm, n = iterations(size, quick)
+        offset += pad + (warm + n) * size
         for i in range(warm + n):
             if i == warm:
                 t0 = time.perf_counter()
