@@ -31,6 +31,7 @@ from afmi.launch import event_loop_name
 
 if TYPE_CHECKING:
     from afmi.config import Config
+    from afmi.model.params import ChannelModel
 
 __all__ = [
     "fastest_reduction",
@@ -408,7 +409,7 @@ POLL_REQUEST_MAX_S = 0.1
 POLL_REQUEST_STEP_S = 0.0005
 
 
-def fit_poll_request(model: Any, rows: Sequence[dict[str, Any]]) -> float:
+def fit_poll_request(model: ChannelModel, rows: Sequence[dict[str, Any]]) -> float:
     """``poll_request_s``: how long one poll takes, fitted to the polls the bench counted.
 
     ``model`` is the channel's fitted :class:`~afmi.model.params.ChannelModel`;
