@@ -318,14 +318,15 @@ class DirectChannel(Channel):
         if link.bye_received:
             raise ChannelError(f"rank {dest} has closed its channel", peer=dest)
         buffers = msg.buffers
-        # encoded at the link's current stream offset and written before any await
-        await link.send(encode_frame(msg, link.bytes_sent), bool(buffers))
-        self.messages_sent += 1
         # Cheaper than Message.nbytes (no memoryview per buffer) on this hot path.
-        nbytes = len(msg.header)
+        data = 0
         for b in buffers:
-            nbytes += b.nbytes if hasattr(b, "nbytes") else len(b)
-        self.bytes_sent += nbytes
+            data += b.nbytes if hasattr(b, "nbytes") else len(b)
+        # encoded at the link's current stream offset and written before any await
+        frames = encode_frame(msg, link.bytes_sent)
+        await link.send(frames, bool(buffers), len(frames[0]) + data)
+        self.messages_sent += 1
+        self.bytes_sent += len(msg.header) + data
 
     async def aclose(self) -> None:
         """Say goodbye on every link, wait briefly for the peers, close everything."""

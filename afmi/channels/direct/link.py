@@ -330,14 +330,15 @@ class Link(asyncio.BufferedProtocol):
                 else:
                     fut.set_exception(error)
 
-    async def send(self, frames: list[Any], has_buffers: bool) -> None:
-        """Write ``frames``; return once the kernel has every byte (or little is queued)."""
+    async def send(self, frames: list[Any], has_buffers: bool, nbytes: int) -> None:
+        """Write ``frames`` (``nbytes`` in all); return once the kernel has every byte (or
+        little is queued)."""
         transport = self.transport
         if self._lost is not None or transport is None:
             raise self._lost or ChannelError("link not connected", peer=self.peer)
         assert self.writer is not None
         self.writer.writelines(frames)
-        self.bytes_sent += sum(len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames)
+        self.bytes_sent += nbytes
         if not self.paused:
             return
         if not has_buffers and transport.get_write_buffer_size() < _SMALL_BACKLOG:
