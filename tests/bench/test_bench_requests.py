@@ -164,17 +164,26 @@ def test_polls_priced_with_the_fitted_poll_time_match_the_lists_counted_on_moto(
     reduction = {"reduce_bytes_per_s": 1e9}
     params, _ = suite._calibrate_channel("s3", pingpongs, config, opts, [4], reduction, swept)
     seconds = params["poll_request_s"]
-    assert 0 < seconds <= calibrate.POLL_REQUEST_MAX_S  # a LIST on moto is no instant
+    # How long a LIST takes depends on the machine: on a loaded one moto answered in
+    # 6-9 ms (session 19), on a quiet one the counts fit instant polls best.
+    assert 0 <= seconds <= calibrate.POLL_REQUEST_MAX_S
     model = dataclasses.replace(channel_models(config)["s3"], **params)
 
-    def misfit(m):
-        total = 0.0
+    def ratios(m):
+        out = []
         for r in pingpongs + swept:
             op, size = r.get("op", "send"), r.get("ranks", 2)
             alg = algorithm_for(op, "s3", size, r["nbytes"])
             polls = predict(op, r["nbytes"], size, alg, m, FunctionPrice(0.0, 0.0)).polls
-            total += math.log(polls / r["requests_per_call"]["list"]) ** 2
-        return total
+            out.append(polls / r["requests_per_call"]["list"])
+        return out
 
-    # over every point, the held-out ping-pongs too, polls that take their time fit better
-    assert misfit(model) < misfit(dataclasses.replace(model, poll_request_s=0.0))
+    def misfit(m):
+        return sum(math.log(x) ** 2 for x in ratios(m))
+
+    # over every point, the held-out ping-pongs too, the fitted poll time fits at least
+    # as well as instant polls, and every point's polls come within half again
+    assert misfit(model) <= misfit(dataclasses.replace(model, poll_request_s=0.0)) + 1e-9
+    assert all(1 / 1.5 < x < 1.5 for x in ratios(model)), ratios(model)
+    # and a poll time far off the fitted one fits worse
+    assert misfit(model) < misfit(dataclasses.replace(model, poll_request_s=seconds + 0.05))
