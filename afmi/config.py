@@ -407,6 +407,11 @@ class Config:
     spin: float = 0.0002
     #: Allow pickled payloads (only between trusted ranks).
     pickle: bool = False
+    #: Bytes of memory a process keeps for large received messages (64 KiB and up) and
+    #: reuses once nothing refers to a message's arrays any more (fresh memory costs
+    #: the kernel a page fault and zeroing per page; :mod:`afmi.wire.pool`). Shared
+    #: by every channel and rank of the process; 0: every message gets fresh memory.
+    recv_pool_bytes: int = 128 * 1024 * 1024
     #: Default channel for ``afmi.connect`` when neither argument nor ``AFMI_CHANNEL`` names one:
     #: a driver name, ``"auto"`` (every configured channel) or several names, comma-separated.
     channel: str | None = None
@@ -418,6 +423,10 @@ class Config:
         _check_positive(self.timeout, "timeout", allow_none=True)
         if not 0 <= self.spin <= 1:
             raise ConfigError(f"spin must be between 0 and 1 second, got {self.spin!r}")
+        if self.recv_pool_bytes < 0:
+            raise ConfigError(
+                f"recv_pool_bytes must be >= 0 (0 turns the pool off), got {self.recv_pool_bytes!r}"
+            )
         _check_positive(self.faas.memory_mb, "faas.memory_mb")
         if self.faas.gib_second_price < 0:
             raise ConfigError("faas.gib_second_price must be >= 0")

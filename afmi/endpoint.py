@@ -22,6 +22,7 @@ from afmi.config import Config
 from afmi.errors import ChannelError
 from afmi.wire.matching import MatchingEngine, Ticket
 from afmi.wire.message import Message, copy_buffers
+from afmi.wire.pool import shared_pool
 from afmi.wire.serialize import decode, encode
 
 if TYPE_CHECKING:
@@ -136,7 +137,10 @@ class Endpoint:
         self._into_pending = 0
         #: Channels told when a receive begins to wait (those that override ``awaited``).
         self._pollers = [ch for ch in channels.values() if type(ch).awaited is not Channel.awaited]
+        #: Memory for large received payloads, shared by the process (afmi.wire.pool).
+        self.pool = pool = shared_pool(config.recv_pool_bytes)
         for ch in channels.values():
+            ch.pool = pool
             ch.start(self._on_message, self._on_failure)
 
     @property
@@ -189,7 +193,7 @@ class Endpoint:
         """Hand ``msg`` to a channel (or to this rank's own engine when ``dest`` is self)."""
         self.check_alive()
         if dest == self.rank:
-            self._on_message(msg.detached())
+            self._on_message(msg.detached(self.pool.take if self.pool is not None else None))
             await asyncio.sleep(0)
             return
         name = channel or _PINNED.get()

@@ -20,11 +20,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import numpy as np
+
 from afmi.errors import ArgumentError, ChannelError
 from afmi.wire.message import Message
 
 if TYPE_CHECKING:
     from afmi.config import Config
+    from afmi.wire.pool import BufferPool
 
 __all__ = [
     "Channel",
@@ -81,6 +84,15 @@ class Channel(abc.ABC):
         #: buffers the payload may be received straight into, or None. A channel that
         #: uses it sets ``message.landed`` to that ticket. Optional for channels.
         self.destination: DestinationCallback | None = None
+        #: Set by the endpoint: memory for large received payloads, reused once nothing
+        #: refers to a message's arrays (:mod:`afmi.wire.pool`); None: fresh memory.
+        self.pool: BufferPool | None = None
+
+    def new_buffer(self, nbytes: int) -> Any:
+        """A writable ``uint8`` array of ``nbytes`` for a received payload: from
+        :attr:`pool` when there is one, else fresh (``numpy.empty``: no zero-filling)."""
+        pool = self.pool
+        return pool.take(nbytes) if pool is not None else np.empty(nbytes, np.uint8)
 
     def start(self, on_message: MessageCallback, on_failure: FailureCallback) -> None:
         """Begin delivering arriving messages to ``on_message``."""

@@ -107,7 +107,7 @@ class LocalChannel(Channel):
         if self._closed:
             raise ChannelError("send on a closed local channel", peer=dest)
         target = self._hub.channels[dest]
-        copy = target._land(msg) or msg.detached()
+        copy = target._land(msg) or msg.detached(target.new_buffer)
         target._arrive(copy)
         self.messages_sent += 1
         self.bytes_sent += copy.nbytes

@@ -156,6 +156,42 @@ async def case_received_arrays_are_writable(run: Runner) -> None:
     _expect(out[1] == (1, 100_000), f"received arrays after += 1: {out[1]}")
 
 
+async def _held(comm: Communicator, count: int, nbytes: int) -> Any:
+    # Rank 1 keeps a view of every other array it receives and drops the rest, so a
+    # channel that reuses memory (afmi.wire.pool) must hand the dropped arrays' memory
+    # to later messages and never the held ones'.
+    if comm.rank == 0:
+        for i in range(count):
+            await comm.send(np.full(nbytes, i % 251, np.uint8), 1)
+        await comm.send(np.full((2, nbytes // 2), 7, np.uint8), 1)  # several buffers
+        return None
+    if comm.rank != 1:
+        return None
+    kept: list[tuple[int, Any]] = []
+    for i in range(count):
+        got = await comm.recv(0)
+        if got.shape != (nbytes,) or not (got == i % 251).all():
+            return f"message {i} arrived wrong"
+        if i % 2 == 0:
+            kept.append((i % 251, got[nbytes // 3 :]))
+        got[:16] = 255  # the receiver writes into what it holds
+    last = await comm.recv(0)
+    if not (last == 7).all():
+        return "the last message arrived wrong"
+    for value, view in kept:
+        if not (view == value).all():
+            return f"an array holding {value} was overwritten while held"
+    return "ok"
+
+
+@_case
+async def case_held_arrays_keep_their_data(run: Runner) -> None:
+    """Arrays a receiver holds keep their contents while later messages arrive (channels
+    that reuse receive memory reuse only what nobody refers to)."""
+    out = await run(_held, 2, 12, 600_000)
+    _expect(out[1] == "ok", f"rank 1: {out[1]}")
+
+
 PAYLOADS: list[Any] = [
     None,
     True,

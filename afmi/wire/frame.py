@@ -22,6 +22,7 @@ array data straight into the buffers the message will keep.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +106,12 @@ def message_fields(fields: Any) -> Any:
     return fields
 
 
+def _empty(nbytes: int) -> Any:
+    # numpy.empty, not bytearray: no zero-filling pass over memory that is about to
+    # be overwritten (for 16 MiB it costs about as much as the copy).
+    return np.empty(nbytes, np.uint8)
+
+
 def encode_control(kind: int, payload: bytes) -> bytes:
     """Encode a control frame of ``kind`` (1..255) carrying ``payload``."""
     if not 1 <= kind <= 255:
@@ -120,8 +127,16 @@ class FrameDecoder:
     interface), which lets large message buffers be received in place.
     """
 
-    def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+    def __init__(
+        self,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        *,
+        new_buffer: Callable[[int], Any] | None = None,
+    ) -> None:
         self._max_header = max_header_bytes
+        #: Makes the array a message buffer of ``n`` bytes is received into (a channel's
+        #: pooled memory, :meth:`afmi.channels.base.Channel.new_buffer`); default numpy.empty.
+        self._new_buffer = new_buffer or _empty
         self._events: list[Message | ControlFrame] = []
         self._staging = bytearray(_STAGING)
         self._pending = bytearray()  # bytes of prelude/header collected so far
@@ -218,9 +233,7 @@ class FrameDecoder:
         except Exception as exc:  # noqa: BLE001 - any malformed header is a protocol error
             raise ProtocolError(f"malformed message header: {exc}") from exc
         self._msg = Message(context, source, tag, seq, skeleton, [])
-        # numpy.empty, not bytearray: no zero-filling pass over memory that is
-        # about to be overwritten (for 16 MiB it costs about as much as the copy).
-        self._targets = [np.empty(n, np.uint8) for n in lens if n]
+        self._targets = [self._new_buffer(n) for n in lens if n]
         self._msg.buffers = [t if n else bytearray() for t, n in zip(self._iter(lens), lens)]
         self._target_index = self._target_offset = 0
         if self._targets:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+
+from afmi.wire.pool import COPY_MIN_BYTES
 
 __all__ = ["Message", "Buffer", "copy_buffers", "packed_layout"]
 
@@ -41,25 +45,43 @@ class Message:
         """Bytes of payload: the skeleton plus every buffer."""
         return len(self.header) + sum(memoryview(b).nbytes for b in self.buffers)
 
-    def detached(self) -> Message:
-        """Return a copy whose buffers are private, writable ``bytearray`` objects.
+    def detached(self, new_buffer: Callable[[int], Any] | None = None) -> Message:
+        """Return a copy whose buffers are private and writable.
 
         In-process channels call this on send so that the receiver never sees
-        changes the sender makes to its arrays after the send completes.
+        changes the sender makes to its arrays after the send completes. The
+        copies are ``bytearray`` objects, except that a buffer of
+        :data:`~afmi.wire.pool.COPY_MIN_BYTES` or more goes into
+        ``new_buffer(nbytes)`` when it is given (the receiving channel's
+        :meth:`~afmi.channels.base.Channel.new_buffer`: reused memory).
         """
         return Message(
-            self.context, self.source, self.tag, self.seq, self.header, copy_buffers(self.buffers)
+            self.context,
+            self.source,
+            self.tag,
+            self.seq,
+            self.header,
+            copy_buffers(self.buffers, new_buffer),
         )
 
 
-def copy_buffers(buffers: list[Buffer]) -> list[Buffer]:
-    """Copy each buffer into a fresh ``bytearray`` (one memcpy per buffer)."""
+def copy_buffers(
+    buffers: list[Buffer], new_buffer: Callable[[int], Any] | None = None
+) -> list[Buffer]:
+    """Copy each buffer (one memcpy each): into a fresh ``bytearray``, or, for buffers
+    of :data:`~afmi.wire.pool.COPY_MIN_BYTES` or more when ``new_buffer`` is given,
+    into the ``uint8`` array ``new_buffer(nbytes)`` returns."""
     out: list[Buffer] = []
     for b in buffers:
         mv = memoryview(b)
         if mv.ndim != 1 or mv.format != "B":
             mv = mv.cast("B")
-        out.append(bytearray(mv))
+        if new_buffer is not None and mv.nbytes >= COPY_MIN_BYTES:
+            dst = new_buffer(mv.nbytes)
+            dst[:] = np.frombuffer(mv, np.uint8)
+            out.append(dst)
+        else:
+            out.append(bytearray(mv))
     return out
 
 

@@ -88,6 +88,47 @@ def test_large_buffers_are_received_in_place():
     assert bytes(msg.buffers[0]) == bytes(payload)
 
 
+def test_the_decoder_receives_into_the_buffers_it_is_given():
+    import numpy as np
+
+    payloads = [bytearray(random.randbytes(300_000)), bytearray(b"small")]
+    made = []
+
+    def new_buffer(n):
+        made.append(np.empty(n, np.uint8))
+        return made[-1]
+
+    dec = FrameDecoder(new_buffer=new_buffer)
+    dec.feed(stream([Message(1, 2, 3, 0, b"\x90", payloads)]))
+    (msg,) = dec.events()
+    assert [len(a) for a in made] == [300_000, 5]
+    assert msg.buffers[0] is made[0] and bytes(made[0]) == bytes(payloads[0])
+    assert bytes(msg.buffers[1]) == b"small"
+
+
+def test_copies_take_large_buffers_from_the_given_maker_only():
+    import numpy as np
+
+    from afmi.wire.message import copy_buffers
+    from afmi.wire.pool import COPY_MIN_BYTES
+
+    big = np.arange(COPY_MIN_BYTES, dtype=np.uint8)
+    small = np.arange(100, dtype=np.int32)
+    asked = []
+
+    def new_buffer(n):
+        asked.append(n)
+        return np.empty(n, np.uint8)
+
+    out = copy_buffers([small, big, big[: COPY_MIN_BYTES - 1]], new_buffer)
+    assert asked == [COPY_MIN_BYTES]
+    assert isinstance(out[0], bytearray) and isinstance(out[2], bytearray)
+    assert bytes(out[0]) == small.tobytes() and bytes(out[1]) == big.tobytes()
+    big[:] = 0  # a copy: the sender may change its arrays afterwards
+    assert out[1][1] == 1
+    assert all(isinstance(b, bytearray) for b in copy_buffers([big]))  # no maker: bytearray
+
+
 def test_empty_buffers_keep_their_positions():
     msg = Message(0, 0, 0, 0, b"h", [bytearray(), bytearray(b"x"), bytearray()])
     dec = FrameDecoder()

@@ -29,7 +29,6 @@ import struct
 from typing import TYPE_CHECKING, Any, cast
 
 import msgpack
-import numpy as np
 
 from afmi.channels.direct.tcp import tune
 from afmi.channels.vectored import VectoredWriter
@@ -88,7 +87,7 @@ class Link(asyncio.BufferedProtocol):
         self.closed: asyncio.Future[None] = loop.create_future()
         self.bye_received = False
         self.paused = False
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(new_buffer=owner.new_buffer)
         self._nonce = secrets.token_bytes(16)
         self._peer_nonce: bytes | None = None
         self._authenticated = False
@@ -214,8 +213,9 @@ class Link(asyncio.BufferedProtocol):
             self._dispatch(self._decoder.events())
 
     def _start_fill(self, msg: Message, lens: list[int], head: memoryview) -> None:
-        # np.empty, not bytearray: no zero-filling pass over memory the kernel is about
-        # to overwrite (for 16 MiB that pass costs about as much as the transfer).
+        # new_buffer: memory of an earlier message that nothing refers to any more
+        # (afmi.wire.pool), else np.empty; never a bytearray, whose zero-filling pass
+        # over memory the kernel is about to overwrite costs about as much as the transfer.
         claim = self.owner.destination
         ticket = claim(msg.context, msg.source, msg.tag, msg.seq, lens) if claim else None
         arrays: list[Any]
@@ -224,7 +224,8 @@ class Link(asyncio.BufferedProtocol):
             msg.landed = ticket
             self.owner.received_in_place += 1
         else:
-            arrays = [np.empty(n, np.uint8) if n else bytearray() for n in lens]
+            new = self.owner.new_buffer
+            arrays = [new(n) if n else bytearray() for n in lens]
         msg.buffers = arrays
         self._fill_msg = msg
         self._fill = [memoryview(a) for a in arrays if len(a)]

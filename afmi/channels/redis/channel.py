@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgpack
-import numpy as np
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.retry import Retry
@@ -536,13 +535,14 @@ class RedisChannel(Channel):
     async def _fetch(self, slot: list[Any], msg: Message, sizes: list[int], ref: list[Any]) -> None:
         stem, chunk, rc_key, notices = ref
         # One allocation laid out as the stored payload (_layout), every buffer a view
-        # of it; np.empty: no zero-fill of pages that the socket is about to overwrite.
+        # of it: memory of an earlier message nothing refers to any more (afmi.wire.pool),
+        # else np.empty (no zero-fill of pages that the socket is about to overwrite).
         # A message of one buffer that a posted receive claimed goes into its array.
         offsets, total = _layout(sizes)
         if msg.landed is not None:
             whole = memoryview(msg.landed.into[0]).cast("B")
         else:
-            whole = memoryview(np.empty(total, dtype=np.uint8).data)
+            whole = memoryview(self.new_buffer(total).data)
         buffers = [whole[start : start + n] for start, n in zip(offsets, sizes)]
         nchunks = -(-total // chunk)
         keys = _ref_keys(ref, nchunks)
