@@ -19,6 +19,7 @@ import numpy as np
 
 from afmi.wire.matching import Ticket
 from afmi.wire.message import Message
+from afmi.wire.pool import POOL_MIN_BYTES
 from afmi.wire.serialize import encode
 
 if TYPE_CHECKING:
@@ -88,6 +89,18 @@ class CollectiveContext:
     def channel(self) -> str:
         """Name of the channel this rank sends on by default ("local", "direct", ...)."""
         return self._ep.default_channel
+
+    def empty_like(self, arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """An uninitialised array shaped and typed like the C-contiguous ``arr``, for a
+        result the caller keeps: from the process's receive pool when ``arr`` has
+        :data:`~afmi.wire.pool.POOL_MIN_BYTES` or more (memory of an earlier result or
+        message nothing refers to any more; docs/design.md, "Receive buffers"), else
+        ``numpy.empty_like``."""
+        pool = self._ep.pool
+        if pool is None or arr.nbytes < POOL_MIN_BYTES or arr.dtype.hasobject:
+            return np.empty_like(arr)
+        out: np.ndarray[Any, Any] = pool.take(arr.nbytes).view(arr.dtype).reshape(arr.shape)
+        return out
 
     def _tag(self, sub: int) -> int:
         if not 0 <= sub < SUBTAGS:

@@ -191,7 +191,7 @@ class RingAllreduce(Algorithm):
         if ctx.out is not None and not transposed:
             out = ctx.out.reshape(-1)  # the caller's array: receive straight into it
         else:
-            out = np.empty_like(flat)
+            out = ctx.empty_like(flat)
         await _reduce_scatter(ctx, flat, bounds, ufunc, out)
         await _allgather_into(ctx, out, bounds)
         if transposed:
@@ -222,7 +222,7 @@ class RingReduceScatter(Algorithm):
         row = int(np.prod(x.shape[1:], dtype=np.int64))
         bounds = [r * row for r in rows]
         ufunc = elementwise_ufunc(op, flat.dtype)
-        out = np.empty_like(flat)
+        out = ctx.empty_like(flat)
         await _reduce_scatter(ctx, flat, bounds, ufunc, out)
         block = out[bounds[rank] : bounds[rank + 1]]
         return block.reshape((rows[rank + 1] - rows[rank], *x.shape[1:]))

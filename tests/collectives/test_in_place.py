@@ -160,3 +160,24 @@ def test_a_fold_writes_into_received_arrays_and_never_the_callers():
     mine, values = fresh()
     got = fold(afmi.SUM, values)
     assert got is not values[1] and np.array_equal(values[1], np.full(5, 10.0))
+
+
+@pytest.mark.parametrize("channel", ["local", "direct"])
+@pytest.mark.parametrize("name", ["ring", "recursive_doubling"])
+async def test_results_a_rank_keeps_are_never_reused(channel, name):
+    # Without out=, results come from the receive pool (afmi.wire.pool): a result held
+    # across later calls keeps its values, a dropped one lends its memory.
+    n = 3 * 40_000  # 960 kB of float64: pooled, a chunk per rank on 3 ranks
+
+    async def main(comm):
+        kept = []
+        with registry.forced(allreduce=name):
+            for i in range(8):
+                got = await comm.allreduce(np.full(n, float(i + comm.rank)))
+                assert got[0] == 3 * i + 3 and got[-1] == 3 * i + 3
+                if i % 2 == 0:
+                    kept.append((3 * i + 3, got[n // 2 :]))
+                got[:10] = -1  # a result is the caller's to write
+        return all((view == value).all() for value, view in kept)
+
+    assert await launch(main, 3, channel=channel) == [True] * 3
