@@ -308,6 +308,11 @@ class ChannelModelConfig:
     #: Ranks whose work can run at the same time: 0 every rank has its own CPU (functions),
     #: 1 all ranks share one event loop (in-process), k ranks share k cores.
     parallel_ranks: float | None = None
+    #: Cores the ranks share (0: unknown); with ``crowding``, more ranks than this do their
+    #: work more slowly: ``parallel_ranks`` times ``(shared_cpus / ranks) ** crowding``.
+    shared_cpus: float | None = None
+    #: How much slower ranks that outnumber ``shared_cpus`` work together (0: not at all).
+    crowding: float | None = None
     #: Price of each message written (a PUT, a RPUSH), dollars.
     price_per_request_usd: float | None = None
     #: Price of each read or poll (a GET, a LIST), dollars.

@@ -139,6 +139,8 @@ class ChannelModel:
     reduce_cache_bytes: float = 0.0
     reduce_bytes_large_per_s: float = 0.0
     parallel_ranks: float = 0.0
+    shared_cpus: float = 0.0
+    crowding: float = 0.0
     price_per_request_usd: float = 0.0
     price_per_read_usd: float = 0.0
     reads_per_message: float = 1.0
@@ -277,10 +279,16 @@ class ChannelModel:
         return self.call_overhead_s + (0.0 if op in NO_PAYLOAD else self.payload_overhead_s)
 
     def parallelism(self, size: int) -> float:
-        """How many of ``size`` ranks do their work at the same time."""
+        """How many of ``size`` ranks do their work at the same time: ``parallel_ranks``
+        at most, and where more ranks than the ``shared_cpus`` cores share them, that
+        times ``(shared_cpus / size) ** crowding`` (processes that take turns on a core
+        also evict each other's caches and pay for the switches)."""
         if self.parallel_ranks <= 0:
             return float(max(size, 1))
-        return float(max(min(size, self.parallel_ranks), 1))
+        share = float(max(min(size, self.parallel_ranks), 1))
+        if self.crowding > 0 and 0 < self.shared_cpus < size:
+            share *= (self.shared_cpus / size) ** self.crowding
+        return share
 
     def idle_polls(self, wait_s: float) -> float:
         """Polls that find nothing while one receive waits ``wait_s`` seconds: the poller

@@ -805,6 +805,31 @@ def test_cores_left_to_processes_are_fitted():
     _assert_reproduces(ChannelModel(name="direct", **{**_WIRE, **fit}), points)
 
 
+def test_ranks_that_outnumber_the_cores_are_fitted_a_crowding():
+    # 2, 4 and 8 processes on 2 cores, the 4 and 8 working together more slowly
+    truth = ChannelModel(
+        name="direct",
+        latency_s=30e-6,
+        bandwidth_single_bytes_per_s=5e9,
+        bandwidth_aggregate_bytes_per_s=5e9,
+        call_overhead_s=8e-6,
+        cpu_per_message_s=40e-6,
+        cpu_bytes_per_s=3e9,
+        reduce_bytes_per_s=2e9,
+        parallel_ranks=2.0,
+        shared_cpus=2.0,
+        crowding=0.75,
+    )
+    points = _collective_points(truth)
+    fit = calibrate.fit_parallel("direct", _WIRE, points, reduce_bytes_per_s=2e9, cpus=2)
+    assert (fit["crowding"], fit["shared_cpus"], fit["parallel_ranks"]) == (0.75, 2.0, 2.0)
+    _assert_reproduces(ChannelModel(name="direct", **{**_WIRE, **fit}), points)
+    # without a point of more ranks than cores there is nothing to fit it to
+    two = [p for p in points if p[1] <= 2]
+    fit = calibrate.fit_parallel("direct", _WIRE, two, reduce_bytes_per_s=2e9, cpus=2)
+    assert "crowding" not in fit
+
+
 def test_the_largest_size_is_always_fitted():
     rows = [{"nbytes": 1 << e} for e in range(0, 19, 2)]  # 10 sizes, 1 B .. 256 KiB
     fitted = calibrate.split_fitted(rows)

@@ -189,6 +189,31 @@ def test_local_defaults_share_one_loop():
     assert DEFAULTS["direct"].parallelism(8) == 8
 
 
+def test_ranks_that_outnumber_the_cores_work_more_slowly_together():
+    m = dataclasses.replace(DEFAULTS["direct"], parallel_ranks=1.75, shared_cpus=2.0, crowding=0.5)
+    assert m.parallelism(2) == 1.75  # not more ranks than cores: as before
+    assert m.parallelism(4) == pytest.approx(1.75 * 0.5**0.5)
+    assert m.parallelism(8) == pytest.approx(1.75 * 0.25**0.5)
+    assert dataclasses.replace(m, crowding=0.0).parallelism(8) == 1.75
+    assert dataclasses.replace(m, shared_cpus=0.0).parallelism(8) == 1.75
+    # a crowded call's CPU bound grows by the same factor
+    alg = registry.get("bcast", "binomial")
+    plain = dataclasses.replace(m, crowding=0.0)
+    _, cpu = timing("bcast", 1 << 20, 4, alg, m)
+    _, cpu_plain = timing("bcast", 1 << 20, 4, alg, plain)
+    rounds = 2 * m.wait_per_round_s
+    assert cpu - rounds == pytest.approx((cpu_plain - rounds) / 0.5**0.5)
+
+
+def test_crowding_is_a_model_setting():
+    from afmi.config import Config
+    from afmi.model import channel_models
+
+    cfg = Config.from_dict({"model": {"direct": {"crowding": 0.75, "shared_cpus": 2}}})
+    direct = channel_models(cfg)["direct"]
+    assert (direct.crowding, direct.shared_cpus) == (0.75, 2.0)
+
+
 def test_every_registered_algorithm_has_exact_work():
     from afmi.model.work import has_entry
 
