@@ -188,9 +188,16 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
             f"+ {_us(params.get('cpu_per_message_rank_s', 0.0))} per further rank"
             f"{data}{shared}, "
             f"{reduce}, "
-            f"parallel ranks {params.get('parallel_ranks', 0.0):g}"
+            f"parallel ranks {params.get('parallel_ranks', 0.0):g}{_crowding(params)}"
         )
     return lines
+
+
+def _crowding(params: dict[str, Any]) -> str:
+    """ ", crowding 0.75 beyond 2 CPUs" where more ranks than cores work more slowly."""
+    if params.get("crowding", 0.0) > 0 and params.get("shared_cpus", 0.0) > 0:
+        return f", crowding {params['crowding']:g} beyond {params['shared_cpus']:g} CPUs"
+    return ""
 
 
 def _beyond(params: dict[str, Any]) -> str:

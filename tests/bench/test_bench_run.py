@@ -336,8 +336,13 @@ def test_the_calibrated_lines_say_every_fitted_cost():
         "bandwidth_huge_bytes_per_s": 2.4e9,
         "cpu_per_message_s": 16e-6,
         "cpu_per_payload_message_s": 14e-6,
+        "parallel_ranks": 1.5,
+        "shared_cpus": 2.0,
+        "crowding": 0.75,
     }
     s3_line, direct_line = _calibrated_lines({"channels": {"s3": s3, "direct": direct}})
+    assert direct_line.endswith("parallel ranks 1.5, crowding 0.75 beyond 2 CPUs")
+    assert s3_line.endswith("parallel ranks 1")  # no crowding fitted: none said
     assert "+12.00 ms to fetch a message over 256 B" in s3_line
     assert "-4.00 ms a call's first round, +9.00 ms every round after it" in s3_line
     assert "a poll takes 7.00 ms" in s3_line
