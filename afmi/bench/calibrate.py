@@ -632,18 +632,23 @@ def fit_parallel(
     1.3-1.8 times the model.
     """
 
+    rates = {
+        "reduce_bytes_per_s": reduce_bytes_per_s,
+        "reduce_cache_bytes": reduce_cache_bytes,
+        "reduce_bytes_large_per_s": reduce_bytes_large_per_s,
+    }
+
     def fit(crowding: float) -> tuple[float, dict[str, float]]:
         best: tuple[float, dict[str, float]] | None = None
+        shared = float(cpus) if crowding > 0 else 0.0
         for quarter in range(4, 4 * max(cpus, 1) + 1):
             scored = _fit_rounds(
                 channel,
                 wire,
                 points,
-                reduce_bytes_per_s=reduce_bytes_per_s,
-                reduce_cache_bytes=reduce_cache_bytes,
-                reduce_bytes_large_per_s=reduce_bytes_large_per_s,
+                **rates,
                 parallel_ranks=quarter / 4,
-                shared_cpus=float(cpus) if crowding > 0 else 0.0,
+                shared_cpus=shared,
                 crowding=crowding,
                 config=config,
             )

@@ -785,9 +785,9 @@ def test_accuracy_lists_the_points_outside_the_tolerance_with_their_passes():
     assert not any(x.startswith("  outside") for x in _accuracy_lines("a", summarize(good, cfg)))
 
 
-def test_cores_left_to_processes_are_fitted():
-    # 4 and 8 processes on a machine where other work leaves them 1.5 cores
-    truth = ChannelModel(
+def _processes_on_two_cores(**shares):
+    """A direct channel's model for processes on one machine, sharing its CPUs as told."""
+    return ChannelModel(
         name="direct",
         latency_s=30e-6,
         bandwidth_single_bytes_per_s=5e9,
@@ -796,8 +796,13 @@ def test_cores_left_to_processes_are_fitted():
         cpu_per_message_s=40e-6,
         cpu_bytes_per_s=3e9,
         reduce_bytes_per_s=2e9,
-        parallel_ranks=1.5,
+        **shares,
     )
+
+
+def test_cores_left_to_processes_are_fitted():
+    # 4 and 8 processes on a machine where other work leaves them 1.5 cores
+    truth = _processes_on_two_cores(parallel_ranks=1.5)
     points = _collective_points(truth)
     fit = calibrate.fit_parallel("direct", _WIRE, points, reduce_bytes_per_s=2e9, cpus=2)
     assert fit["parallel_ranks"] == 1.5
@@ -807,19 +812,7 @@ def test_cores_left_to_processes_are_fitted():
 
 def test_ranks_that_outnumber_the_cores_are_fitted_a_crowding():
     # 2, 4 and 8 processes on 2 cores, the 4 and 8 working together more slowly
-    truth = ChannelModel(
-        name="direct",
-        latency_s=30e-6,
-        bandwidth_single_bytes_per_s=5e9,
-        bandwidth_aggregate_bytes_per_s=5e9,
-        call_overhead_s=8e-6,
-        cpu_per_message_s=40e-6,
-        cpu_bytes_per_s=3e9,
-        reduce_bytes_per_s=2e9,
-        parallel_ranks=2.0,
-        shared_cpus=2.0,
-        crowding=0.75,
-    )
+    truth = _processes_on_two_cores(parallel_ranks=2.0, shared_cpus=2.0, crowding=0.75)
     points = _collective_points(truth)
     fit = calibrate.fit_parallel("direct", _WIRE, points, reduce_bytes_per_s=2e9, cpus=2)
     assert (fit["crowding"], fit["shared_cpus"], fit["parallel_ranks"]) == (0.75, 2.0, 2.0)
