@@ -19,7 +19,6 @@ import numpy as np
 
 from afmi.wire.matching import Ticket
 from afmi.wire.message import Message
-from afmi.wire.pool import POOL_MIN_BYTES
 from afmi.wire.serialize import encode
 
 if TYPE_CHECKING:
@@ -92,12 +91,12 @@ class CollectiveContext:
 
     def empty_like(self, arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """An uninitialised array shaped and typed like the C-contiguous ``arr``, for a
-        result the caller keeps: from the process's receive pool when ``arr`` has
-        :data:`~afmi.wire.pool.POOL_MIN_BYTES` or more (memory of an earlier result or
-        message nothing refers to any more; docs/design.md, "Receive buffers"), else
-        ``numpy.empty_like``."""
+        result the caller keeps: from the process's receive pool (memory of an earlier
+        result or message nothing refers to any more, for arrays of
+        :data:`~afmi.wire.pool.POOL_MIN_BYTES` or more; docs/design.md, "Receive
+        buffers"), else ``numpy.empty_like``."""
         pool = self._ep.pool
-        if pool is None or arr.nbytes < POOL_MIN_BYTES or arr.dtype.hasobject:
+        if pool is None or arr.dtype.hasobject:
             return np.empty_like(arr)
         out: np.ndarray[Any, Any] = pool.take(arr.nbytes).view(arr.dtype).reshape(arr.shape)
         return out
