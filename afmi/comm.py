@@ -310,7 +310,7 @@ class Communicator:
             status.nbytes = msg.nbytes
         if out is None:
             return self._ep.decode(msg)
-        if msg.landed is not ticket:
+        if not msg.landed_in(ticket):
             got = self._ep.decode(msg)
             if not isinstance(got, np.ndarray) or got.dtype != out.dtype or got.size != out.size:
                 what = f"{got.dtype}{list(got.shape)}" if isinstance(got, np.ndarray) else type(got)

@@ -107,6 +107,11 @@ class Request(Generic[T]):
             raw = self._future.result()
             self._value = self._convert(raw) if self._convert is not None else raw
             self._converted = True
+            # A convert function may refer to this request (an irecv's sets its
+            # status): dropping it breaks that cycle, so a received array's memory
+            # goes back to the receive pool once the caller drops it, not once the
+            # garbage collector runs.
+            self._convert = self._on_cancel = None
         return self._value  # type: ignore[no-any-return]
 
     # -- waiting --

@@ -150,7 +150,7 @@ class CollectiveContext:
         is copied in (it must have ``out``'s dtype and a shape that fits).
         """
         msg = await self._ep.arrival(ticket)
-        if msg.landed is not ticket:
+        if not msg.landed_in(ticket):
             np.copyto(out, self._ep.decode(msg), casting="no")
 
     def withdraw(self, tickets: list[Ticket]) -> None:
