@@ -6,7 +6,10 @@ The launcher starts an embedded rendezvous service, then N processes with
 ``async with afmi.connect() as comm:`` in the script joins the job. Output is
 streamed line by line, prefixed with the rank (``[2] ...``). When a rank
 exits with an error the others are stopped (SIGTERM, then SIGKILL after a
-grace period) and the launcher exits with that rank's code; Ctrl-C stops all.
+grace period) and the launcher exits with that rank's code. SIGINT (Ctrl-C),
+SIGTERM and SIGHUP to the launcher stop every rank the same way before it
+exits with 128 + the signal's number (:data:`STOP_SIGNALS`): a launcher killed
+by a job scheduler or ``timeout`` leaves no rank running.
 
 From Python, :func:`run_processes` does the same and returns the exit codes.
 """
@@ -21,19 +24,67 @@ import secrets
 import signal
 import sys
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import IO
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import IO, Any
 
 from afmi.errors import ArgumentError
 from afmi.launch import new_event_loop
 from afmi.rendezvous.server import RendezvousServer
 
-__all__ = ["HELP", "add_arguments", "main", "run_processes"]
+__all__ = ["HELP", "STOP_SIGNALS", "add_arguments", "main", "run_processes"]
 
 HELP = "run a script on N local processes joined into one afmi job"
 
 #: Seconds between SIGTERM and SIGKILL when stopping ranks.
 GRACE = 3.0
+#: Signals on which ``afmi run`` stops every rank, then exits with 128 + the number.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+class _StoppedBySignalError(Exception):
+    """``afmi run`` received one of :data:`STOP_SIGNALS` and stopped its ranks."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+async def _until_signal(job: Coroutine[Any, Any, list[int]]) -> list[int]:
+    """Await ``job``; on one of :data:`STOP_SIGNALS` cancel it (which stops its ranks)
+    and raise :class:`_StoppedBySignalError`.
+
+    The event loop's own signal handlers, not the interpreter's: without them
+    SIGTERM ended the launcher at once and left its ranks running, and SIGINT
+    relied on ``asyncio.Runner``'s handler reaching the loop.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        if not received:  # a second signal while the ranks stop changes nothing
+            received.append(signum)
+            task.cancel()
+
+    installed = []
+    for signum in STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(signum, stop, signum)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, Windows
+            continue
+        installed.append(signum)
+    try:
+        return await job
+    except asyncio.CancelledError:
+        if received:
+            raise _StoppedBySignalError(received[0]) from None
+        raise
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -164,19 +215,25 @@ def main(args: argparse.Namespace) -> int:
     runner = asyncio.Runner(loop_factory=new_event_loop)
     try:
         codes = runner.run(
-            run_processes(
-                command,
-                args.np,
-                channel=args.channel,
-                job=args.job,
-                host=args.host,
-                timeout=args.timeout,
+            _until_signal(
+                run_processes(
+                    command,
+                    args.np,
+                    channel=args.channel,
+                    job=args.job,
+                    host=args.host,
+                    timeout=args.timeout,
+                )
             )
         )
     except ArgumentError as exc:
         print(f"afmi run: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except _StoppedBySignalError as stopped:
+        name = signal.Signals(stopped.signum).name
+        print(f"afmi run: {name} received, ranks stopped", file=sys.stderr)
+        return 128 + stopped.signum
+    except KeyboardInterrupt:  # Ctrl-C before the loop's handlers were installed
         print("afmi run: interrupted, ranks stopped", file=sys.stderr)
         return 130
     finally:

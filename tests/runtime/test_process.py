@@ -119,7 +119,10 @@ def test_afmi_run_rejects_missing_script(subprocess_env):
     assert "does not exist" in res.stderr
 
 
-def test_afmi_run_ctrl_c_stops_all_ranks(subprocess_env, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_to_afmi_run_stops_all_ranks(subprocess_env, tmp_path, signum):
+    # SIGINT is Ctrl-C; SIGTERM is what `kill`, `timeout` and job schedulers send
+    # (it used to end the launcher at once and leave its ranks running)
     script = tmp_path / "sleep.py"
     pidfile = tmp_path / "pids"
     script.write_text(
@@ -142,23 +145,30 @@ def test_afmi_run_ctrl_c_stops_all_ranks(subprocess_env, tmp_path):
             line = proc.stdout.readline()
             assert line, "launcher ended early"
             seen += line.endswith("up\n")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         try:
-            proc.wait(timeout=30)
+            _, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
             pytest.fail(
-                f"afmi run did not stop within 30 s of SIGINT; stdout {out!r}, stderr {err!r}"
+                f"afmi run did not stop within 30 s of {signum.name}; "
+                f"stdout {out!r}, stderr {err!r}"
             )
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130
-    for pid in pidfile.read_text().split():
-        with pytest.raises(ProcessLookupError):
-            os.kill(int(pid), 0)
+        alive = []
+        for pid in pidfile.read_text().split() if pidfile.exists() else []:
+            try:
+                os.kill(int(pid), signal.SIGKILL)  # leave nothing behind, even on failure
+                alive.append(int(pid))
+            except ProcessLookupError:
+                pass
+    assert proc.returncode == 128 + signum, err
+    assert f"{signum.name} received, ranks stopped" in err
+    assert alive == [], f"ranks {alive} were still running after afmi run exited"
 
 
 PEER_DEATH = """
