@@ -198,7 +198,15 @@ async def run_processes(
         except TimeoutError:
             out.write(f"afmi run: job {job} stopped after {timeout} s\n")
         finally:
-            await _stop(procs)
+            # Stopping the ranks runs to its end even if this call is cancelled meanwhile
+            # (Ctrl-C while a rank that ignores SIGTERM waits out the grace period): a
+            # cancellation cut short here left that rank running.
+            stopping = asyncio.ensure_future(_stop(procs))
+            try:
+                await asyncio.shield(stopping)
+            except asyncio.CancelledError:
+                await stopping
+                raise
             for t in pumps:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(t, 5.0)

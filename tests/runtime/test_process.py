@@ -234,3 +234,50 @@ async def test_run_processes_timeout_stops_every_rank(subprocess_env, tmp_path):
     )
     assert codes == [-signal.SIGTERM, -signal.SIGTERM]
     assert "stopped after 1.0 s" in out.getvalue()
+
+
+STUBBORN = """
+import os, signal, sys, time
+pidfile = sys.argv[1]
+if os.environ["AFMI_RANK"] == "1":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL stops this rank
+    open(pidfile + ".tmp", "w").write(str(os.getpid()))
+    os.rename(pidfile + ".tmp", pidfile)
+    time.sleep(600)
+while not os.path.exists(pidfile):
+    time.sleep(0.01)
+sys.exit(3)  # rank 0 fails: the launcher starts stopping rank 1
+"""
+
+
+async def test_cancelling_run_processes_while_it_stops_ranks_still_stops_them(
+    subprocess_env, tmp_path
+):
+    # A Ctrl-C, or a caller's cancel, that comes while the launcher is waiting out
+    # the grace period of a rank that ignores SIGTERM must not leave that rank running.
+    script = tmp_path / "stubborn.py"
+    script.write_text(STUBBORN)
+    pidfile = tmp_path / "rank1.pid"
+    job = asyncio.ensure_future(
+        run_processes(
+            [sys.executable, str(script), str(pidfile)], 2, env=subprocess_env, output=io.StringIO()
+        )
+    )
+    try:
+        async with asyncio.timeout(30):
+            while not pidfile.exists():
+                await asyncio.sleep(0.02)
+        pid = int(pidfile.read_text())
+        await asyncio.sleep(1.0)  # rank 0 has failed; rank 1 got SIGTERM and ignores it
+        assert not job.done()
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+    finally:
+        if not job.done():
+            job.cancel()
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    pytest.fail(f"rank 1 (pid {pid}) was still running after run_processes returned")
