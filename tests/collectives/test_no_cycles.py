@@ -6,8 +6,8 @@ buffer (say a posted receive and the message that landed in its buffers,
 pointing at each other) keeps that memory until the garbage collector runs,
 and meanwhile every call takes fresh memory: a 16 MiB ring allreduce without
 ``out=`` across 4 processes took 53 ms a call with such a cycle and 23 ms
-without it. These tests run every algorithm of every collective, and
-point-to-point receives into ``out=``, with the collector off, and require
+without it. These tests run every algorithm of every collective, the
+nonblocking calls and receives into ``out=`` with the collector off, and require
 that collecting the objects made meanwhile (the youngest generation) finds
 nothing.
 """
@@ -34,7 +34,7 @@ SIZE = 4
 #: float64 elements per rank: 1 MiB, so payloads take pooled memory and the ring
 #: and recursive doubling receive in place.
 N = 1 << 17
-#: Algorithms that run only on their own channel (tested in test_storage.py).
+#: Algorithms that run only on their own channel: run here on that channel only.
 CHANNEL_BOUND = {"redis_counter"}
 
 
