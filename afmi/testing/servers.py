@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -106,7 +106,9 @@ START_ATTEMPTS = 3
 
 
 @contextlib.contextmanager
-def _started(argv: Any, timeout: float) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+def _started(
+    argv: Callable[[int], list[str]], timeout: float
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """Start ``argv(port)`` on a free port until it listens (up to :data:`START_ATTEMPTS`
     ports); yield ``(port, process)`` and stop the process on exit. Its output goes to a
     temporary file, quoted in the error when every attempt failed."""
@@ -179,7 +181,7 @@ def redis_server() -> Iterator[str]:
 
     options = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir]
 
-    def argv(port: int, binary: str = binary) -> list[str]:
+    def argv(port: int) -> list[str]:
         return [binary, "--port", str(port), *options]
 
     try:
