@@ -31,6 +31,7 @@ from typing import Any
 from afmi.bench.measure import Budget
 from afmi.channels.direct.tcp import set_congestion
 from afmi.config import DirectConfig
+from afmi.runtime.orphans import guarded
 from afmi.testing.servers import stop_process
 
 __all__ = ["ANCHORS", "mpi4py_pingpong", "socket_pingpong"]
@@ -111,8 +112,11 @@ def socket_pingpong(
     has a 64-byte header; before each size an untimed message realigns the stream, so
     the data of the sizes from 64 B on starts on a 64-byte boundary, as afmi's does."""
     budget = budget or Budget()
+    echo = [sys.executable, "-m", "afmi.bench.anchors", "echo"]
+    if congestion:
+        echo.append(congestion)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "afmi.bench.anchors", "echo", *([congestion] if congestion else [])],
+        guarded(echo),
         env=_child_env(),
         stdout=subprocess.PIPE,
         text=True,

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 import afmi
+from afmi.runtime.orphans import guarded
 from afmi.testing.servers import redis_server, s3_server
 
 
@@ -107,16 +108,20 @@ async def _in_processes(kind: str, url: str, nbytes: int, iters: int) -> float:
     key = f"afmi-bench-{kind}-{uuid.uuid4().hex[:12]}"
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "afmi.bench.storage_pingpong",
-            "_child",
-            kind,
-            url,
-            key,
-            str(side),
-            str(nbytes),
-            str(iters),
+            *guarded(
+                [
+                    sys.executable,
+                    "-m",
+                    "afmi.bench.storage_pingpong",
+                    "_child",
+                    kind,
+                    url,
+                    key,
+                    str(side),
+                    str(nbytes),
+                    str(iters),
+                ]
+            ),
             stdout=subprocess.PIPE,
         )
         for side in (1, 0)

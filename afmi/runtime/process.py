@@ -9,7 +9,9 @@ exits with an error the others are stopped (SIGTERM, then SIGKILL after a
 grace period) and the launcher exits with that rank's code. SIGINT (Ctrl-C),
 SIGTERM and SIGHUP to the launcher stop every rank the same way before it
 exits with 128 + the signal's number (:data:`STOP_SIGNALS`): a launcher killed
-by a job scheduler or ``timeout`` leaves no rank running.
+by a job scheduler or ``timeout`` leaves no rank running. On Linux a launcher
+killed outright (SIGKILL) takes its ranks with it too: the kernel sends each
+SIGTERM (:mod:`afmi.runtime.orphans`).
 
 From Python, :func:`run_processes` does the same and returns the exit codes.
 """
@@ -30,6 +32,7 @@ from typing import IO, Any
 from afmi.errors import ArgumentError
 from afmi.launch import new_event_loop
 from afmi.rendezvous.server import RendezvousServer
+from afmi.runtime.orphans import guarded
 
 __all__ = ["HELP", "STOP_SIGNALS", "add_arguments", "main", "run_processes"]
 
@@ -177,7 +180,7 @@ async def run_processes(
                     PYTHONUNBUFFERED="1",
                 )
                 proc = await asyncio.create_subprocess_exec(
-                    *command,
+                    *guarded(command),
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.STDOUT,

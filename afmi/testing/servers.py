@@ -9,7 +9,9 @@ package). :func:`s3_server` yields an :class:`S3Server`: the endpoint named by
 free port, with a fresh bucket. Servers started here are stopped on exit; one
 that exits while starting (its port taken by another process meanwhile) is
 started again on another port, up to :data:`START_ATTEMPTS` times, and the
-error after the last try quotes the end of its output.
+error after the last try quotes the end of its output. On Linux a server started
+here also gets SIGTERM when the process that started it dies, even by SIGKILL
+(:mod:`afmi.runtime.orphans`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
+
+from afmi.runtime.orphans import guarded
 
 __all__ = [
     "S3Server",
@@ -118,7 +122,7 @@ def _started(
         for attempt in range(1, START_ATTEMPTS + 1):
             port = free_port()
             with open(log, "wb") as out:
-                proc = subprocess.Popen(argv(port), stdout=out, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(guarded(argv(port)), stdout=out, stderr=subprocess.STDOUT)
             try:
                 wait_for_port("127.0.0.1", port, timeout, proc, log)
             except ServerExitedError:
