@@ -32,10 +32,16 @@ __all__ = ["guarded"]
 
 #: Run by ``python -I -S -c`` with argv ``[parent pid, command...]``. 1 is
 #: PR_SET_PDEATHSIG; 15 is SIGTERM. A parent that died before the request took
-#: effect shows as a changed parent id: exit as if the signal had come.
+#: effect shows as a changed parent id: exit as if the signal had come. Where the
+#: request cannot be made (a Python built without ctypes, a sandbox that forbids
+#: prctl) the command still runs, unguarded, as it would without the wrapper.
 _BOOT = (
-    "import ctypes, os, sys\n"
-    "ctypes.CDLL(None).prctl(1, 15, 0, 0, 0)\n"
+    "import os, sys\n"
+    "try:\n"
+    "    import ctypes\n"
+    "    ctypes.CDLL(None).prctl(1, 15, 0, 0, 0)\n"
+    "except Exception:\n"
+    "    pass\n"
     "if os.getppid() != int(sys.argv[1]):\n"
     "    os._exit(128 + 15)\n"
     "os.execvp(sys.argv[2], sys.argv[2:])\n"

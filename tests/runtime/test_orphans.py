@@ -163,6 +163,13 @@ def test_the_wrapper_exits_if_its_parent_is_already_gone():
     assert subprocess.run(argv, check=False).returncode == 128 + signal.SIGTERM
 
 
+def test_the_command_still_runs_where_the_request_cannot_be_made():
+    # a Python without ctypes: the wrapper cannot guard, but must not stop the command
+    boot = "import sys; sys.modules['ctypes'] = None\n" + orphans._BOOT
+    argv = [sys.executable, "-I", "-S", "-c", boot, str(os.getpid()), "sh", "-c", "exit 5"]
+    assert subprocess.run(argv, check=False).returncode == 5
+
+
 def test_guarded_leaves_what_it_cannot_wrap_unchanged():
     missing = ["afmi-no-such-command-here", "x"]
     assert guarded(missing) == missing  # so the caller gets its usual FileNotFoundError
