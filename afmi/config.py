@@ -63,10 +63,12 @@ class DirectConfig:
     close_timeout: float = 2.0
     #: TCP congestion control of the links (Linux ``TCP_CONGESTION``; ``"system"`` or None:
     #: leave the system's, whatever it is).
-    #: Cubic by default: BBR, some systems' default, paces a link to the bandwidth it has
+    #: Reno by default: BBR, some systems' default, paces a link to the bandwidth it has
     #: estimated and made messages of 256 KiB-16 MiB 1.5-2.4x slower here between ranks
-    #: with a core each; where ranks outnumber cores BBR did better (docs/direct.md).
-    tcp_congestion: str | None = "cubic"
+    #: with a core each (where ranks outnumber cores BBR did better); cubic made a 512 KiB
+    #: ping-pong in one process 2.3x slower than reno and was no faster anywhere. Every
+    #: Linux lets an unprivileged process choose reno (docs/direct.md).
+    tcp_congestion: str | None = "reno"
     enabled: bool = True
 
     def __post_init__(self) -> None:

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tcp-congestion",
-        default="cubic",
+        default="reno",
         help="TCP congestion control of relayed connections ('system': the machine's)",
     )
 

@@ -72,7 +72,7 @@ class RendezvousServer:
         job_timeout: seconds for all ranks of a job to register.
         relay_timeout: seconds a relay request waits for its partner.
         tcp_congestion: TCP congestion control of relayed connections, as
-            ``channels.direct.tcp_congestion`` sets it on direct links (cubic;
+            ``channels.direct.tcp_congestion`` sets it on direct links (reno;
             None or ``"system"``: the machine's). :attr:`relayed_congestion` counts
             the relayed connections by the one in effect.
     """

@@ -241,8 +241,16 @@ async def test_links_use_the_configured_congestion_control(name):
     cfg = Config.from_dict({"channels": {"direct": {"tcp_congestion": name}}})
     out = await afmi.launch_local(_congestion_of_links, 3, channel="direct", config=cfg)
     assert out == [[name]] * 3
-    # the default is cubic, whatever the system's is
-    assert Config().channels.direct.tcp_congestion == "cubic"
+    # the default is reno, whatever the system's is
+    assert Config().channels.direct.tcp_congestion == "reno"
+
+
+@pytest.mark.skipif("reno" not in _available_congestion(), reason="needs Linux's TCP_CONGESTION")
+async def test_links_use_reno_unless_told_otherwise():
+    # whatever the machine's default (this project's machine: BBR); reno is the one
+    # congestion control every Linux lets an unprivileged process choose
+    out = await afmi.launch_local(_congestion_of_links, 2, channel="direct")
+    assert out == [["reno"]] * 2
 
 
 @needs_cc
