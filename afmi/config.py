@@ -66,8 +66,9 @@ class DirectConfig:
     #: Reno by default: BBR, some systems' default, paces a link to the bandwidth it has
     #: estimated and made messages of 256 KiB-16 MiB 1.5-2.4x slower here between ranks
     #: with a core each (where ranks outnumber cores BBR did better); cubic made a 512 KiB
-    #: ping-pong in one process 2.3x slower than reno and was no faster anywhere. Every
-    #: Linux lets an unprivileged process choose reno (docs/direct.md).
+    #: ping-pong in one process 2.3x slower than reno and was no faster anywhere. Linux
+    #: lets an unprivileged process choose reno by default, cubic only where it is the
+    #: system's default (docs/direct.md).
     tcp_congestion: str | None = "reno"
     enabled: bool = True
 

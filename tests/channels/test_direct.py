@@ -248,7 +248,7 @@ async def test_links_use_the_configured_congestion_control(name):
 @pytest.mark.skipif("reno" not in _available_congestion(), reason="needs Linux's TCP_CONGESTION")
 async def test_links_use_reno_unless_told_otherwise():
     # whatever the machine's default (this project's machine: BBR); reno is the one
-    # congestion control every Linux lets an unprivileged process choose
+    # congestion control Linux lets an unprivileged process choose by default
     out = await afmi.launch_local(_congestion_of_links, 2, channel="direct")
     assert out == [["reno"]] * 2
 

@@ -22,9 +22,10 @@ non-blocking sockets in one thread, a ping-pong of 512 KiB took 107-133 µs
 with cubic and 37-40 µs with reno, 1 MiB 316-380 and 128-160 µs, 4 MiB
 1.34-1.40 and 0.78-1.09 ms (four connections each, 128 KiB 10 µs with all
 three). Links now ask for reno (``channels.direct.tcp_congestion``), which was
-as fast or faster at every size measured, and which every Linux lets an
-unprivileged process choose (``net.ipv4.tcp_allowed_congestion_control``
-always lists it); cubic is allowed there only where it is the default. A
+as fast or faster at every size measured, and which Linux lets an
+unprivileged process choose unless an administrator removed it
+(``net.ipv4.tcp_allowed_congestion_control`` lists reno and the default
+by default): cubic is allowed there only where it is the default. A
 machine that does not offer the one asked for keeps its default, with one
 warning. docs/direct.md has the figures through afmi, in one process and
 across processes.
