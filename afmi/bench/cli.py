@@ -115,7 +115,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="measure a point again, up to N times, when the CPU ran more than 1.25x slower "
         "than its fastest in the run while it was measured (default 0: only report it)",
     )
-    parser.add_argument("--no-pingpong", action="store_true", help="skip the ping-pong sweep")
+    parser.add_argument(
+        "--no-pingpong",
+        action="store_true",
+        help="skip the ping-pong sweep (unless --calibrate, whose fit needs it)",
+    )
     parser.add_argument("--no-collectives", action="store_true", help="skip collectives")
     parser.add_argument("--no-anchors", action="store_true", help="skip socket/mpi4py anchors")
     parser.add_argument(
@@ -241,10 +245,11 @@ def _processes(args: argparse.Namespace) -> int:
             max_bytes=args.max_size or (64 << 20),
             allreduce_max_bytes=args.collective_max_size or (16 << 20),
             quick=args.quick,
+            pingpong=not args.no_pingpong or bool(args.calibrate),  # the fit needs it
             anchors=not args.no_anchors,
             repeat=args.repeat,
             seconds_per_point=args.seconds_per_point,
-            ops=args.ops,
+            ops=[] if args.no_collectives else args.ops,
             slow_retries=_slow_retries(args),
         )
         progress = Progress(enabled=not args.quiet)

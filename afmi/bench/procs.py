@@ -77,6 +77,9 @@ class ProcsOptions:
     max_bytes: int = 64 << 20  # largest ping-pong message
     allreduce_max_bytes: int = 16 << 20  # largest allreduce array, bytes per rank
     quick: bool = False
+    #: Measure the ping-pong (``--no-pingpong``: False). Collectives: ``ops``
+    #: (``--no-collectives``: empty).
+    pingpong: bool = True
     anchors: bool = True
     repeat: int = 1  # best of N
     seconds_per_point: float | None = None
@@ -94,7 +97,10 @@ class ProcsOptions:
         return measure.point_budget(self.quick, self.seconds_per_point, channel)
 
     def pingpong_sizes(self) -> list[int]:
-        """1 B .. max_bytes: every power of two (quick: 1 B, 16 B, ... x16, up to 1 MiB)."""
+        """1 B .. max_bytes: every power of two (quick: 1 B, 16 B, ... x16, up to 1 MiB);
+        none without ``pingpong``."""
+        if not self.pingpong:
+            return []
         top = min(self.max_bytes, 1 << 20) if self.quick else self.max_bytes
         return measure.sizes(top, self.quick)
 
@@ -124,6 +130,11 @@ class ProcsOptions:
             raise ArgumentError(f"--repeat must be at least 1, got {self.repeat}")
         if self.slow_retries < 0:
             raise ArgumentError(f"--slow-retries must be 0 or more, got {self.slow_retries}")
+        if not self.pingpong and not self.ops:
+            raise ArgumentError(
+                "nothing to measure: --no-pingpong and --no-collectives (or an empty --ops) "
+                "together leave no point; drop one of them"
+            )
         for op in self.ops:
             if op not in measure.COLLECTIVES:
                 raise ArgumentError(
@@ -524,6 +535,8 @@ def run_procs(
                 if ch in result["skipped"]:
                     continue
                 for n in opts.ranks:
+                    if not (pp_sizes and n == 2) and not ar_sizes and not any(coll_sizes.values()):
+                        continue  # this rank count has nothing to measure (--no-collectives)
                     say(f"processes: {ch} on {n} processes (round {round_ + 1}/{opts.repeat})")
                     try:
                         data = afmi_job(
@@ -574,7 +587,7 @@ def _anchors(
     config: Config,
 ) -> None:
     skipped = result["skipped"]
-    if "socket" not in skipped and 2 in opts.ranks:
+    if "socket" not in skipped and 2 in opts.ranks and pp_sizes:
         say("processes: blocking socket ping-pong")
         try:
             result["pingpong"] = _best(
@@ -599,6 +612,8 @@ def _anchors(
         return out
 
     for n in opts.ranks:
+        if not (pp_sizes and n == 2) and not ar_sizes:
+            continue
         say(f"processes: mpi4py on {n} processes (round {round_ + 1}/{opts.repeat})")
         try:
             data = mpi4py_job(

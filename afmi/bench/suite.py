@@ -376,6 +376,12 @@ def run_suite(
     opts.pass_count()  # a bad count fails before any server starts
     if opts.slow_retries < 0:
         raise ArgumentError(f"--slow-retries must be 0 or more, got {opts.slow_retries}")
+    measured = opts.pingpong or opts.calibrate or (opts.collectives and opts.ops)
+    if not measured and not opts.anchors:
+        raise ArgumentError(
+            "nothing to measure: --no-pingpong, --no-collectives (or an empty --ops) and "
+            "--no-anchors together leave no point; drop one of them"
+        )
     max_pp = min(opts.max_bytes, 1 << 20) if opts.quick else opts.max_bytes
     pp_sizes = measure.sizes(max_pp, opts.quick)
     coll_sizes = [8, 4096, 1 << 18] if opts.quick else measure.sizes(opts.collective_max_bytes)[::2]

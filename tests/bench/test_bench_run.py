@@ -278,6 +278,19 @@ def test_bench_rejects_bad_passes(subprocess_env):
     assert res.returncode == 2 and "passes must be at least 1" in res.stderr
 
 
+def test_bench_refuses_a_run_that_measures_nothing(subprocess_env):
+    # it used to print nothing and exit 0
+    flags = ["--no-pingpong", "--no-collectives", "--no-anchors"]
+    res = subprocess.run(
+        [sys.executable, "-m", "afmi", "bench", "--channels", "local", *flags],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2 and "nothing to measure" in res.stderr
+
+
 def test_bench_rejects_unknown_channels(subprocess_env):
     res = subprocess.run(
         [sys.executable, "-m", "afmi", "bench", "--channels", "pigeon"],

@@ -152,6 +152,34 @@ def test_bad_options_say_what_to_change(kwargs, message):
         procs.run_procs(procs.ProcsOptions(**kwargs), start_servers=False)
 
 
+@pytest.mark.parametrize("flag", ["--no-pingpong", "--no-collectives"])
+def test_cli_skips_what_it_is_told_to_skip(flag, subprocess_env, tmp_path):
+    # both flags used to be ignored with --processes: the whole sweep ran anyway
+    out = tmp_path / "out.json"
+    res = subprocess.run(
+        [sys.executable, "-m", "afmi", "bench", *TINY, "--no-anchors", flag, "--json", str(out)],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())["processes"]
+    if flag == "--no-pingpong":
+        assert data["pingpong"] == [] and data["pingpong_sizes"] == []
+        assert {r["op"] for r in data["collectives"]} == {"barrier", "bcast", "allreduce", "gather"}
+    else:
+        assert data["collectives"] == [] and data["allreduce"] == []
+        assert [r["nbytes"] for r in data["pingpong"]] == data["pingpong_sizes"] != []
+
+
+def test_nothing_to_measure_is_refused():
+    opts = procs.ProcsOptions(pingpong=False, ops=[])
+    with pytest.raises(ArgumentError, match="nothing to measure: --no-pingpong and"):
+        procs.run_procs(opts, start_servers=False)
+
+
 def test_cli_rejects_local_channel(subprocess_env, tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "afmi", "bench", "--processes", "--channels", "local"],
