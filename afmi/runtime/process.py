@@ -115,6 +115,19 @@ def _command(script: str, args: Sequence[str]) -> list[str]:
     return [script, *args]
 
 
+def _cannot_start(program: str, size: int, exc: OSError) -> str:
+    """What to change when ``program`` could not be started."""
+    if isinstance(exc, FileNotFoundError):
+        where = "no such file" if os.sep in program else "not found on PATH"
+        return f"cannot start {program!r}: {where}; give the path to a program or a *.py script"
+    if isinstance(exc, PermissionError):
+        return (
+            f"cannot start {program!r}: it is not executable; make it so (chmod +x) or name "
+            f"its interpreter (afmi run -n {size} sh {program})"
+        )
+    return f"cannot start {program!r}: {exc.strerror or exc}"
+
+
 async def _pump(stream: asyncio.StreamReader, rank: int, out: IO[str]) -> None:
     while line := await stream.readline():
         out.write(f"[{rank}] {line.decode(errors='replace')}")
@@ -179,13 +192,16 @@ async def run_processes(
                     AFMI_TOKEN=token,
                     PYTHONUNBUFFERED="1",
                 )
-                proc = await asyncio.create_subprocess_exec(
-                    *guarded(command),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT,
-                    env=child_env,
-                )
+                try:
+                    proc = await asyncio.create_subprocess_exec(
+                        *guarded(command),
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=asyncio.subprocess.PIPE,
+                        stderr=asyncio.subprocess.STDOUT,
+                        env=child_env,
+                    )
+                except OSError as exc:
+                    raise ArgumentError(_cannot_start(command[0], size, exc)) from exc
                 procs.append(proc)
                 assert proc.stdout is not None
                 pumps.append(asyncio.ensure_future(_pump(proc.stdout, rank, out)))

@@ -119,6 +119,27 @@ def test_afmi_run_rejects_missing_script(subprocess_env):
     assert "does not exist" in res.stderr
 
 
+def test_afmi_run_says_why_a_program_cannot_start(subprocess_env, tmp_path):
+    # both used to end in a traceback from the event loop's subprocess call
+    res = _afmi(["run", "-n", "2", "afmi-no-such-program"], subprocess_env)
+    assert res.returncode == 2, res.stderr
+    assert "cannot start 'afmi-no-such-program': not found on PATH" in res.stderr
+    assert "Traceback" not in res.stderr
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\necho $AFMI_RANK\n")  # not executable
+    res = _afmi(["run", "-n", "2", str(script)], subprocess_env)
+    assert res.returncode == 2, res.stderr
+    assert "is not executable" in res.stderr and f"sh {script}" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+async def test_run_processes_raises_argument_error_for_a_missing_program(tmp_path):
+    from afmi.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match="no such file"):
+        await run_processes([str(tmp_path / "nothing-here")], 2, timeout=30)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_to_afmi_run_stops_all_ranks(subprocess_env, tmp_path, signum):
     # SIGINT is Ctrl-C; SIGTERM is what `kill`, `timeout` and job schedulers send
