@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "main", "port_number"]
 
 #: command name -> module implementing it
 COMMANDS: dict[str, str] = {
@@ -24,6 +24,25 @@ COMMANDS: dict[str, str] = {
     "serve": "afmi.runtime.serve",
     "invoke": "afmi.runtime.invoke",
 }
+
+
+def port_number(text: str) -> int:
+    """An argparse ``type`` for a TCP port: 0 (any free port) to 65535.
+
+    ``int`` alone let ``--port 99999`` through, and the socket layer then listened
+    on 99999 - 65536 = 34463 without a word.
+    """
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a port is a number from 0 to 65535, got {text!r}"
+        ) from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"a port is a number from 0 (any free port) to 65535, got {port}"
+        )
+    return port
 
 
 def _available() -> dict[str, object]:

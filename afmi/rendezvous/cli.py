@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 
+from afmi.cli import port_number
 from afmi.errors import ConfigError
 from afmi.launch import new_event_loop
 from afmi.rendezvous.server import RendezvousServer
@@ -18,7 +19,9 @@ HELP = "run the rendezvous service where ranks of direct-channel jobs find each 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``afmi rendezvous``."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=7077, help="TCP port (0: any free port)")
+    parser.add_argument(
+        "--port", type=port_number, default=7077, help="TCP port (0: any free port)"
+    )
     parser.add_argument("--step-timeout", type=float, default=10.0, help="seconds per message")
     parser.add_argument(
         "--job-timeout", type=float, default=60.0, help="seconds for all ranks of a job to join"

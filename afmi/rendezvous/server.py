@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from afmi.config import DirectConfig
+from afmi.errors import ArgumentError
 from afmi.rendezvous.protocol import RendezvousError, pack, read_message
 from afmi.rendezvous.protocol import field as get_field
 
@@ -87,6 +88,8 @@ class RendezvousServer:
         relay_timeout: float = 30.0,
         tcp_congestion: str | None = DirectConfig.tcp_congestion,
     ) -> None:
+        if type(port) is not int or not 0 <= port <= 65535:
+            raise ArgumentError(f"port must be 0 (any free port) to 65535, got {port!r}")
         self.host = host
         self.port = port
         self.step_timeout = step_timeout

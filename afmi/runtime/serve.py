@@ -41,6 +41,7 @@ from typing import Any
 
 from aiohttp import web
 
+from afmi.cli import port_number
 from afmi.errors import ArgumentError, OperationTimeoutError
 from afmi.launch import new_event_loop
 from afmi.runtime.handler import (
@@ -298,7 +299,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "handler", help="module:function or path/to/file.py:function (an async handler)"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8080, help="TCP port (0: any free port)")
+    parser.add_argument(
+        "--port", type=port_number, default=8080, help="TCP port (0: any free port)"
+    )
     parser.add_argument(
         "--timeout",
         type=float,

@@ -7,6 +7,7 @@ import struct
 import msgpack
 import pytest
 
+import afmi
 from afmi.rendezvous import RendezvousError, RendezvousServer, RendezvousSession
 from afmi.rendezvous.protocol import RENDEZVOUS_KIND, pack, read_message
 
@@ -219,3 +220,27 @@ def test_rendezvous_cli_rejects_a_bad_congestion_control_name(subprocess_env):
     assert proc.returncode == 2
     assert "--tcp-congestion" in proc.stderr and "'system'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["rendezvous", "serve"])
+def test_cli_refuses_a_port_out_of_range(command, subprocess_env):
+    # `--port 99999` used to listen on 99999 - 65536 = 34463 without a word
+    import subprocess
+    import sys
+
+    extra = ["module:handler"] if command == "serve" else []  # the port is checked first
+    proc = subprocess.run(
+        [sys.executable, "-m", "afmi", command, *extra, "--port", "99999"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "a port is a number from 0 (any free port) to 65535, got 99999" in proc.stderr
+
+
+def test_server_refuses_a_port_out_of_range():
+    for bad in (-1, 65536, 99999, "7077", True):
+        with pytest.raises(afmi.ArgumentError, match="port must be 0"):
+            RendezvousServer(port=bad)
