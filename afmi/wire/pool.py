@@ -18,8 +18,9 @@ the pool, smaller ones come from the allocator's own free lists.
 
 The pool holds at most ``limit_bytes`` of slabs. A slab someone still holds
 counts until the pool forgets it (the holder keeps the memory, which returns
-to the system when the last reference goes); the pool forgets such slabs
-first, then free ones, to make room. ``Config.recv_pool_bytes`` sets the limit
+to the system when the last reference goes). To make room the pool forgets
+the slabs of the size class used least recently first, held ones before free
+ones within a class. ``Config.recv_pool_bytes`` sets the limit
 (0: every message gets fresh memory, as without a pool).
 
 Reference counts decide reuse, so the pool works only where they are exact:
@@ -124,7 +125,12 @@ class BufferPool:
             return np.empty(nbytes, np.uint8)
         with self._lock:
             self._taken += 1
-            slabs = self._classes.setdefault(size, [])
+            # the class moves to the end: the dict runs from the least recently used
+            # class to the most, the order in which _make_room forgets slabs
+            slabs = self._classes.pop(size, None)
+            if slabs is None:
+                slabs = []
+            self._classes[size] = slabs
             # the most recently used free slab first: the likeliest still in the caches
             for i in range(len(slabs) - 1, -1, -1):
                 if _refs(slabs, i) == _FREE_REFS:
@@ -142,12 +148,20 @@ class BufferPool:
             return slab[:nbytes]
 
     def _make_room(self, size: int) -> None:
-        """Forget slabs until ``size`` more fits the limit: held ones first (forgetting
-        them frees nothing now), then free ones, the least recently used first."""
+        """Forget slabs until ``size`` more fits the limit, those of the least recently
+        used size class first; within a class held ones first (forgetting them frees
+        nothing now, but their memory would be reused only once let go), then free ones,
+        the least recently used first.
+
+        Until session 22 every class's held slabs went before any free one, and classes
+        in the order they were made: in a pool full of sizes used once, a size in use
+        every call (4 ranks in one process, ring allreduces of 4 MiB) lost the slabs
+        its ranks were holding at the moment and took fresh memory nearly every call.
+        """
         if self._held + size <= self.limit_bytes:
             return
-        for want_free in (False, True):
-            for slabs in self._classes.values():
+        for slabs in self._classes.values():  # least recently used class first
+            for want_free in (False, True):
                 i = 0
                 while i < len(slabs) and self._held + size > self.limit_bytes:
                     if (_refs(slabs, i) == _FREE_REFS) == want_free:

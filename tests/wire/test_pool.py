@@ -146,6 +146,34 @@ def test_free_slabs_make_room_for_another_size():
     assert st["held_bytes"] == 2 * N and st["slabs"] == 1
 
 
+def test_a_size_in_use_keeps_its_slabs_while_stale_sizes_make_room():
+    # a size used every "call", three arrays of it held at a time, in a pool filled to
+    # its limit with free slabs of a size used once (session 22: the pool forgot held
+    # slabs of the size in use before any free one, so it took fresh memory every call)
+    pool = BufferPool(8 * N)
+    held = [pool.take(N), pool.take(N)]  # the size in use, made first
+    stale = [pool.take(2 * N) for _ in range(3)]  # the pool is full
+    del stale
+    for _ in range(20):
+        held.append(pool.take(N))  # a third beside the two
+        held.pop(0)
+    st = pool.stats()
+    assert st["allocated"] == 2 + 3 + 1, st  # one stale slab made room for a third
+    assert st["reused"] == 19
+    assert st["held_bytes"] <= 8 * N
+
+
+def test_the_size_used_least_recently_is_forgotten_first():
+    pool = BufferPool(3 * N)
+    small, medium = size_class(N), size_class(N + N // 2)
+    a, b = pool.take(N), pool.take(N + N // 2)
+    del a, b  # two free slabs: the small size made first, the medium one after
+    c = pool.take(N)  # the small size is now the more recently used
+    del c
+    pool.take(N + N // 2 + N // 4)  # a third size needs room: the medium slab goes
+    assert small in pool._classes and medium not in pool._classes
+
+
 def test_each_size_keeps_a_bounded_number_of_slabs():
     pool = BufferPool(1 << 30)
     held = [pool.take(N) for _ in range(PER_CLASS + 3)]
