@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from afmi.collectives.combine import mismatch_message
+from afmi.errors import ArgumentError
 from afmi.wire.matching import Ticket
 from afmi.wire.message import Message
 from afmi.wire.serialize import encode
@@ -151,7 +153,12 @@ class CollectiveContext:
         """
         msg = await self._ep.arrival(ticket)
         if not msg.landed_in(ticket):
-            np.copyto(out, self._ep.decode(msg), casting="no")
+            data = self._ep.decode(msg)
+            try:
+                np.copyto(out, data, casting="no")
+            except (TypeError, ValueError) as exc:
+                sender = self._group.index(msg.source) if msg.source in self._group else None
+                raise ArgumentError(mismatch_message(self.name, sender, data, out)) from exc
 
     def withdraw(self, tickets: list[Ticket]) -> None:
         """Cancel the receives of ``tickets`` that have not completed."""

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from afmi import ops
+from afmi.errors import ArgumentError
 from afmi.ops import Op
 
-__all__ = ["combine", "elementwise_ufunc"]
+__all__ = ["combine", "elementwise_ufunc", "mismatch_message"]
 
 #: Built-in ops that map onto one numpy ufunc and keep the operands' dtype.
 _SAME_DTYPE: dict[int, Any] = {
@@ -55,14 +56,41 @@ def elementwise_ufunc(op: Op, dtype: np.dtype[Any]) -> Any:
     return ufunc
 
 
+def _describe(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return f"{x.dtype}[{', '.join(map(str, x.shape))}]"
+    return type(x).__name__
+
+
+def mismatch_message(collective: str, sender: int | None, theirs: Any, mine: Any) -> str:
+    """The error for a rank whose part of a collective does not match this rank's."""
+    who = f"rank {sender}" if sender is not None else "another rank"
+    return (
+        f"{collective}: {who} sent {_describe(theirs)} where this rank expected "
+        f"{_describe(mine)}: every rank must pass an array of the same shape and dtype"
+    )
+
+
 def combine(op: Op, lo: Any, hi: Any, into: Any = None) -> Any:
     """``op(lo, hi)`` (``lo`` from the lower ranks), written into ``into`` when safe.
 
     ``into`` must be ``lo``, ``hi`` or None, and an array the algorithm owns.
     It is used only for built-in elementwise ops on equally shaped, equally
     typed arrays of at least one dimension (a 0-d result stays a numpy scalar,
-    as ``op`` gives it).
+    as ``op`` gives it). Arrays of different shapes under a built-in op are an
+    error that says so (numpy's own said only that they do not broadcast, or
+    broadcast them).
     """
+    if (
+        op.builtin
+        and isinstance(lo, np.ndarray)
+        and isinstance(hi, np.ndarray)
+        and lo.shape != hi.shape
+    ):
+        raise ArgumentError(
+            f"reduction with {op!r}: ranks passed arrays of shapes {lo.shape} and {hi.shape}; "
+            "every rank must pass an array of the same shape"
+        )
     if (
         into is not None
         and isinstance(lo, np.ndarray)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,30 @@ async def test_bad_arguments_raise_clear_errors_on_the_calling_rank():
         return await comm.allreduce(comm.rank + 1)
 
     assert await launch(main, 3) == [6, 6, 6]
+
+
+@pytest.mark.parametrize("channel", ["local", "direct"])
+@pytest.mark.parametrize(
+    ("algorithm", "elements", "message"),
+    [
+        # small arrays: combined whole, where numpy said only that shapes do not broadcast
+        ("recursive_doubling", 3, r"ranks passed arrays of shapes \(3,\) and \(4,\)"),
+        ("linear", 3, r"ranks passed arrays of shapes"),
+        # the ring: a neighbour's segment does not fit this rank's
+        ("ring", 1 << 18, r"allreduce: rank \d sent float64\[\d+\] where this rank expected"),
+    ],
+)
+async def test_arrays_of_different_shapes_say_so(channel, algorithm, elements, message):
+    async def main(comm):
+        with registry.forced(allreduce=algorithm):
+            return await comm.allreduce(np.ones(elements + comm.rank % 2))
+
+    with pytest.raises(afmi.RankFailedError) as info:
+        await afmi.launch_local(main, 4, channel=channel, timeout=30)
+    error = info.value.error
+    assert isinstance(error, afmi.ArgumentError), repr(error)
+    assert "same shape" in str(error)
+    assert re.search(message, str(error)), str(error)
 
 
 async def test_mismatched_collectives_time_out_with_a_hint_and_the_comm_stays_usable():
