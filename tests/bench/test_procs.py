@@ -35,19 +35,25 @@ BUDGET = Budget(20, 5, 3, 2, 0.02, 2)
 MISSING_MPI = "mpiexec" if importlib.util.find_spec("mpi4py") else "mpi4py is not installed"
 
 
-def test_cli_run_writes_json_and_skips_mpi_without_mpiexec(tmp_path, subprocess_env):
-    """A tiny run over direct; with no mpiexec on PATH the mpi4py anchor says why it is skipped."""
-    env = dict(subprocess_env, PATH=str(tmp_path))  # nothing to find there: no mpiexec
-    out = tmp_path / "out.json"
+def _tiny_bench(extra, env, cwd):
+    """``afmi bench`` with :data:`TINY` and ``extra``; it must succeed."""
     res = subprocess.run(
-        [sys.executable, "-m", "afmi", "bench", *TINY, "--json", str(out), "--plots", "plots"],
+        [sys.executable, "-m", "afmi", "bench", *TINY, *extra],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=tmp_path,
+        cwd=cwd,
     )
     assert res.returncode == 0, res.stderr
+    return res
+
+
+def test_cli_run_writes_json_and_skips_mpi_without_mpiexec(tmp_path, subprocess_env):
+    """A tiny run over direct; with no mpiexec on PATH the mpi4py anchor says why it is skipped."""
+    env = dict(subprocess_env, PATH=str(tmp_path))  # nothing to find there: no mpiexec
+    out = tmp_path / "out.json"
+    res = _tiny_bench(["--json", str(out), "--plots", "plots"], env, tmp_path)
     assert "Ping-pong between 2 processes" in res.stdout
     # without mpi4py there is no back-to-back allreduce: nothing to set it beside
     assert "Allreduce of float64" not in res.stdout
@@ -156,15 +162,7 @@ def test_bad_options_say_what_to_change(kwargs, message):
 def test_cli_skips_what_it_is_told_to_skip(flag, subprocess_env, tmp_path):
     # both flags used to be ignored with --processes: the whole sweep ran anyway
     out = tmp_path / "out.json"
-    res = subprocess.run(
-        [sys.executable, "-m", "afmi", "bench", *TINY, "--no-anchors", flag, "--json", str(out)],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
-    assert res.returncode == 0, res.stderr
+    _tiny_bench(["--no-anchors", flag, "--json", str(out)], subprocess_env, tmp_path)
     data = json.loads(out.read_text())["processes"]
     if flag == "--no-pingpong":
         assert data["pingpong"] == [] and data["pingpong_sizes"] == []

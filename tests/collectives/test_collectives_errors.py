@@ -49,8 +49,8 @@ async def test_bad_arguments_raise_clear_errors_on_the_calling_rank():
     ("algorithm", "elements", "message"),
     [
         # small arrays: combined whole, where numpy said only that shapes do not broadcast
-        ("recursive_doubling", 3, r"ranks passed arrays of shapes \(3,\) and \(4,\)"),
-        ("linear", 3, r"ranks passed arrays of shapes"),
+        ("recursive_doubling", 3, r"ranks passed arrays float64\[3\] and float64\[4\]"),
+        ("linear", 3, r"ranks passed arrays float64"),
         # the ring: a neighbour's segment does not fit this rank's
         ("ring", 1 << 18, r"allreduce: rank \d sent float64\[\d+\] where this rank expected"),
     ],
@@ -66,6 +66,22 @@ async def test_arrays_of_different_shapes_say_so(channel, algorithm, elements, m
     assert isinstance(error, afmi.ArgumentError), repr(error)
     assert "same shape" in str(error)
     assert re.search(message, str(error)), str(error)
+
+
+@pytest.mark.parametrize("elements", [1000, 1 << 18])  # combined whole; the ring's segments
+async def test_arrays_of_different_dtypes_say_so(elements):
+    # small arrays used to be promoted silently while the ring refused them. Same
+    # itemsize: ranks whose arrays differ in bytes may choose different algorithms,
+    # and then time out as any mismatched collective does
+    async def main(comm):
+        return await comm.allreduce(np.ones(elements, np.int64 if comm.rank else np.float64))
+
+    with pytest.raises(afmi.RankFailedError) as info:
+        await afmi.launch_local(main, 4, channel="local", timeout=30)
+    error = info.value.error
+    assert isinstance(error, afmi.ArgumentError), repr(error)
+    assert "int64" in str(error) and "float64" in str(error), str(error)
+    assert "same shape and dtype" in str(error)
 
 
 async def test_mismatched_collectives_time_out_with_a_hint_and_the_comm_stays_usable():
