@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = ["guarded"]
 
@@ -48,18 +48,20 @@ _BOOT = (
 )
 
 
-def guarded(argv: Sequence[str]) -> list[str]:
+def guarded(argv: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
     """``argv`` wrapped so that its process gets SIGTERM when this process dies.
 
     Returns ``argv`` unchanged where that cannot be arranged: on platforms other
     than Linux, without a known Python executable, or when ``argv[0]`` is not
-    found (the caller then gets its usual error from starting it).
+    found on the ``PATH`` of ``env``, the environment the command will get (this
+    process's when None), so that the caller gets its usual error from starting it.
     """
     command = list(argv)
     if not command:
         raise ValueError("guarded() needs a command")
     if not sys.platform.startswith("linux") or not sys.executable:
         return command
-    if shutil.which(command[0]) is None:
+    path = (os.environ if env is None else env).get("PATH", os.defpath)
+    if shutil.which(command[0], path=path) is None:
         return command
     return [sys.executable, "-I", "-S", "-c", _BOOT, str(os.getpid()), *command]

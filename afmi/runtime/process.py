@@ -194,7 +194,7 @@ async def run_processes(
                 )
                 try:
                     proc = await asyncio.create_subprocess_exec(
-                        *guarded(command),
+                        *guarded(command, child_env),
                         stdin=asyncio.subprocess.DEVNULL,
                         stdout=asyncio.subprocess.PIPE,
                         stderr=asyncio.subprocess.STDOUT,

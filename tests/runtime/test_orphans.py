@@ -176,3 +176,7 @@ def test_guarded_leaves_what_it_cannot_wrap_unchanged():
     with pytest.raises(ValueError, match="needs a command"):
         guarded([])
     assert orphans.guarded(["sh"])[-1] == "sh"
+    # found or not on the PATH the command will get, not this process's
+    assert guarded(["sh"], env={"PATH": "/afmi-nowhere"}) == ["sh"]
+    wrapped = guarded(["sh"], env={"PATH": os.defpath})
+    assert wrapped[0] == sys.executable and wrapped[-1] == "sh"

@@ -138,6 +138,9 @@ async def test_run_processes_raises_argument_error_for_a_missing_program(tmp_pat
 
     with pytest.raises(ArgumentError, match="no such file"):
         await run_processes([str(tmp_path / "nothing-here")], 2, timeout=30)
+    # the ranks' PATH decides, not the launcher's
+    with pytest.raises(ArgumentError, match="'sh': not found on PATH"):
+        await run_processes(["sh", "-c", "true"], 1, env={"PATH": str(tmp_path)}, timeout=30)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
