@@ -77,16 +77,18 @@ def combine(op: Op, lo: Any, hi: Any, into: Any = None) -> Any:
     ``into`` must be ``lo``, ``hi`` or None, and an array the algorithm owns.
     It is used only for built-in elementwise ops on equally shaped, equally
     typed arrays of at least one dimension (a 0-d result stays a numpy scalar,
-    as ``op`` gives it). Arrays of different shapes or dtypes under a built-in op
-    are an error that says so: numpy's own said only that shapes do not
-    broadcast, or broadcast them, and promoted mixed dtypes, where the ring,
-    which takes larger arrays, refused them.
+    as ``op`` gives it). Arrays of different shapes under a built-in op, or of
+    different dtypes under one that keeps its operands' dtype (SUM, PROD, MIN,
+    MAX and the bitwise ops; a logical op's partial results are bool whatever
+    the inputs), are an error that says so: numpy's own said only that shapes
+    do not broadcast, or broadcast them, and promoted mixed dtypes, where the
+    ring, which takes larger arrays, refused them.
     """
     if (
         op.builtin
         and isinstance(lo, np.ndarray)
         and isinstance(hi, np.ndarray)
-        and (lo.shape != hi.shape or lo.dtype != hi.dtype)
+        and (lo.shape != hi.shape or (lo.dtype != hi.dtype and id(op) in _SAME_DTYPE))
     ):
         raise ArgumentError(
             f"reduction with {op!r}: ranks passed arrays {_describe(lo)} and {_describe(hi)}; "
