@@ -127,10 +127,7 @@ class BufferPool:
             self._taken += 1
             # the class moves to the end: the dict runs from the least recently used
             # class to the most, the order in which _make_room forgets slabs
-            slabs = self._classes.pop(size, None)
-            if slabs is None:
-                slabs = []
-            self._classes[size] = slabs
+            slabs = self._classes[size] = self._classes.pop(size, [])
             # the most recently used free slab first: the likeliest still in the caches
             for i in range(len(slabs) - 1, -1, -1):
                 if _refs(slabs, i) == _FREE_REFS:
