@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from afmi.config import Config
-from afmi.errors import AfmiError
+from afmi.errors import AfmiError, ArgumentError
 
 __all__ = ["HELP", "add_arguments", "main"]
 
@@ -252,6 +252,11 @@ def _processes(args: argparse.Namespace) -> int:
             ops=[] if args.no_collectives else args.ops,
             slow_retries=_slow_retries(args),
         )
+        if args.calibrate and 2 not in opts.ranks:
+            raise ArgumentError(
+                "--calibrate fits each channel's wire to the ping-pong, which runs on 2 "
+                f"processes; --ranks {','.join(map(str, opts.ranks))} has no 2: add it"
+            )
         progress = Progress(enabled=not args.quiet)
         try:
             proc = run_procs(opts, config, progress, start_servers=not args.no_servers)

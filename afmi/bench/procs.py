@@ -135,6 +135,12 @@ class ProcsOptions:
                 "nothing to measure: --no-pingpong and --no-collectives (or an empty --ops) "
                 "together leave no point; drop one of them"
             )
+        if self.pingpong and not self.ops and 2 not in self.ranks:
+            raise ArgumentError(
+                f"nothing to measure: the ping-pong runs on 2 processes, and --ranks "
+                f"{','.join(map(str, self.ranks))} has no 2; add 2 to --ranks or drop "
+                "--no-collectives"
+            )
         for op in self.ops:
             if op not in measure.COLLECTIVES:
                 raise ArgumentError(

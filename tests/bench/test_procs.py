@@ -178,6 +178,38 @@ def test_nothing_to_measure_is_refused():
         procs.run_procs(opts, start_servers=False)
 
 
+def test_a_pingpong_without_two_ranks_is_refused():
+    opts = procs.ProcsOptions(ops=[], ranks=[4, 8])
+    with pytest.raises(ArgumentError, match="has no 2; add 2 to --ranks"):
+        procs.run_procs(opts, start_servers=False)
+    procs.ProcsOptions(ops=["barrier"], ranks=[4]).check()  # collectives alone measure
+
+
+def test_cli_refuses_calibrate_without_two_ranks(subprocess_env, tmp_path):
+    model = str(tmp_path / "m.json")
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "afmi",
+            "bench",
+            "--processes",
+            "--ranks",
+            "4",
+            "--calibrate",
+            model,
+        ],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 2, res.stderr
+    assert "--calibrate fits" in res.stderr and "has no 2: add it" in res.stderr
+    assert not (tmp_path / "m.json").exists()
+
+
 def test_cli_rejects_local_channel(subprocess_env, tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "afmi", "bench", "--processes", "--channels", "local"],
