@@ -96,6 +96,10 @@ class RedisConfig:
     key_ttl: float = 600.0
     #: Payloads above this size are cut into chunks of this size.
     chunk_bytes: int = 1024 * 1024
+    #: Payloads of at most ``2 * chunk_bytes * fetch_connections`` bytes are cut into
+    #: chunks of this size instead (at most ``chunk_bytes``; 0: ``chunk_bytes``), so
+    #: that each fetch connection gets two chunks or more to pipeline.
+    small_chunk_bytes: int = 512 * 1024
     #: Prefix of every key (the job name follows it).
     prefix: str = "afmi"
     #: Payloads up to this size travel inside the mailbox entry; larger ones as chunks.
@@ -125,6 +129,11 @@ class RedisConfig:
             )
         if self.inline_bytes < 0:
             raise ConfigError(f"channels.redis.inline_bytes must be >= 0, got {self.inline_bytes}")
+        if self.small_chunk_bytes < 0:
+            raise ConfigError(
+                "channels.redis.small_chunk_bytes must be >= 0 (0: chunk_bytes), got "
+                f"{self.small_chunk_bytes}"
+            )
         if self.window_bytes < 0:
             raise ConfigError(
                 f"channels.redis.window_bytes must be >= 0 (0: no window), got {self.window_bytes}"

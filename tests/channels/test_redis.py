@@ -161,6 +161,66 @@ async def test_chunked_message_arrives_and_keys_are_deleted(redis_url):
         assert all(memoryview(x).readonly is False for x in msg.buffers)
 
 
+def test_payloads_up_to_two_chunks_per_connection_take_small_chunks():
+    from afmi.channels.redis.channel import _chunk_size
+
+    cfg = Config().channels.redis  # 1 MiB chunks, 512 KiB small ones, 2 fetch connections
+    assert _chunk_size(65 * 1024, cfg) == _chunk_size(4 << 20, cfg) == 512 * 1024
+    assert _chunk_size((4 << 20) + 1, cfg) == _chunk_size(64 << 20, cfg) == 1 << 20
+    three = Config.from_dict({"channels": {"redis": {"fetch_connections": 3}}}).channels.redis
+    assert _chunk_size(6 << 20, three) == 512 * 1024
+    assert _chunk_size((6 << 20) + 1, three) == 1 << 20
+    for small in (0, 1 << 20, 2 << 20):  # off, or no smaller than chunk_bytes: chunk_bytes
+        cfg = Config.from_dict({"channels": {"redis": {"small_chunk_bytes": small}}})
+        assert _chunk_size(1 << 20, cfg.channels.redis) == 1 << 20
+    with pytest.raises(afmi.ConfigError, match=r"small_chunk_bytes must be >= 0"):
+        Config.from_dict({"channels": {"redis": {"small_chunk_bytes": -1}}})
+
+
+@pytest.mark.parametrize("stream", [0, 2])
+async def test_a_payload_of_a_few_chunks_is_cut_into_small_ones(redis_url, stream):
+    # default chunk sizes: 1 MiB + 100 B (laid out) is three chunks of 512 KiB, 5 MiB
+    # (over two 1 MiB chunks per fetch connection) five of 1 MiB
+    job = new_job()
+    cfg = config(redis_url, stream_min_chunks=stream)
+    async with afmi.channels.get_driver("redis").group(2, job, cfg) as (a, b):
+        got: asyncio.Queue[afmi.wire.message.Message] = asyncio.Queue()
+        a.start(lambda m: None, lambda e: None)
+        b.start(got.put_nowait, lambda e: None)
+        rng = np.random.default_rng(7)
+        for nbytes, chunks in (((1 << 20) + 100, 3), (5 << 20, 5)):
+            data = rng.integers(0, 256, nbytes, dtype=np.uint8)
+            before = a.stats()["chunks_written"]
+            await a.send(1, afmi.wire.message.Message(2, 0, 5, 0, b"h", [data]))
+            msg = await asyncio.wait_for(got.get(), 20)
+            assert bytes(msg.buffers[0]) == data.tobytes()
+            assert a.stats()["chunks_written"] - before == chunks
+        assert b.stats()["chunks_read"] == a.stats()["chunks_written"] == 8
+        assert await job_keys(redis_url, job) == []
+
+
+async def test_a_payload_published_to_several_ranks_in_small_chunks(redis_url):
+    job = new_job()
+    cfg = config(redis_url)
+    async with afmi.channels.get_driver("redis").group(3, job, cfg) as chans:
+        queues: list[asyncio.Queue[afmi.wire.message.Message]] = [asyncio.Queue() for _ in chans]
+        for ch, q in zip(chans, queues):
+            ch.start(q.put_nowait, lambda e: None)
+        data = np.arange(1 << 17, dtype=np.float64)  # 1 MiB: two 512 KiB chunks
+        msgs = [afmi.wire.message.Message(2, 0, 1, d, b"h", [data]) for d in (1, 2)]
+        await chans[0].publish([1, 2], msgs)
+        for q in queues[1:]:
+            got = await asyncio.wait_for(q.get(), 20)
+            assert np.array_equal(np.frombuffer(got.buffers[0], np.float64), data)
+        assert chans[0].stats()["chunks_written"] == 2
+        assert chans[1].stats()["chunks_read"] == chans[2].stats()["chunks_read"] == 2
+        for _ in range(50):  # the last reader deletes the chunks after delivering
+            if not await job_keys(redis_url, job):
+                break
+            await asyncio.sleep(0.05)
+        assert await job_keys(redis_url, job) == []
+
+
 @pytest.mark.parametrize("stream", [0, 2])
 async def test_many_small_buffers_share_chunks_and_arrive_aligned(redis_url, stream):
     from afmi.channels.redis.channel import _ALIGN

@@ -173,6 +173,22 @@ def _chunk_count(sizes: Sequence[int], chunk: int) -> int:
     return -(-_layout(sizes)[1] // chunk)
 
 
+def _chunk_size(payload: int, cfg: RedisConfig) -> int:
+    """The size of the chunks a chunked payload of ``payload`` bytes (laid out) is cut into.
+
+    ``cfg.chunk_bytes``, or ``cfg.small_chunk_bytes`` (when smaller) for a payload of at
+    most two ``chunk_bytes`` chunks per fetch connection: cut into 1 MiB chunks, a
+    1 MiB payload kept one of the two fetch connections idle and a 2 MiB one gave
+    each connection one chunk and nothing to pipeline. With 512 KiB chunks up to
+    4 MiB, a ping-pong of 1-4 MiB between two processes took 0.63-0.73x its time
+    (docs/storage.md); larger payloads gained nothing and keep the larger chunks.
+    """
+    small = cfg.small_chunk_bytes
+    if 0 < small < cfg.chunk_bytes and payload <= 2 * cfg.chunk_bytes * cfg.fetch_connections:
+        return small
+    return cfg.chunk_bytes
+
+
 def _chunk_values(views: Sequence[memoryview], chunk: int) -> list[memoryview | Parts]:
     """Each chunk's value: a view of one buffer, or the parts of several in order
     (with the zero bytes that align the next buffer), none of them copied."""
@@ -349,7 +365,9 @@ class RedisChannel(Channel):
     ) -> None:
         n = next(self._counter)
         stem = f"{self._base}:c:{self.rank}:{n}"
-        values = _chunk_values([_flat(b) for b in msgs[0].buffers], self._cfg.chunk_bytes)
+        views = [_flat(b) for b in msgs[0].buffers]
+        size = _chunk_size(_layout([v.nbytes for v in views])[1], self._cfg)
+        values = _chunk_values(views, size)
         ttl = self._ttl_ms
         turn = next(self._bulk_turn)
         conn = self._bulk[turn]
@@ -359,7 +377,7 @@ class RedisChannel(Channel):
             # Streamed: the descriptor goes first; after each chunk, its number is pushed
             # onto a notice list the receiver is blocked on, so writing and reading overlap.
             notices = f"{stem}:n"
-            ref: list[Any] = [stem, self._cfg.chunk_bytes, None, notices]
+            ref: list[Any] = [stem, size, None, notices]
             commands += self._entries(dests, msgs, ref)
             for i, value in enumerate(values):
                 commands.append(("SET", f"{stem}:{i}", value, "PX", ttl))
@@ -373,7 +391,7 @@ class RedisChannel(Channel):
                 commands.append(("SET", f"{stem}:{i}", value, "PX", ttl))
             if rc_key is not None:
                 commands.append(("SET", rc_key, len(dests), "PX", ttl))
-            ref = [stem, self._cfg.chunk_bytes, rc_key, None]
+            ref = [stem, size, rc_key, None]
             commands += self._entries(dests, msgs, ref)
             if self._slots is not None:
                 # Descriptors go out in send order: each waits for the one before it.
