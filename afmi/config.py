@@ -349,6 +349,11 @@ class ChannelModelConfig:
     #: returns, so fewer idle polls fit in a wait (default 0; ``afmi bench --calibrate``
     #: fits it to the polls it counts).
     poll_request_s: float | None = None
+    #: Of the messages after the first that one wait collects (a linear gather's root
+    #: waits once for all of them), the share a poll finds on its own: each such find
+    #: starts the poller's backoff again, so the wait polls more (0-1; default 0;
+    #: ``afmi bench --calibrate`` fits it with ``poll_request_s``).
+    finds_per_further_message: float | None = None
     #: Further requests, at ``price_per_request_usd``, of every read of a payload stored
     #: once for several readers (S3: a marker and a pointer PUT, a LIST of the markers).
     requests_per_shared_read: float | None = None

@@ -178,6 +178,9 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
             later += f", +{_us(params['later_round_s'])} every round after it"
         if params.get("poll_request_s", 0.0) > 0:
             later += f", a poll takes {_us(params['poll_request_s'])}"
+        if params.get("finds_per_further_message", 0.0) > 0:
+            share = params["finds_per_further_message"]
+            later += f", {share:.0%} of a wait's further messages found by a poll of their own"
         lines.append(
             f"  {name}: latency {_us(params['latency_s'])}{fetch}{later}, "
             f"{params['bandwidth_single_bytes_per_s'] / 1e6:.0f} MB/s single stream"

@@ -76,7 +76,10 @@ class ChannelModel:
     the LIST that finds them, all that are stored by then) plus :meth:`idle_polls`
     (each poll takes ``poll_request_s`` before the next interval starts; a
     wait lasts the call's predicted time over its rounds, or over the waits
-    per round where there are more of those: they end one after another),
+    per round where there are more of those: they end one after another; a
+    wait for several messages, as a linear gather's root's, has
+    ``finds_per_further_message`` more polls that find some of them for every
+    message after its first, and each such find starts the backoff again),
     every read of a payload stored once for several readers
     ``requests_per_shared_read`` more requests, every byte moved ``price_per_gb_usd / 1e9``,
     and when ``include_infrastructure`` is set the servers' hourly price is
@@ -150,6 +153,7 @@ class ChannelModel:
     poll_backoff_s: float = 0.0
     poll_backoff_max_s: float = 0.0
     poll_request_s: float = 0.0
+    finds_per_further_message: float = 0.0
     requests_per_shared_read: float = 0.0
     price_per_gb_usd: float = 0.0
     infrastructure_usd_per_hour: float = 0.0

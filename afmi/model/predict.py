@@ -188,13 +188,20 @@ def predict(
         count * (per_message if channel.fetches(size) else inline)
         for count, size in w.sized_deliveries(nbytes)
     )
-    polls = w.deliveries * channel.polls_per_message + w.receive_waits * channel.polls_per_wait
-    if w.receive_waits:
+    waits = w.receive_waits
+    # Polls that find messages: one per wait, and where a wait collects several, some
+    # of its further messages arrive after a poll found the ones before them.
+    finds = float(waits)
+    if waits and w.deliveries > waits:
+        finds += (w.deliveries - waits) * channel.finds_per_further_message
+    polls = w.deliveries * channel.polls_per_message + finds * channel.polls_per_wait
+    if waits:
         # A wait lasts about one round of the call, less where a round's waits end one
-        # after another (a root's messages go out in turn); it polls idly meanwhile.
+        # after another (a root's messages go out in turn); it polls idly meanwhile,
+        # its backoff starting again after every poll that finds some of its messages.
         rounds = max(sum(s.rounds for s in algorithm.steps(size, nbytes) if s.messages > 0), 1)
-        wait_s = time_s / max(rounds, w.receive_waits / rounds)
-        polls += w.receive_waits * channel.idle_polls(wait_s)
+        wait_s = time_s / max(rounds, waits / rounds)
+        polls += finds * channel.idle_polls(wait_s * waits / finds)
     writes = messages + w.shared_deliveries * channel.requests_per_shared_read
     return Prediction(
         op=op,

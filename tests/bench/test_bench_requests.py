@@ -99,15 +99,16 @@ def test_a_tally_counts_polls_inside_calls_and_other_requests_throughout():
     assert not measure.Tally(silent).counting and measure.Tally(silent).end() == {}
 
 
-def _rows_polled_at(model, seconds):
-    """Bench rows whose counted LISTs are what ``model`` predicts with polls of ``seconds``."""
+def _rows_polled_at(model, seconds, share=0.0):
+    """Bench rows whose counted LISTs are what ``model`` predicts with polls of ``seconds``
+    (and ``share`` of a wait's further messages found by polls of their own)."""
     import dataclasses
 
     from afmi.model.cli import algorithm_for
     from afmi.model.params import FunctionPrice
     from afmi.model.predict import predict
 
-    truth = dataclasses.replace(model, poll_request_s=seconds)
+    truth = dataclasses.replace(model, poll_request_s=seconds, finds_per_further_message=share)
     rows = []
     for op, ranks, nbytes in [
         ("send", 2, 8),
@@ -115,6 +116,8 @@ def _rows_polled_at(model, seconds):
         ("bcast", 4, 8),
         ("bcast", 8, 4096),
         ("gather", 4, 8),
+        ("gather", 8, 8),
+        ("gather", 8, 4096),
         ("allreduce", 4, 8),
     ]:
         alg = algorithm_for(op, "s3", ranks, nbytes)
@@ -142,6 +145,25 @@ def test_the_calibration_finds_how_long_a_poll_takes_from_the_polls_counted():
     rows = _rows_polled_at(s3, 0.009)
     assert calibrate.fit_poll_request(dataclasses.replace(s3, poll_backoff_s=0.0), rows) == 0
     assert calibrate.fit_poll_request(s3, [{"nbytes": 8, "requests_per_call": {}}]) == 0
+
+
+def test_the_calibration_finds_how_many_polls_a_gather_root_makes_from_the_counts():
+    # logic only: counts made by the model itself with a known share and poll time
+    import dataclasses
+
+    from afmi.bench import calibrate
+    from afmi.model.params import DEFAULTS
+
+    s3 = DEFAULTS["s3"]
+    for seconds, share in ((0.0, 0.0), (0.0, 0.2), (0.004, 0.3), (0.009, 1.0)):
+        fitted = calibrate.fit_polls(s3, _rows_polled_at(s3, seconds, share))
+        assert fitted["finds_per_further_message"] == pytest.approx(share)
+        assert fitted["poll_request_s"] == pytest.approx(seconds, abs=calibrate.POLL_REQUEST_STEP_S)
+    off = dataclasses.replace(s3, poll_backoff_s=0.0)
+    assert calibrate.fit_polls(off, _rows_polled_at(s3, 0.0, 0.5)) == {
+        "poll_request_s": 0.0,
+        "finds_per_further_message": 0.0,
+    }
 
 
 def test_polls_priced_with_the_fitted_poll_time_match_the_lists_counted_on_moto(s3):

@@ -310,6 +310,29 @@ def test_one_poll_finds_every_message_a_wait_collects():
     assert predict("gather", 100, 4, linear, per_message, FunctionPrice(0.0, 1.0)).polls == 4
 
 
+def test_a_wait_whose_messages_arrive_apart_polls_for_each_find():
+    # a linear gather's root waits once for its 7 messages; with a share of them found
+    # by polls of their own, each such find is a poll and starts the backoff again
+    from afmi.collectives import registry
+
+    linear = registry.get("gather", "linear")
+    price = FunctionPrice(0.0, 1.0)
+    flat = dataclasses.replace(DEFAULTS["s3"], poll_backoff_s=0.0)
+    half = dataclasses.replace(flat, finds_per_further_message=0.5)
+    assert predict("gather", 100, 8, linear, half, price).polls == pytest.approx(1 + 6 * 0.5)
+    s3 = DEFAULTS["s3"]
+    once = predict("gather", 100, 8, linear, s3, price)
+    apart = dataclasses.replace(s3, finds_per_further_message=0.5)
+    p = predict("gather", 100, 8, linear, apart, price)
+    assert p.polls == pytest.approx(4.0 * (1 + s3.idle_polls(once.time_s / 4.0)))
+    assert p.polls > once.polls and p.time_s == once.time_s  # dollars, not time
+    # a wait for one message has no further ones: a ping-pong polls as before
+    send = predict("send", 10, 2, P2P, apart, price)
+    assert send.polls == pytest.approx(predict("send", 10, 2, P2P, s3, price).polls)
+    over = Config.from_dict({"model": {"s3": {"finds_per_further_message": 0.5}}})
+    assert channel_models(over)["s3"].finds_per_further_message == 0.5
+
+
 def test_the_model_polls_as_the_s3_channel_is_configured():
     cfg = Config.from_dict({"channels": {"s3": {"poll_min": 0.02, "poll_max": 1.0}}})
     s3 = channel_models(cfg)["s3"]
