@@ -413,6 +413,39 @@ def test_the_bytes_beyond_a_configured_inline_size_get_a_rate_of_their_own():
     assert fit["bandwidth_single_bytes_per_s"] == fit["bandwidth_large_bytes_per_s"]
 
 
+def test_the_bytes_of_the_largest_fetched_messages_get_a_slower_rate():
+    # Redis across processes (session 23): chunks move at 3 GB/s up to 4 MiB, where they
+    # are cut smaller, and at 1.5 GB/s beyond
+    inline, huge = 64 * 1024, 4 << 20
+
+    def t(n):
+        if n <= inline:
+            return 80e-6 + n / 1.5e9
+        return (
+            80e-6
+            + inline / 1.5e9
+            + 70e-6
+            + (min(n, huge) - inline) / 3e9
+            + max(n - huge, 0) / 1.5e9
+        )
+
+    sizes = [1 << e for e in range(0, 27)]  # to 64 MiB
+    fit = calibrate.fit_wire([(n, t(n)) for n in sizes], fetch=True, inline=inline)
+    assert fit["huge_message_bytes"] == huge
+    assert fit["bandwidth_large_bytes_per_s"] == pytest.approx(3e9, rel=1e-3)
+    assert fit["bandwidth_huge_bytes_per_s"] == pytest.approx(1.5e9, rel=1e-3)
+    model = ChannelModel(name="redis", bandwidth_aggregate_bytes_per_s=1e10, **fit)
+    for n in sizes:
+        assert model.round_time_s(1, n) == pytest.approx(t(n), rel=1e-3)
+
+    # one rate beyond the inline size: no third one is made up
+    def one(n):
+        return t(n) if n <= huge else t(huge) + (n - huge) / 3e9
+
+    fit = calibrate.fit_wire([(n, one(n)) for n in sizes], fetch=True, inline=inline)
+    assert fit.get("huge_message_bytes", 0.0) == 0.0
+
+
 def test_noise_below_a_tiny_inline_size_is_not_a_rate_of_its_own():
     # S3-like: the times of messages up to 256 B wander by a millisecond with the polling;
     # a "rate" for the 400 B that ride in the key would be that noise
