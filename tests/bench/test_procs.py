@@ -35,16 +35,21 @@ BUDGET = Budget(20, 5, 3, 2, 0.02, 2)
 MISSING_MPI = "mpiexec" if importlib.util.find_spec("mpi4py") else "mpi4py is not installed"
 
 
-def _tiny_bench(extra, env, cwd):
-    """``afmi bench`` with :data:`TINY` and ``extra``; it must succeed."""
-    res = subprocess.run(
-        [sys.executable, "-m", "afmi", "bench", *TINY, *extra],
+def _bench(args, env, cwd, timeout=60):
+    """``afmi bench ARGS`` in a process of its own, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "afmi", "bench", *args],
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         cwd=cwd,
     )
+
+
+def _tiny_bench(extra, env, cwd):
+    """``afmi bench`` with :data:`TINY` and ``extra``; it must succeed."""
+    res = _bench([*TINY, *extra], env, cwd, timeout=120)
     assert res.returncode == 0, res.stderr
     return res
 
@@ -187,38 +192,14 @@ def test_a_pingpong_without_two_ranks_is_refused():
 
 def test_cli_refuses_calibrate_without_two_ranks(subprocess_env, tmp_path):
     model = str(tmp_path / "m.json")
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "afmi",
-            "bench",
-            "--processes",
-            "--ranks",
-            "4",
-            "--calibrate",
-            model,
-        ],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    res = _bench(["--processes", "--ranks", "4", "--calibrate", model], subprocess_env, tmp_path)
     assert res.returncode == 2, res.stderr
     assert "--calibrate fits" in res.stderr and "has no 2: add it" in res.stderr
     assert not (tmp_path / "m.json").exists()
 
 
 def test_cli_rejects_local_channel(subprocess_env, tmp_path):
-    res = subprocess.run(
-        [sys.executable, "-m", "afmi", "bench", "--processes", "--channels", "local"],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    res = _bench(["--processes", "--channels", "local"], subprocess_env, tmp_path)
     assert res.returncode == 2
     assert "local channel lives in one process" in res.stderr
 
