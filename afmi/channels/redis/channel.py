@@ -189,10 +189,12 @@ def _chunk_size(payload: int, cfg: RedisConfig) -> int:
     return cfg.chunk_bytes
 
 
-def _chunk_values(views: Sequence[memoryview], chunk: int) -> list[memoryview | Parts]:
+def _chunk_values(
+    views: Sequence[memoryview], chunk: int, offsets: Sequence[int]
+) -> list[memoryview | Parts]:
     """Each chunk's value: a view of one buffer, or the parts of several in order
-    (with the zero bytes that align the next buffer), none of them copied."""
-    offsets, _ = _layout([v.nbytes for v in views])
+    (with the zero bytes that align the next buffer), none of them copied; ``offsets``
+    are the buffers' places in the payload (:func:`_layout`)."""
     pieces: list[memoryview] = []
     end = 0
     for start, view in zip(offsets, views):
@@ -366,8 +368,9 @@ class RedisChannel(Channel):
         n = next(self._counter)
         stem = f"{self._base}:c:{self.rank}:{n}"
         views = [_flat(b) for b in msgs[0].buffers]
-        size = _chunk_size(_layout([v.nbytes for v in views])[1], self._cfg)
-        values = _chunk_values(views, size)
+        offsets, laid_out = _layout([v.nbytes for v in views])
+        size = _chunk_size(laid_out, self._cfg)
+        values = _chunk_values(views, size, offsets)
         ttl = self._ttl_ms
         turn = next(self._bulk_turn)
         conn = self._bulk[turn]
