@@ -377,6 +377,12 @@ class ChannelModelConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"model.<channel>.{name} must be > 0, got {value!r}")
+        share = self.finds_per_further_message
+        if share is not None and share > 1:
+            raise ConfigError(
+                "model.<channel>.finds_per_further_message is a share of messages, "
+                f"from 0 to 1; got {share!r}"
+            )
 
     def overrides(self) -> dict[str, Any]:
         """The keys that are set, as a dict."""

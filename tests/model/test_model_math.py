@@ -331,6 +331,8 @@ def test_a_wait_whose_messages_arrive_apart_polls_for_each_find():
     assert send.polls == pytest.approx(predict("send", 10, 2, P2P, s3, price).polls)
     over = Config.from_dict({"model": {"s3": {"finds_per_further_message": 0.5}}})
     assert channel_models(over)["s3"].finds_per_further_message == 0.5
+    with pytest.raises(ConfigError, match="a share of messages, from 0 to 1; got 1.5"):
+        Config.from_dict({"model": {"s3": {"finds_per_further_message": 1.5}}})
 
 
 def test_the_model_polls_as_the_s3_channel_is_configured():
