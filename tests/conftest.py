@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,31 @@ def subprocess_env() -> dict[str, str]:
 def python() -> str:
     """The interpreter running the tests."""
     return sys.executable
+
+
+#: What the ``afmi_cli`` fixture gives: ``run(*args, env=None, cwd=None, timeout=60)``.
+AfmiCli = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture
+def afmi_cli(subprocess_env: dict[str, str]) -> AfmiCli:
+    """Run ``python -m afmi ARGS`` as a user would, in a child process; returns the
+    completed process (text output captured, exit code not checked). ``env``
+    replaces the child environment (default: ``subprocess_env``)."""
+
+    def run(
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "afmi", *args],
+            env=dict(subprocess_env if env is None else env),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run

@@ -40,15 +40,8 @@ def test_example_runs(path, subprocess_env):
     assert proc.stdout.strip(), f"{path.name} printed nothing"
 
 
-def test_demo_main_job_matches_sequential(subprocess_env):
-    proc = subprocess.run(
-        [sys.executable, "-m", "afmi", "demo", "-n", "5", "--samples", "20000", "--epochs", "4"],
-        cwd=ROOT,
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_demo_main_job_matches_sequential(afmi_cli):
+    proc = afmi_cli("demo", "-n", "5", "--samples", "20000", "--epochs", "4", cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "matches sequential k-means: yes" in proc.stdout
     assert proc.stdout.count("epoch ") == 4 + 1  # progress lines + the summary's "median epoch"

@@ -150,9 +150,7 @@ def test_by_default_a_slow_point_is_only_reported():
         measure.MachineWatch(retries=-1)
 
 
-def test_the_bench_takes_slow_retries_and_rejects_negative_ones(subprocess_env):
-    import subprocess
-    import sys
+def test_the_bench_takes_slow_retries_and_rejects_negative_ones(afmi_cli):
 
     from afmi.bench.procs import ProcsOptions
     from afmi.bench.suite import Options, run_suite
@@ -163,15 +161,8 @@ def test_the_bench_takes_slow_retries_and_rejects_negative_ones(subprocess_env):
         ProcsOptions(slow_retries=-1).check()
     with pytest.raises(ArgumentError, match="--slow-retries must be 0 or more"):
         run_suite(Options(channels=["local"], slow_retries=-1))
-    command = [sys.executable, "-m", "afmi", "bench", "--channels", "direct"]
     for extra in ([], ["--processes"]):
-        res = subprocess.run(
-            [*command, "--slow-retries", "-1", *extra],
-            capture_output=True,
-            text=True,
-            env=subprocess_env,
-            timeout=60,
-        )
+        res = afmi_cli("bench", "--channels", "direct", "--slow-retries", "-1", *extra)
         assert res.returncode == 2 and "--slow-retries must be 0 or more" in res.stderr
 
 

@@ -2,8 +2,6 @@
 
 import importlib.util
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -35,30 +33,18 @@ BUDGET = Budget(20, 5, 3, 2, 0.02, 2)
 MISSING_MPI = "mpiexec" if importlib.util.find_spec("mpi4py") else "mpi4py is not installed"
 
 
-def _bench(args, env, cwd, timeout=60):
-    """``afmi bench ARGS`` in a process of its own, its output captured."""
-    return subprocess.run(
-        [sys.executable, "-m", "afmi", "bench", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-    )
-
-
-def _tiny_bench(extra, env, cwd):
+def _tiny_bench(afmi_cli, extra, env, cwd):
     """``afmi bench`` with :data:`TINY` and ``extra``; it must succeed."""
-    res = _bench([*TINY, *extra], env, cwd, timeout=120)
+    res = afmi_cli("bench", *TINY, *extra, env=env, cwd=cwd, timeout=120)
     assert res.returncode == 0, res.stderr
     return res
 
 
-def test_cli_run_writes_json_and_skips_mpi_without_mpiexec(tmp_path, subprocess_env):
+def test_cli_run_writes_json_and_skips_mpi_without_mpiexec(tmp_path, afmi_cli, subprocess_env):
     """A tiny run over direct; with no mpiexec on PATH the mpi4py anchor says why it is skipped."""
     env = dict(subprocess_env, PATH=str(tmp_path))  # nothing to find there: no mpiexec
     out = tmp_path / "out.json"
-    res = _tiny_bench(["--json", str(out), "--plots", "plots"], env, tmp_path)
+    res = _tiny_bench(afmi_cli, ["--json", str(out), "--plots", "plots"], env, tmp_path)
     assert "Ping-pong between 2 processes" in res.stdout
     # without mpi4py there is no back-to-back allreduce: nothing to set it beside
     assert "Allreduce of float64" not in res.stdout
@@ -164,10 +150,10 @@ def test_bad_options_say_what_to_change(kwargs, message):
 
 
 @pytest.mark.parametrize("flag", ["--no-pingpong", "--no-collectives"])
-def test_cli_skips_what_it_is_told_to_skip(flag, subprocess_env, tmp_path):
+def test_cli_skips_what_it_is_told_to_skip(flag, afmi_cli, subprocess_env, tmp_path):
     # both flags used to be ignored with --processes: the whole sweep ran anyway
     out = tmp_path / "out.json"
-    _tiny_bench(["--no-anchors", flag, "--json", str(out)], subprocess_env, tmp_path)
+    _tiny_bench(afmi_cli, ["--no-anchors", flag, "--json", str(out)], subprocess_env, tmp_path)
     data = json.loads(out.read_text())["processes"]
     if flag == "--no-pingpong":
         assert data["pingpong"] == [] and data["pingpong_sizes"] == []
@@ -190,16 +176,16 @@ def test_a_pingpong_without_two_ranks_is_refused():
     procs.ProcsOptions(ops=["barrier"], ranks=[4]).check()  # collectives alone measure
 
 
-def test_cli_refuses_calibrate_without_two_ranks(subprocess_env, tmp_path):
+def test_cli_refuses_calibrate_without_two_ranks(afmi_cli, tmp_path):
     model = str(tmp_path / "m.json")
-    res = _bench(["--processes", "--ranks", "4", "--calibrate", model], subprocess_env, tmp_path)
+    res = afmi_cli("bench", "--processes", "--ranks", "4", "--calibrate", model, cwd=tmp_path)
     assert res.returncode == 2, res.stderr
     assert "--calibrate fits" in res.stderr and "has no 2: add it" in res.stderr
     assert not (tmp_path / "m.json").exists()
 
 
-def test_cli_rejects_local_channel(subprocess_env, tmp_path):
-    res = _bench(["--processes", "--channels", "local"], subprocess_env, tmp_path)
+def test_cli_rejects_local_channel(afmi_cli, tmp_path):
+    res = afmi_cli("bench", "--processes", "--channels", "local", cwd=tmp_path)
     assert res.returncode == 2
     assert "local channel lives in one process" in res.stderr
 

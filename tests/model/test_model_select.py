@@ -122,21 +122,13 @@ def test_every_process_reaches_the_same_choice(subprocess_env):
     assert len(channels) >= 3  # the sweep really exercises different choices
 
 
-def test_explain_cli_table_and_json(subprocess_env):
-    cmd = [sys.executable, "-m", "afmi", "explain", "allreduce", "1MiB", "--size", "8"]
-    res = subprocess.run(
-        [*cmd, "--hint", "cheap"], env=subprocess_env, capture_output=True, text=True, timeout=60
-    )
+def test_explain_cli_table_and_json(afmi_cli):
+    cmd = ["explain", "allreduce", "1MiB", "--size", "8"]
+    res = afmi_cli(*cmd, "--hint", "cheap")
     assert res.returncode == 0, res.stderr
     assert "allreduce of 1 MiB on 8 ranks, hint cheap" in res.stdout
     assert "* chosen:" in res.stdout
-    res = subprocess.run(
-        [*cmd, "--json", "--channels", "redis,s3"],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = afmi_cli(*cmd, "--json", "--channels", "redis,s3")
     data = json.loads(res.stdout)
     assert {r["channel"] for r in data["rows"]} == {"redis", "s3"}
     assert data["size"] == 8 and data["nbytes"] == 1 << 20
@@ -152,31 +144,19 @@ def test_explain_cli_table_and_json(subprocess_env):
         (["allreduce", "8", "--hint", "soon"], "hint must be"),
     ],
 )
-def test_explain_cli_bad_input(subprocess_env, args, message):
-    res = subprocess.run(
-        [sys.executable, "-m", "afmi", "explain", *args],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def test_explain_cli_bad_input(afmi_cli, args, message):
+    res = afmi_cli("explain", *args)
     assert res.returncode == 2
     assert message in res.stderr
     assert "Traceback" not in res.stderr
 
 
-def test_explain_cli_reads_a_model_file(subprocess_env, tmp_path):
+def test_explain_cli_reads_a_model_file(afmi_cli, subprocess_env, tmp_path):
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"model": {"s3": {"latency_s": 1e-9, "poll_interval_s": 0.0}}}))
     env = dict(subprocess_env)
     env.pop("AFMI_CONFIG", None)
-    res = subprocess.run(
-        [sys.executable, "-m", "afmi", "explain", "send", "1", "--config", str(path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = afmi_cli("explain", "send", "1", "--config", str(path), env=env)
     assert "* chosen: s3 / p2p" in res.stdout, res.stdout + res.stderr
     assert os.path.exists(path)
 

@@ -206,36 +206,18 @@ def test_rendezvous_cli_serves(subprocess_env):
         proc.wait(10)
 
 
-def test_rendezvous_cli_rejects_a_bad_congestion_control_name(subprocess_env):
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "afmi", "rendezvous", "--port", "0", "--tcp-congestion", ""],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def test_rendezvous_cli_rejects_a_bad_congestion_control_name(afmi_cli):
+    proc = afmi_cli("rendezvous", "--port", "0", "--tcp-congestion", "")
     assert proc.returncode == 2
     assert "--tcp-congestion" in proc.stderr and "'system'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("command", ["rendezvous", "serve"])
-def test_cli_refuses_a_port_out_of_range(command, subprocess_env):
+def test_cli_refuses_a_port_out_of_range(command, afmi_cli):
     # `--port 99999` used to listen on 99999 - 65536 = 34463 without a word
-    import subprocess
-    import sys
-
     extra = ["module:handler"] if command == "serve" else []  # the port is checked first
-    proc = subprocess.run(
-        [sys.executable, "-m", "afmi", command, *extra, "--port", "99999"],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = afmi_cli(command, *extra, "--port", "99999")
     assert proc.returncode == 2
     assert "a port is a number from 0 (any free port) to 65535, got 99999" in proc.stderr
 

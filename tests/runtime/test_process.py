@@ -55,19 +55,8 @@ async def test_conformance_across_processes(case, subprocess_env, tmp_path):
     await case(make_runner(subprocess_env, tmp_path))
 
 
-def _afmi(args, env, timeout=120):
-    return subprocess.run(
-        [sys.executable, "-m", "afmi", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def test_afmi_run_example_prefixes_output(subprocess_env):
-    res = _afmi(["run", "-n", "3", "examples/run_allreduce.py"], subprocess_env)
+def test_afmi_run_example_prefixes_output(afmi_cli):
+    res = afmi_cli("run", "-n", "3", "examples/run_allreduce.py", cwd=ROOT, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     lines = sorted(res.stdout.splitlines())
     assert len(lines) == 3, res.stdout
@@ -83,7 +72,7 @@ def test_afmi_run_example_prefixes_output(subprocess_env):
     assert landed > 0  # the ring received into the reused out= array
 
 
-def test_afmi_run_sets_environment(subprocess_env, tmp_path):
+def test_afmi_run_sets_environment(afmi_cli, tmp_path):
     script = tmp_path / "env.py"
     script.write_text(
         "import os\n"
@@ -91,7 +80,7 @@ def test_afmi_run_sets_environment(subprocess_env, tmp_path):
         "print(' '.join(os.environ[k] for k in keys), bool(os.environ['AFMI_TOKEN']),"
         " os.environ['AFMI_RENDEZVOUS'].startswith('127.0.0.1:'))\n"
     )
-    res = _afmi(["run", "-n", "2", "--job", "jx", str(script)], subprocess_env)
+    res = afmi_cli("run", "-n", "2", "--job", "jx", str(script), cwd=ROOT, timeout=120)
     assert res.returncode == 0, res.stderr
     assert sorted(res.stdout.splitlines()) == [
         "[0] 0 2 jx direct True True",
@@ -99,7 +88,7 @@ def test_afmi_run_sets_environment(subprocess_env, tmp_path):
     ]
 
 
-def test_afmi_run_failing_rank_stops_the_others(subprocess_env, tmp_path):
+def test_afmi_run_failing_rank_stops_the_others(afmi_cli, tmp_path):
     script = tmp_path / "fail.py"
     script.write_text(
         "import os, sys, time\n"
@@ -107,27 +96,27 @@ def test_afmi_run_failing_rank_stops_the_others(subprocess_env, tmp_path):
         "    print('bye'); sys.exit(3)\n"
         "time.sleep(600)\n"
     )
-    res = _afmi(["run", "-n", "3", str(script)], subprocess_env, timeout=60)
+    res = afmi_cli("run", "-n", "3", str(script), cwd=ROOT, timeout=60)
     assert res.returncode == 3
     assert "[1] bye" in res.stdout
     assert "rank 1 exited with code 3" in res.stderr
 
 
-def test_afmi_run_rejects_missing_script(subprocess_env):
-    res = _afmi(["run", "-n", "2", "no_such_script.py"], subprocess_env)
+def test_afmi_run_rejects_missing_script(afmi_cli):
+    res = afmi_cli("run", "-n", "2", "no_such_script.py", cwd=ROOT, timeout=120)
     assert res.returncode == 2
     assert "does not exist" in res.stderr
 
 
-def test_afmi_run_says_why_a_program_cannot_start(subprocess_env, tmp_path):
+def test_afmi_run_says_why_a_program_cannot_start(afmi_cli, tmp_path):
     # both used to end in a traceback from the event loop's subprocess call
-    res = _afmi(["run", "-n", "2", "afmi-no-such-program"], subprocess_env)
+    res = afmi_cli("run", "-n", "2", "afmi-no-such-program", cwd=ROOT, timeout=120)
     assert res.returncode == 2, res.stderr
     assert "cannot start 'afmi-no-such-program': not found on PATH" in res.stderr
     assert "Traceback" not in res.stderr
     script = tmp_path / "job.sh"
     script.write_text("#!/bin/sh\necho $AFMI_RANK\n")  # not executable
-    res = _afmi(["run", "-n", "2", str(script)], subprocess_env)
+    res = afmi_cli("run", "-n", "2", str(script), cwd=ROOT, timeout=120)
     assert res.returncode == 2, res.stderr
     assert "is not executable" in res.stderr and f"sh {script}" in res.stderr
     assert "Traceback" not in res.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 
@@ -176,82 +174,45 @@ async def test_lambda_invoke_api_drives_the_runtime(served, monkeypatch):
     assert info.value.rank == 0 and "boom on rank 0" in str(info.value)
 
 
-def test_cli_invoke_success_and_failure(served, tmp_path, subprocess_env):
+def test_cli_invoke_success_and_failure(served, tmp_path, afmi_cli):
     payload = tmp_path / "payload.json"
     payload.write_text(json.dumps({"input": 1}))
-    cmd = [sys.executable, "-m", "afmi", "invoke", "-n", "4", "--url", served.url]
-    ok = subprocess.run(
-        [*cmd, "--payload", str(payload), "--json"],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    cmd = ["invoke", "-n", "4", "--url", served.url]
+    ok = afmi_cli(*cmd, "--payload", str(payload), "--json")
     assert ok.returncode == 0, ok.stderr
     doc = json.loads(ok.stdout)
     assert [r["result"]["sum"] for r in doc["ranks"]] == [[10.0] * 4] * 4
     assert doc["cost"]["functions"] == 4 and doc["cost"]["total_usd"] > 0
 
     payload.write_text(json.dumps({"mode": "fail", "fail_rank": 1}))
-    bad = subprocess.run(
-        [*cmd, "--payload", str(payload)],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = afmi_cli(*cmd, "--payload", str(payload))
     assert bad.returncode == 1
     assert "rank 1: ValueError: boom on rank 1" in bad.stderr
 
 
-def test_cli_invoke_through_lambda_api(served, subprocess_env):
+def test_cli_invoke_through_lambda_api(served, afmi_cli, subprocess_env):
     env = {**subprocess_env, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "afmi",
-            "invoke",
-            "-n",
-            "3",
-            "--lambda",
-            "fn",
-            "--endpoint-url",
-            served.url,
-            "--region",
-            "us-east-1",
-        ],
+    proc = afmi_cli(
+        "invoke",
+        "-n",
+        "3",
+        "--lambda",
+        "fn",
+        "--endpoint-url",
+        served.url,
+        "--region",
+        "us-east-1",
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert "3 ranks over local, all ok" in proc.stdout
     assert "function time" in proc.stdout and "GiB-s" in proc.stdout
 
 
-def test_cli_rejects_bad_input(served, tmp_path, subprocess_env):
+def test_cli_rejects_bad_input(served, tmp_path, afmi_cli):
     payload = tmp_path / "payload.json"
     payload.write_text("[1]")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "afmi",
-            "invoke",
-            "-n",
-            "2",
-            "--url",
-            served.url,
-            "--payload",
-            str(payload),
-        ],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = afmi_cli("invoke", "-n", "2", "--url", served.url, "--payload", str(payload))
     assert proc.returncode == 2
     assert "must hold a JSON object" in proc.stderr
 
@@ -280,13 +241,7 @@ def test_structured_logs(subprocess_env):
         ("nocolon", "must look like module:function"),
     ],
 )
-def test_serve_refuses_bad_handler(target, says, subprocess_env):
-    proc = subprocess.run(
-        [sys.executable, "-m", "afmi", "serve", target, "--port", "0"],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def test_serve_refuses_bad_handler(target, says, afmi_cli):
+    proc = afmi_cli("serve", target, "--port", "0")
     assert proc.returncode == 2
     assert says in proc.stderr
