@@ -151,7 +151,6 @@ def test_by_default_a_slow_point_is_only_reported():
 
 
 def test_the_bench_takes_slow_retries_and_rejects_negative_ones(afmi_cli):
-
     from afmi.bench.procs import ProcsOptions
     from afmi.bench.suite import Options, run_suite
     from afmi.errors import ArgumentError
