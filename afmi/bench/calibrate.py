@@ -471,26 +471,33 @@ def fit_poll_request(model: ChannelModel, rows: Sequence[dict[str, Any]]) -> flo
     1.4-1.7 times the LISTs counted and 32 of 116 points' request dollars more
     than 30 % off.
     """
-    from afmi.model.params import FunctionPrice
-    from afmi.model.predict import predict
-
     if model.poll_backoff_s <= 0:
         return 0.0
-    free = FunctionPrice(0.0, 0.0)
-    points = _poll_points(model, rows)
+    return _fit_poll_seconds(model, _poll_points(model, rows))
+
+
+def _fit_poll_seconds(model: ChannelModel, points: list[tuple[str, int, int, Any, float]]) -> float:
+    """:func:`fit_poll_request` on the points of :func:`_poll_points` (0 without any)."""
     if not points:
         return 0.0
 
     def error(seconds: float) -> float:
-        m = dataclasses.replace(model, poll_request_s=seconds)
-        total = 0.0
-        for op, nbytes, size, alg, counted in points:
-            polls = predict(op, nbytes, size, alg, m, free).polls
-            total += math.log(max(polls, 1e-9) / counted) ** 2
-        return total
+        return _poll_error(dataclasses.replace(model, poll_request_s=seconds), points)
 
     steps = round(POLL_REQUEST_MAX_S / POLL_REQUEST_STEP_S)
     return min((round(i * POLL_REQUEST_STEP_S, 6) for i in range(steps + 1)), key=error)
+
+
+def _poll_error(model: ChannelModel, points: list[tuple[str, int, int, Any, float]]) -> float:
+    """The squared log ratios of ``model``'s predicted polls to the counted ones."""
+    from afmi.model.params import FunctionPrice
+    from afmi.model.predict import predict
+
+    free = FunctionPrice(0.0, 0.0)
+    return sum(
+        math.log(max(predict(op, nbytes, size, alg, model, free).polls, 1e-9) / counted) ** 2
+        for op, nbytes, size, alg, counted in points
+    )
 
 
 #: The shares :func:`fit_polls` tries as ``finds_per_further_message``.
@@ -510,22 +517,14 @@ def fit_polls(model: ChannelModel, rows: Sequence[dict[str, Any]]) -> dict[str, 
     counted 5.4-9.5; the fitted 0.1-0.2 brought the median request-dollar error
     of the 116 points from 8.6-9.0 % to 6.8-7.5 %.
     """
-    from afmi.model.params import FunctionPrice
-    from afmi.model.predict import predict
-
     points = _poll_points(model, rows)
     if model.poll_backoff_s <= 0 or not points:
         return {"poll_request_s": 0.0, "finds_per_further_message": 0.0}
-    free = FunctionPrice(0.0, 0.0)
     best: tuple[float, dict[str, float]] | None = None
     for share in FIND_SHARES:
         shared = dataclasses.replace(model, finds_per_further_message=share)
-        seconds = fit_poll_request(shared, rows)
-        m = dataclasses.replace(shared, poll_request_s=seconds)
-        error = sum(
-            math.log(max(predict(op, nbytes, size, alg, m, free).polls, 1e-9) / counted) ** 2
-            for op, nbytes, size, alg, counted in points
-        )
+        seconds = _fit_poll_seconds(shared, points)
+        error = _poll_error(dataclasses.replace(shared, poll_request_s=seconds), points)
         if best is None or error < best[0] - 1e-12:
             best = (error, {"poll_request_s": seconds, "finds_per_further_message": share})
     assert best is not None
