@@ -285,6 +285,11 @@ class ChannelModelConfig:
     #: ranks share CPUs; unset: ``fetch_s`` (the fetches of several readers overlap, so
     #: one costs less CPU than its time), seconds.
     cpu_per_fetch_s: float | None = None
+    #: Messages of more bytes than this cost ``cpu_per_split_message_s`` more CPU time
+    #: (direct: their frame takes more than one TCP segment; 0: no such cost), bytes.
+    split_message_bytes: float | None = None
+    #: Extra CPU time of every message larger than ``split_message_bytes``, seconds.
+    cpu_per_split_message_s: float | None = None
     #: Where ranks share CPUs: time of every round of a collective's critical path in which
     #: all of them wait for its messages (with the channel's server or the kernel) and none
     #: has work to run, seconds; added to the shared CPU bound.

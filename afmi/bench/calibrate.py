@@ -49,6 +49,7 @@ __all__ = [
     "model_file",
     "reduction_regimes",
     "split_fitted",
+    "split_params",
     "write_model_file",
 ]
 
@@ -65,6 +66,28 @@ def split_fitted(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for i, r in enumerate(ordered):
         r["fitted"] = i % 2 == 0 or len(ordered) < 4
     return sorted((r for r in ordered if r["fitted"]), key=lambda r: r["nbytes"])
+
+
+#: Bytes of a direct frame besides its payload that the split limit allows for (the
+#: prelude and header of an array's frame took 40 bytes here; 64 leaves room).
+FRAME_OVERHEAD_BYTES = 64
+
+
+def split_params(channel: str) -> dict[str, float]:
+    """``{"split_message_bytes": ...}`` for ``channel`` where its messages travel as TCP
+    frames (``direct``): the payload that still fits in one segment of a loopback
+    connection (:func:`afmi.channels.direct.tcp.segment_bytes` less
+    :data:`FRAME_OVERHEAD_BYTES`); else, or where the platform does not say, ``{}``.
+    The fit then decides whether longer messages cost more (``cpu_per_split_message_s``).
+    """
+    if channel != "direct":
+        return {}
+    from afmi.channels.direct.tcp import segment_bytes
+
+    mss = segment_bytes()
+    if mss is None or mss <= FRAME_OVERHEAD_BYTES:
+        return {}
+    return {"split_message_bytes": float(mss - FRAME_OVERHEAD_BYTES)}
 
 
 def fit_latency_bandwidth(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
@@ -827,6 +850,8 @@ def _fit_rounds(
         crowding=crowding,
         **values,
     )
+    split_limit = float(values.get("split_message_bytes", 0.0))
+
     # later_round_s, first_round_saving_s: free where receivers poll (S3), elsewhere
     # only where they fit better (LATER_ROUNDS_MIN_GAIN)
     polls = configured.poll_interval_s > 0
@@ -859,7 +884,7 @@ def _fit_rounds(
         later = float(max(rounds - 1, 0))
         first = -1.0 if rounds > 0 else 0.0
         path_row = [1.0, messages_term, bytes_term, 0.0, 0.0, 0.0, data, 0.0, 0.0, later, first]
-        path_rows.append([*path_row, 0.0, 0.0, 0.0, 0.0])
+        path_rows.append([*path_row, 0.0, 0.0, 0.0, 0.0, 0.0])
         call_bytes.append((w.bytes_sent + w.bytes_received) / 2)
         cpu_scale.append(shared / share)
         path_fixed.append(fixed + path_reduce_s)
@@ -880,6 +905,7 @@ def _fit_rounds(
                 shared * rounds,  # rounds all ranks wait through (not shared out)
                 shared * fetched / share,  # reads that fetch their message
                 shared * data * (w.messages + w.deliveries) / 2 / share,  # with the data
+                shared * base.split_deliveries(w, nbytes, ranks) / share,  # over one TCP segment
             ]
         )
         cpu_fixed.append(shared * reduce_s / share)
@@ -993,14 +1019,26 @@ def _fit_rounds(
             return knee
         return 0.0, best
 
-    # A message with the call's data costs more than a barrier's only where that fits
-    # better (PAYLOAD_MESSAGES_MIN_GAIN): the barriers alone tell the two apart.
-    plain = ac.copy()
-    plain[:, 14] = 0.0
-    cache, best = solve_cache(plain)
-    if ac[:, 14].any():
-        tried = solve_cache(ac)
-        if tried[1][0] < PAYLOAD_MESSAGES_MIN_GAIN * best[0] - 1e-12:
+    def solve_payload(ac: Any) -> tuple[float, tuple[float, Any]]:
+        # A message with the call's data costs more than a barrier's only where that
+        # fits better (PAYLOAD_MESSAGES_MIN_GAIN): the barriers alone tell the two apart.
+        plain = ac.copy()
+        plain[:, 14] = 0.0
+        found = solve_cache(plain)
+        if ac[:, 14].any():
+            tried = solve_cache(ac)
+            if tried[1][0] < PAYLOAD_MESSAGES_MIN_GAIN * found[1][0] - 1e-12:
+                found = tried
+        return found
+
+    # A message longer than one TCP segment costs more only where that fits better
+    # (SPLIT_MESSAGES_MIN_GAIN): docs/direct.md, "Messages longer than a TCP segment".
+    whole = ac.copy()
+    whole[:, 15] = 0.0
+    cache, best = solve_payload(whole)
+    if ac[:, 15].any():
+        tried = solve_payload(ac)
+        if tried[1][0] < SPLIT_MESSAGES_MIN_GAIN * best[0] - 1e-12:
             cache, best = tried
     (
         overhead,
@@ -1018,6 +1056,7 @@ def _fit_rounds(
         wait_round,
         cpu_fetch,
         cpu_payload_message,
+        cpu_split_message,
     ) = (float(v) for v in best[1])
     aggregate = 1.0 / inverse_aggregate if inverse_aggregate > 0 else 64 * single
     large = 1.0 / (inverse_cpu + inverse_large_extra) if inverse_large_extra > 0 else 0.0
@@ -1049,6 +1088,11 @@ def _fit_rounds(
         "parallel_ranks": float(parallel_ranks),
         **({"shared_cpus": shared_cpus, "crowding": crowding} if crowding > 0 else {}),
         **({"cpu_per_fetch_s": cpu_fetch} if ac[:, 13].any() else {}),
+        **(
+            {"split_message_bytes": split_limit, "cpu_per_split_message_s": cpu_split_message}
+            if cpu_split_message > 0
+            else {}
+        ),
     }
 
 
@@ -1056,6 +1100,11 @@ def _fit_rounds(
 #: round's saving (``later_round_s``, ``first_round_saving_s``) only when that lowers its
 #: squared relative error to this fraction or less.
 LATER_ROUNDS_MIN_GAIN = 0.9
+
+#: The fit counts the extra CPU of a message longer than one TCP segment
+#: (``cpu_per_split_message_s``) only when that lowers its squared relative error to
+#: this fraction or less (as :data:`CACHE_MIN_GAIN`).
+SPLIT_MESSAGES_MIN_GAIN = 0.9
 
 #: Smallest call size (bytes of its messages) tried as ``cpu_cache_bytes``.
 CACHE_MIN_BYTES = 64 * 1024

@@ -691,6 +691,7 @@ def model_accuracy(
                 wire = dict(
                     calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in pp], inline=inline)
                 )
+                wire.update(calibrate.split_params(ch))
                 wire.update(
                     calibrate.fit_parallel(
                         ch,

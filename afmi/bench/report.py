@@ -153,6 +153,11 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
             shared += f" + {_us(params['cpu_per_fetch_s'])} per fetch"
         if params.get("cpu_per_wait_s", 0.0) > 0:
             shared += f" + {_us(params['cpu_per_wait_s'])} per wait for messages"
+        if params.get("cpu_per_split_message_s", 0.0) > 0:
+            shared += (
+                f" + {_us(params['cpu_per_split_message_s'])} per message over "
+                f"{params.get('split_message_bytes', 0.0):.0f} B (more than one TCP segment)"
+            )
         if params.get("cpu_bytes_per_s", 0.0) > 0:
             shared += f", copies {params['cpu_bytes_per_s'] / 1e9:.1f} GB/s"
         if params.get("cpu_cache_bytes", 0.0) > 0 and params.get("cpu_bytes_large_per_s", 0.0):

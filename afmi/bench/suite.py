@@ -180,6 +180,7 @@ def _calibrate_channel(
     params: dict[str, float] = dict(
         calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in fit_rows], inline=inline)
     )
+    params.update(calibrate.split_params(channel))
     top = min(1 << 18, opts.collective_max_bytes) if opts.quick else opts.collective_max_bytes
     points = []
     fitted_rows = list(fit_rows)

@@ -97,7 +97,10 @@ class ChannelModel:
     several readers costs ``cpu_per_shared_read_s`` more (S3's markers and
     pointers), every read of a message that needs a fetch of its own
     ``cpu_per_fetch_s`` (unset: ``fetch_s``; the fetches of several readers
-    overlap, so on a shared CPU one costs less than its time), every time a
+    overlap, so on a shared CPU one costs less than its time), every read of a
+    message larger than ``split_message_bytes`` ``cpu_per_split_message_s`` more
+    (:meth:`split_deliveries`: a direct link's frame that takes more than one TCP
+    segment, docs/direct.md "Messages longer than a TCP segment"), every time a
     rank waits for messages ``cpu_per_wait_s``
     (``Work.receive_waits``; S3: a LIST of its mailbox, at least), a reduction
     runs at ``reduce_bytes_per_s`` (the part of one op's input beyond
@@ -130,6 +133,8 @@ class ChannelModel:
     cpu_per_shared_read_s: float = 0.0
     cpu_per_wait_s: float = 0.0
     cpu_per_fetch_s: float | None = None
+    split_message_bytes: float = 0.0
+    cpu_per_split_message_s: float = 0.0
     wait_per_round_s: float = 0.0
     later_round_s: float = 0.0
     first_round_saving_s: float = 0.0
@@ -210,6 +215,16 @@ class ChannelModel:
         """CPU seconds of one fetch where ranks share CPUs: ``cpu_per_fetch_s``, or
         ``fetch_s`` when that is unset (a fetch as much work as its time)."""
         return self.fetch_s if self.cpu_per_fetch_s is None else self.cpu_per_fetch_s
+
+    def split_deliveries(self, work: Work, nbytes: int, size: int) -> int:
+        """Deliveries of ``work`` (a call of ``size`` ranks moving ``nbytes`` per rank) whose
+        message is larger than ``split_message_bytes`` (0: none): over TCP, a frame longer
+        than one segment. Only calls of more than two ranks count them: the extra cost
+        appeared where several links carried such frames at once, not on one link."""
+        limit = self.split_message_bytes
+        if limit <= 0 or size <= 2:
+            return 0
+        return sum(count for count, size in work.sized_deliveries(nbytes) if size > limit)
 
     def fetches(self, nbytes: int) -> bool:
         """Whether a message of ``nbytes`` needs a fetch of its own: it is larger than

@@ -123,7 +123,8 @@ def timing(
     The critical path is the call overhead, the algorithm's rounds
     (:meth:`ChannelModel.round_time_s`) and the reductions on it. The CPU
     bound is the work of all ranks (call overheads, every message's software
-    cost, which grows with the ranks sharing the CPUs, its bytes, every wait
+    cost, which grows with the ranks sharing the CPUs, its bytes, the extra cost
+    of a message longer than one TCP segment, every wait
     for messages, every reduction) divided by how many ranks run at once
     (:meth:`ChannelModel.parallelism`), plus ``wait_per_round_s`` for every round
     on the critical path, in which all ranks wait for the round's messages and
@@ -156,6 +157,7 @@ def timing(
     cpu += (w.messages + w.deliveries) / 2 * per_message
     cpu += channel.fetched_reads(w, nbytes) * channel.fetch_cpu_s()  # client's and server's
     cpu += channel.shared_read_cpu_s(w)
+    cpu += channel.split_deliveries(w, nbytes, size) * channel.cpu_per_split_message_s
     cpu += w.receive_waits * channel.cpu_per_wait_s
     cpu += channel.cpu_bytes_s((w.bytes_sent + w.bytes_received) / 2)
     cpu += reduce_s

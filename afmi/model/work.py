@@ -130,7 +130,17 @@ def _ring(size: int, nbytes: int, passes: int) -> Work:
     moved = passes * size * (size - 1) * chunk
     reduce = size * (size - 1) * chunk
     op = min(chunk, SEGMENT_BYTES)  # a chunk is combined one segment at a time
-    return Work(messages, moved, messages, moved, reduce, (size - 1) * chunk, reduce_op_bytes=op)
+    piece = -(-chunk // segments)  # every message carries one segment of a chunk
+    return Work(
+        messages,
+        moved,
+        messages,
+        moved,
+        reduce,
+        (size - 1) * chunk,
+        reduce_op_bytes=op,
+        delivery_sizes=((messages, piece),),
+    )
 
 
 def _scan(size: int, nbytes: int) -> Work:

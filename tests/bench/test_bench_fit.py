@@ -915,3 +915,64 @@ def test_a_first_round_saves_at_most_a_messages_latency():
     assert alg.name == "ring"
     got = predict("allreduce", 1 << 19, 4, alg, model, FunctionPrice(0.0, 0.0)).time_s
     assert got < 1.35 * 1.39e-3  # measured 1.39 ms (the unbounded fit: 2.4x)
+
+
+def _split_points(truth):
+    from afmi.model.cli import algorithm_for
+
+    free = FunctionPrice(0.0, 0.0)
+    points = []
+    for op in ("barrier", "bcast", "gather", "allreduce"):
+        for ranks in (2, 4):
+            for nbytes in [0] if op == "barrier" else [8, 8192, 32768, 131072, 1 << 20]:
+                alg = algorithm_for(op, truth.name, ranks, nbytes)
+                points.append(
+                    (op, ranks, nbytes, predict(op, nbytes, ranks, alg, truth, free).time_s)
+                )
+    return points
+
+
+def test_the_cost_of_messages_over_one_tcp_segment_is_fitted_where_it_shows():
+    # Four processes on two CPUs: messages over the limit cost 60 us more CPU each in
+    # calls of four ranks (docs/direct.md, "Messages longer than a TCP segment")
+    wire = {**_WIRE, "split_message_bytes": 65419.0}
+    truth = ChannelModel(
+        name="direct",
+        **wire,
+        bandwidth_aggregate_bytes_per_s=5e9,
+        cpu_per_message_s=30e-6,
+        cpu_per_payload_message_s=30e-6,
+        cpu_bytes_per_s=3e9,
+        cpu_per_split_message_s=60e-6,
+        reduce_bytes_per_s=2e10,
+        parallel_ranks=1.75,
+    )
+    points = _split_points(truth)
+    fit = calibrate.fit_parallel("direct", wire, points, reduce_bytes_per_s=2e10, cpus=2)
+    assert fit["split_message_bytes"] == 65419.0
+    assert fit["cpu_per_split_message_s"] == pytest.approx(60e-6, rel=1e-3)
+    assert fit["parallel_ranks"] == 1.75
+    _assert_reproduces(ChannelModel(name="direct", **{**wire, **fit}), points)
+    # without such a cost the fit adds none
+    plain = dataclasses.replace(truth, cpu_per_split_message_s=0.0)
+    points = _split_points(plain)
+    fit = calibrate.fit_parallel("direct", wire, points, reduce_bytes_per_s=2e10, cpus=2)
+    assert "cpu_per_split_message_s" not in fit
+    _assert_reproduces(ChannelModel(name="direct", **{**wire, **fit}), points)
+    # nor where no limit is known (a channel that is not TCP, or no MSS to read)
+    points = _split_points(truth)
+    fit = calibrate.fit_parallel("direct", _WIRE, points, reduce_bytes_per_s=2e10, cpus=2)
+    assert "cpu_per_split_message_s" not in fit
+
+
+def test_the_split_limit_is_read_from_a_loopback_connection():
+    from afmi.channels.direct.tcp import segment_bytes
+
+    mss = segment_bytes()
+    if mss is None:
+        pytest.skip("this platform does not report TCP_MAXSEG")
+    assert 500 <= mss <= 65536  # 65483 on Linux loopback (MTU 65536)
+    assert calibrate.split_params("direct") == {
+        "split_message_bytes": float(mss - calibrate.FRAME_OVERHEAD_BYTES)
+    }
+    assert calibrate.split_params("redis") == {}

@@ -369,6 +369,10 @@ def test_the_calibrated_lines_say_every_fitted_cost():
         direct_line
     )
     assert "with the data" not in s3_line
+    assert "TCP segment" not in direct_line  # no such cost fitted: none said
+    split = {**direct, "split_message_bytes": 65419.0, "cpu_per_split_message_s": 55e-6}
+    (split_line,) = _calibrated_lines({"channels": {"direct": split}})
+    assert "+ 55.0 us per message over 65419 B (more than one TCP segment)" in split_line
     assert "6000 MB/s single stream (3500 MB/s beyond 512 KiB, 2400 MB/s beyond 16 MiB)" in (
         direct_line
     )

@@ -212,6 +212,11 @@ def test_crowding_is_a_model_setting():
     cfg = Config.from_dict({"model": {"direct": {"crowding": 0.75, "shared_cpus": 2}}})
     direct = channel_models(cfg)["direct"]
     assert (direct.crowding, direct.shared_cpus) == (0.75, 2.0)
+    cfg = Config.from_dict(
+        {"model": {"direct": {"split_message_bytes": 65419, "cpu_per_split_message_s": 5e-5}}}
+    )
+    direct = channel_models(cfg)["direct"]
+    assert (direct.split_message_bytes, direct.cpu_per_split_message_s) == (65419.0, 5e-5)
 
 
 def test_every_registered_algorithm_has_exact_work():
@@ -341,3 +346,44 @@ def test_only_the_messages_over_the_inline_size_are_fetched():
         - timing("gather", 64 * kib, 8, gather, inline)[1]
     )
     assert extra == pytest.approx(3 * 5e-5)
+
+
+def test_messages_over_one_tcp_segment_cost_more_where_several_links_carry_them():
+    # ranks sharing one loop; messages over 64,000 B pay 30 us more each, in calls of
+    # more than two ranks (docs/direct.md, "Messages longer than a TCP segment")
+    plain = _model(parallel_ranks=1.0, call_overhead_s=0.0)
+    split = dataclasses.replace(plain, split_message_bytes=64_000.0, cpu_per_split_message_s=30e-6)
+    rd = registry.get("allreduce", "recursive_doubling")
+    small, large = 60_000, 70_000
+    # 4 ranks, 2 rounds of exchanges: 8 messages, every one over the limit
+    assert timing("allreduce", small, 4, rd, split) == timing("allreduce", small, 4, rd, plain)
+    path_plain, cpu_plain = timing("allreduce", large, 4, rd, plain)
+    path_split, cpu_split = timing("allreduce", large, 4, rd, split)
+    assert path_split == path_plain  # the extra work is shared CPU, not a longer path
+    assert cpu_split - cpu_plain == pytest.approx(8 * 30e-6)
+    # one link (two ranks): no extra cost
+    assert timing("allreduce", large, 2, rd, split) == timing("allreduce", large, 2, rd, plain)
+    # a binomial gather's upper message carries two items: over the limit where one is not
+    gather = registry.get("gather", "binomial")
+    extra = (
+        timing("gather", 40_000, 4, gather, split)[1]
+        - timing("gather", 40_000, 4, gather, plain)[1]
+    )
+    assert extra == pytest.approx(30e-6)
+    # without a limit nothing is split, whatever the cost says
+    off = dataclasses.replace(split, split_message_bytes=0.0)
+    assert timing("allreduce", large, 4, rd, off) == timing("allreduce", large, 4, rd, plain)
+
+
+def test_a_rings_messages_are_its_segments():
+    ring = registry.get("allreduce", "ring")
+    # 4 ranks, 512 KiB: chunks of 128 KiB, each one message
+    w = work("allreduce", ring, 4, 512 << 10)
+    assert w.sized_deliveries(512 << 10) == ((w.deliveries, 128 << 10),)
+    # chunks of two segments: every message one segment
+    n = 4 * 2 * SEGMENT_BYTES
+    w = work("allreduce", ring, 4, n)
+    assert w.sized_deliveries(n) == ((2 * 4 * 3 * 2, SEGMENT_BYTES),)
+    split = _model(parallel_ranks=1.0, split_message_bytes=64 << 10, cpu_per_split_message_s=1e-6)
+    assert split.split_deliveries(work("allreduce", ring, 4, 128 << 10), 128 << 10, 4) == 0
+    assert split.split_deliveries(work("allreduce", ring, 4, 512 << 10), 512 << 10, 4) == 24

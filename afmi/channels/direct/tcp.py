@@ -37,7 +37,7 @@ import contextlib
 import logging
 import socket
 
-__all__ = ["congestion", "set_congestion", "tune"]
+__all__ = ["congestion", "segment_bytes", "set_congestion", "tune"]
 
 log = logging.getLogger("afmi.direct")
 
@@ -47,6 +47,8 @@ _KEEPALIVE = [
     if hasattr(socket, name)
 ]
 _warned: set[str] = set()
+#: Bytes :func:`segment_bytes` sends before it reads the segment size.
+_PROBE_BYTES = 256 * 1024
 
 
 def congestion(sock: socket.socket) -> str | None:
@@ -101,3 +103,37 @@ def tune(sock: socket.socket, congestion_control: str | None) -> None:
         for option, value in _KEEPALIVE:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
     set_congestion(sock, congestion_control)
+
+
+def segment_bytes(host: str = "127.0.0.1") -> int | None:
+    """The payload bytes of one TCP segment (the MSS) on a connection to ``host``, or None
+    where the platform does not say. Opens a listener and a connection to it and sends
+    256 KiB through it: until data has flowed, Linux reports half the peer's first
+    window (32741 on loopback here).
+
+    On loopback (MTU 65536) it is 65483 here. A direct link's frame longer than that
+    goes out as several segments, which costs more than its bytes (docs/direct.md,
+    "Messages longer than a TCP segment"); the bench's calibration reads it here.
+    """
+    option = getattr(socket, "TCP_MAXSEG", None)
+    if option is None:
+        return None
+    try:
+        with socket.create_server((host, 0)) as server:
+            with socket.create_connection(server.getsockname()[:2], timeout=5.0) as client:
+                peer, _ = server.accept()
+                with peer:
+                    peer.settimeout(5.0)
+                    piece = bytes(_PROBE_BYTES // 4)
+                    for _ in range(4):  # a piece at a time: no buffer has to hold it all
+                        client.sendall(piece)
+                        got = 0
+                        while got < len(piece):
+                            chunk = peer.recv(len(piece) - got)
+                            if not chunk:
+                                return None
+                            got += len(chunk)
+                    value = int(client.getsockopt(socket.IPPROTO_TCP, option))
+    except OSError:
+        return None
+    return value if value > 0 else None
