@@ -148,14 +148,14 @@ def test_a_third_regime_is_found_when_the_largest_messages_slow_down_again(monke
     assert max(abs(calibrate._wire(two, n) / t(n) - 1) for n in measured) > 0.3
 
 
-def _collective_points(truth):
+def _collective_points(truth, ranks_list=(2, 4, 8), sizes=(1, 4096, 1 << 20)):
     from afmi.model.cli import algorithm_for
 
     free = FunctionPrice(0.0, 0.0)
     points = []
     for op in ("barrier", "bcast", "gather", "allreduce"):
-        for ranks in (2, 4, 8):
-            for nbytes in [0] if op == "barrier" else [1, 4096, 1 << 20]:
+        for ranks in ranks_list:
+            for nbytes in [0] if op == "barrier" else sizes:
                 alg = algorithm_for(op, truth.name, ranks, nbytes)
                 points.append(
                     (op, ranks, nbytes, predict(op, nbytes, ranks, alg, truth, free).time_s)
@@ -918,18 +918,8 @@ def test_a_first_round_saves_at_most_a_messages_latency():
 
 
 def _split_points(truth):
-    from afmi.model.cli import algorithm_for
-
-    free = FunctionPrice(0.0, 0.0)
-    points = []
-    for op in ("barrier", "bcast", "gather", "allreduce"):
-        for ranks in (2, 4):
-            for nbytes in [0] if op == "barrier" else [8, 8192, 32768, 131072, 1 << 20]:
-                alg = algorithm_for(op, truth.name, ranks, nbytes)
-                points.append(
-                    (op, ranks, nbytes, predict(op, nbytes, ranks, alg, truth, free).time_s)
-                )
-    return points
+    """Calls of 2 and 4 ranks on both sides of the split limit."""
+    return _collective_points(truth, (2, 4), (8, 8192, 32768, 131072, 1 << 20))
 
 
 def test_the_cost_of_messages_over_one_tcp_segment_is_fitted_where_it_shows():
