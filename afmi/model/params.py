@@ -224,7 +224,7 @@ class ChannelModel:
         limit = self.split_message_bytes
         if limit <= 0 or size <= 2:
             return 0
-        return sum(count for count, size in work.sized_deliveries(nbytes) if size > limit)
+        return sum(count for count, each in work.sized_deliveries(nbytes) if each > limit)
 
     def fetches(self, nbytes: int) -> bool:
         """Whether a message of ``nbytes`` needs a fetch of its own: it is larger than
