@@ -220,9 +220,11 @@ class ChannelModel:
         """Deliveries of ``work`` (a call of ``size`` ranks moving ``nbytes`` per rank) whose
         message is larger than ``split_message_bytes`` (0: none): over TCP, a frame longer
         than one segment. Only calls of more than two ranks count them: the extra cost
-        appeared where several links carried such frames at once, not on one link."""
+        appeared where several links carried such frames at once, not on one link; and
+        none of a call whose receivers are busy sending when their messages arrive
+        (``Work.receivers_busy``: a ring's, which showed no such cost across processes)."""
         limit = self.split_message_bytes
-        if limit <= 0 or size <= 2:
+        if limit <= 0 or size <= 2 or work.receivers_busy:
             return 0
         return sum(count for count, each in work.sized_deliveries(nbytes) if each > limit)
 

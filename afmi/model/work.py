@@ -48,7 +48,10 @@ class Work:
     bytes, as ``((count, nbytes), ...)``: a binomial gather's vertices send
     their whole subtree's items, so on a channel that fetches messages over an
     inline size the upper rounds may fetch where the first does not
-    (:meth:`sized_deliveries`).
+    (:meth:`sized_deliveries`). ``receivers_busy`` says that every message
+    arrives while its receiver sends one of its own (a ring's pipeline), so a
+    receive finds it whole: a message longer than one TCP segment costs such
+    a call nothing extra (:meth:`afmi.model.params.ChannelModel.split_deliveries`).
     """
 
     messages: int
@@ -63,6 +66,7 @@ class Work:
     waits: int | None = None
     reduce_op_bytes: int = 0
     delivery_sizes: tuple[tuple[int, int], ...] | None = None
+    receivers_busy: bool = False
 
     @property
     def receive_waits(self) -> int:
@@ -140,6 +144,7 @@ def _ring(size: int, nbytes: int, passes: int) -> Work:
         (size - 1) * chunk,
         reduce_op_bytes=op,
         delivery_sizes=((messages, piece),),
+        receivers_busy=True,  # every rank sends to its right while its left sends to it
     )
 
 

@@ -384,6 +384,13 @@ def test_a_rings_messages_are_its_segments():
     n = 4 * 2 * SEGMENT_BYTES
     w = work("allreduce", ring, 4, n)
     assert w.sized_deliveries(n) == ((2 * 4 * 3 * 2, SEGMENT_BYTES),)
+    # its receivers are busy sending when their messages arrive: no split cost (across
+    # processes a ring of chunks just over a segment took as long as one just under)
+    assert w.receivers_busy
     split = _model(parallel_ranks=1.0, split_message_bytes=64 << 10, cpu_per_split_message_s=1e-6)
-    assert split.split_deliveries(work("allreduce", ring, 4, 128 << 10), 128 << 10, 4) == 0
-    assert split.split_deliveries(work("allreduce", ring, 4, 512 << 10), 512 << 10, 4) == 24
+    large = work("allreduce", ring, 4, 512 << 10)
+    assert split.split_deliveries(large, 512 << 10, 4) == 0
+    idle = dataclasses.replace(large, receivers_busy=False)
+    assert split.split_deliveries(idle, 512 << 10, 4) == 24  # 128 KiB messages
+    small = dataclasses.replace(work("allreduce", ring, 4, 128 << 10), receivers_busy=False)
+    assert split.split_deliveries(small, 128 << 10, 4) == 0  # 32 KiB messages
