@@ -850,8 +850,6 @@ def _fit_rounds(
         crowding=crowding,
         **values,
     )
-    split_limit = float(values.get("split_message_bytes", 0.0))
-
     # later_round_s, first_round_saving_s: free where receivers poll (S3), elsewhere
     # only where they fit better (LATER_ROUNDS_MIN_GAIN)
     polls = configured.poll_interval_s > 0
@@ -1089,7 +1087,10 @@ def _fit_rounds(
         **({"shared_cpus": shared_cpus, "crowding": crowding} if crowding > 0 else {}),
         **({"cpu_per_fetch_s": cpu_fetch} if ac[:, 13].any() else {}),
         **(
-            {"split_message_bytes": split_limit, "cpu_per_split_message_s": cpu_split_message}
+            {
+                "split_message_bytes": base.split_message_bytes,
+                "cpu_per_split_message_s": cpu_split_message,
+            }
             if cpu_split_message > 0
             else {}
         ),
