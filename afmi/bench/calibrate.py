@@ -23,7 +23,7 @@ import datetime
 import json
 import math
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "fit_aggregate",
     "fit_fetch",
     "fit_rounds",
+    "fit_steps",
     "fit_latency_bandwidth",
     "fit_parallel",
     "fit_per_message",
@@ -54,18 +55,36 @@ __all__ = [
 ]
 
 
-def split_fitted(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def split_fitted(rows: list[dict[str, Any]], steps: Sequence[float] = ()) -> list[dict[str, Any]]:
     """Mark every other row by size ``fitted`` and return those; the rest are held out.
 
     The alternation is counted from the largest size, which is always fitted, so
     the held-out sizes lie inside the fitted range (the smallest may be held out:
     small messages cost their latency, which the next size up fixes). With fewer
     than 4 rows all are fitted.
+
+    ``steps`` are sizes past which the model charges a cost of its own (see
+    :func:`fit_steps`): the smallest row above each is fitted too. Without it the
+    fit sees such a cost only in larger rows, where the per-byte terms can take it
+    up, and a held-out row just past the step checks a cost the fit never saw.
     """
     ordered = sorted(rows, key=lambda r: r["nbytes"], reverse=True)
     for i, r in enumerate(ordered):
         r["fitted"] = i % 2 == 0 or len(ordered) < 4
+    for step in steps:
+        above = [r for r in ordered if r["nbytes"] > step]
+        if above:
+            above[-1]["fitted"] = True
     return sorted((r for r in ordered if r["fitted"]), key=lambda r: r["nbytes"])
+
+
+def fit_steps(params: Mapping[str, float], ranks: int) -> list[float]:
+    """The sizes past which a call of ``ranks`` ranks costs more per message, for
+    :func:`split_fitted`: ``split_message_bytes`` of ``params`` (from
+    :func:`split_params`), in calls of more than two ranks, the only ones
+    :meth:`afmi.model.params.ChannelModel.split_deliveries` charges; else none."""
+    limit = params.get("split_message_bytes", 0.0)
+    return [limit] if limit > 0 and ranks > 2 else []
 
 
 #: Bytes of a direct frame besides its payload that the split limit allows for (the

@@ -645,7 +645,9 @@ def model_accuracy(
     """Compare the model with the cross-process rows of ``result`` (annotated in place).
 
     With ``calibrate_path`` every channel is first fitted to every other size
-    of its own cross-process rows (wire from the ping-pong, the collective
+    of its own cross-process rows, and to the first size past the split limit of
+    each collective of more than two ranks (:func:`afmi.bench.calibrate.split_fitted`;
+    wire from the ping-pong, the collective
     parameters and ``parallel_ranks``, at most this machine's CPU count, from the
     collective points; the reduction rate is measured here, on uint8 arrays of the
     largest allreduce's size, as in process) and the model file is
@@ -675,13 +677,15 @@ def model_accuracy(
         )
         reduce_rate = reduction["reduce_bytes_per_s"]
         for ch in sorted({r["channel"] for r in rows}):
+            split = calibrate.split_params(ch)
             pp = calibrate.split_fitted([r for r in rows if r["channel"] == ch and "op" not in r])
             coll = [r for r in rows if r["channel"] == ch and "op" in r]
             fitted = pp + [
                 r
                 for op, n in sorted({(r["op"], r["ranks"]) for r in coll})
                 for r in calibrate.split_fitted(
-                    [r for r in coll if r["op"] == op and r["ranks"] == n]
+                    [r for r in coll if r["op"] == op and r["ranks"] == n],
+                    calibrate.fit_steps(split, n),
                 )
             ]
             points = [(r["op"], r["ranks"], r["nbytes"], r["latency_s"]) for r in fitted[len(pp) :]]
@@ -691,7 +695,7 @@ def model_accuracy(
                 wire = dict(
                     calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in pp], inline=inline)
                 )
-                wire.update(calibrate.split_params(ch))
+                wire.update(split)
                 wire.update(
                     calibrate.fit_parallel(
                         ch,

@@ -163,7 +163,8 @@ def _calibrate_channel(
 ) -> tuple[dict[str, float], list[tuple[str, int, int, float]]]:
     """Fit one channel: the wire from every other ping-pong row (marked ``fitted``; the
     rest are held out), the collective parameters from every other size of each swept
-    collective (``swept``, marked likewise; barriers have one size and are always
+    collective and the first size past the split limit (``swept``, marked likewise:
+    :func:`afmi.bench.calibrate.split_fitted`; barriers have one size and are always
     fitted), or, when nothing was swept, from calls of :func:`calibration_sizes`;
     for a channel whose receivers poll (S3), also the time of one poll, from the
     polls those fitted points counted (:func:`afmi.bench.calibrate.fit_poll_request`).
@@ -188,7 +189,8 @@ def _calibrate_channel(
     for r in swept:
         groups.setdefault((r["op"], r["ranks"]), []).append(r)
     for group in groups.values():
-        for r in calibrate.split_fitted([dict(r) for r in group]):
+        steps = calibrate.fit_steps(params, group[0]["ranks"])
+        for r in calibrate.split_fitted([dict(r) for r in group], steps):
             points.append((r["op"], r["ranks"], r["nbytes"], r["latency_s"]))
             fitted_rows.append(r)
     if len(points) < 3:

@@ -866,6 +866,27 @@ def test_the_largest_size_is_always_fitted():
     assert calibrate.split_fitted(few) == few and all(r["fitted"] for r in few)
 
 
+def test_the_first_size_past_a_step_of_the_model_is_fitted_too():
+    # In one process the sweep's 64 KiB calls are held out, and the fitted 16 and 256 KiB
+    # calls hardly show a cost of messages over one TCP segment (session 25): the 256 KiB
+    # calls' per-byte terms take it up. The first size past the limit is fitted as well.
+    rows = [{"nbytes": 1 << e} for e in range(0, 19, 2)]
+    fitted = calibrate.split_fitted(rows, [65419.0])
+    assert [r["nbytes"] for r in fitted] == [4, 64, 1024, 16384, 65536, 1 << 18]
+    assert [r["nbytes"] for r in rows if not r["fitted"]] == [1, 16, 256, 4096]
+    # a step whose first size past it is fitted anyway, or with no size past it, adds none
+    for step in (5000.0, 1e9):
+        fitted = calibrate.split_fitted(rows, [step])
+        assert [r["nbytes"] for r in fitted] == [4, 64, 1024, 16384, 1 << 18]
+
+
+def test_the_split_limit_is_a_step_only_in_calls_of_more_than_two_ranks():
+    params = {"latency_s": 3e-5, "split_message_bytes": 65419.0}
+    assert calibrate.fit_steps(params, 4) == [65419.0]
+    assert calibrate.fit_steps(params, 2) == []  # split_deliveries charges none there
+    assert calibrate.fit_steps({"latency_s": 3e-5}, 8) == []  # no limit known
+
+
 # The fitted direct rows of a cross-process run (session 18, 09:34; every other size,
 # as the bench fits them): (op, ranks, bytes, us). Two ranks share the machine's two
 # CPUs; four ranks call in two rounds (recursive doubling, binomial trees, the

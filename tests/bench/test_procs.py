@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import afmi
-from afmi.bench import procs
+from afmi.bench import calibrate, procs
 from afmi.bench.measure import Budget
 from afmi.config import Config
 from afmi.errors import ArgumentError
@@ -284,6 +284,33 @@ def test_the_cross_process_calibration_finds_the_s3_fetch_step(tmp_path):
     assert s3["fetch_s"] == pytest.approx(7e-3, rel=0.01)
     assert s3["inline_max_bytes"] == channel_models(Config())["s3"].inline_max_bytes == 400
     assert all(abs(r["rel_error"]) < 0.01 for r in result["pingpong"])
+
+
+def test_the_cross_process_calibration_fits_the_first_call_past_the_split_limit(tmp_path):
+    # a sweep of 8 B .. 8 MiB in x4 steps (--collective-max-size 8MiB): every other
+    # size from the largest is fitted, which holds out 128 KiB, the first size whose
+    # direct frames are longer than a TCP segment; in calls of more than two ranks it
+    # is fitted too
+    def t(n):
+        return 5e-5 + n / 1e9
+
+    sizes = [8 << (2 * i) for i in range(11)]
+    result = {
+        "pingpong": [procs._pp_row("direct", 4**k, 9, t(4**k)) for k in range(12)],
+        "allreduce": [],
+        "collectives": [
+            procs._coll_row("direct", r, n, 9, r * t(n)) for r in (2, 4) for n in sizes
+        ],
+    }
+    procs.model_accuracy(result, Config(), str(tmp_path / "model.json"))
+
+    def fitted(ranks):
+        rows = [r for r in result["collectives"] if r["ranks"] == ranks]
+        return {r["nbytes"] for r in rows if r.get("fitted")}
+
+    assert 1 << 17 not in fitted(2)
+    if calibrate.split_params("direct"):  # the platform reports the segment size
+        assert fitted(4) == fitted(2) | {1 << 17}
 
 
 def test_the_model_is_compared_with_start_line_rows_only():
