@@ -288,6 +288,9 @@ class ChannelModelConfig:
     #: Messages of more bytes than this cost ``cpu_per_split_message_s`` more CPU time
     #: (direct: their frame takes more than one TCP segment; 0: no such cost), bytes.
     split_message_bytes: float | None = None
+    #: Extra time of every message larger than ``split_message_bytes`` on its way (direct:
+    #: the rest of its frame comes in a TCP segment and a read of its own), seconds.
+    split_latency_s: float | None = None
     #: Extra CPU time of every message larger than ``split_message_bytes``, seconds.
     cpu_per_split_message_s: float | None = None
     #: Where ranks share CPUs: time of every round of a collective's critical path in which

@@ -154,6 +154,8 @@ def _wire(params: dict[str, float], n: float) -> float:
     inline = params.get("inline_max_bytes", 0.0)
     if inline <= 0 or n > inline:
         t += params.get("fetch_s", 0.0)
+    if 0 < params.get("split_message_bytes", 0.0) < n:
+        t += params.get("split_latency_s", 0.0)
     return t
 
 
@@ -194,7 +196,10 @@ def _one_rate(pts: list[tuple[float, float]]) -> dict[str, float]:
 
 
 def fit_wire(
-    points: Sequence[tuple[float, float]], fetch: bool = False, inline: float | None = None
+    points: Sequence[tuple[float, float]],
+    fetch: bool = False,
+    inline: float | None = None,
+    split: float | None = None,
 ) -> dict[str, float]:
     """Latency, bandwidth and (when it helps) a second and a third bandwidth for larger
     messages.
@@ -237,6 +242,42 @@ def fit_wire(
     if fetch or (inline or 0.0) > 0:
         return fit_fetch(points, inline)
     pts = sorted((float(n), float(t)) for n, t in points if t > 0)
+    if split:
+        return _with_split_step(pts, float(split))
+    return _fit_pieces(pts)
+
+
+#: The steps :func:`fit_wire` tries at the split limit, as fractions of the time of the
+#: fastest message above it: 1/64, 2/64, ... 32/64.
+SPLIT_STEPS = 32
+
+
+def _with_split_step(pts: list[tuple[float, float]], limit: float) -> dict[str, float]:
+    """:func:`_fit_pieces` with a step of its own for messages above ``limit`` (the
+    split limit: ``split_latency_s``), where one lowers the worst relative error but
+    one (:func:`_worst_but_one`) by :data:`WIRE_MIN_GAIN`. Each step tried (up to half
+    the time of the fastest message above the limit) is taken off the times above it
+    before the line is fitted; the fit with the lowest such error wins."""
+    plain = {**_fit_pieces(pts), "split_message_bytes": limit, "split_latency_s": 0.0}
+    above = [t for n, t in pts if n > limit]
+    if not above or len(above) == len(pts):
+        return plain
+    best, score = plain, _worst_but_one(plain, pts)
+    least = min(above)
+    for k in range(1, SPLIT_STEPS + 1):
+        step = least * k / (2 * SPLIT_STEPS)
+        cut = [(n, t - step if n > limit else t) for n, t in pts]
+        cand = {**_fit_pieces(cut), "split_message_bytes": limit, "split_latency_s": step}
+        worst = _worst_but_one(cand, pts)
+        if worst < score:
+            best, score = cand, worst
+    if score > _worst_but_one(plain, pts) - WIRE_MIN_GAIN:
+        return plain
+    return best
+
+
+def _fit_pieces(pts: list[tuple[float, float]]) -> dict[str, float]:
+    """:func:`fit_wire`'s one-, two- and three-piece lines over sorted ``pts``."""
     one = _one_rate(pts)
     sizes = sorted({n for n, _ in pts})
     twos: list[tuple[float, dict[str, float]]] = []

@@ -693,7 +693,11 @@ def model_accuracy(
                 # S3 and Redis: small messages ride inline, larger ones are fetched
                 inline = model_for(ch, config).inline_max_bytes
                 wire = dict(
-                    calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in pp], inline=inline)
+                    calibrate.fit_wire(
+                        [(r["nbytes"], r["latency_s"]) for r in pp],
+                        inline=inline,
+                        split=split.get("split_message_bytes"),
+                    )
                 )
                 wire.update(split)
                 wire.update(

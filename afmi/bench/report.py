@@ -170,6 +170,11 @@ def _calibrated_lines(cal: dict[str, Any]) -> list[str]:
                 f" (+{_us(params['fetch_s'])} to fetch a message over "
                 f"{params.get('inline_max_bytes', 0.0):.0f} B)"
             )
+        if params.get("split_latency_s", 0.0) > 0:
+            fetch += (
+                f" (+{_us(params['split_latency_s'])} for a message over "
+                f"{params.get('split_message_bytes', 0.0):.0f} B: more than one TCP segment)"
+            )
         reduce = f"reduce {params.get('reduce_bytes_per_s', 0.0) / 1e9:.1f} GB/s"
         if params.get("reduce_cache_bytes", 0.0) > 0 and params.get("reduce_bytes_large_per_s"):
             reduce += (

@@ -178,10 +178,15 @@ def _calibrate_channel(
     budget = opts.budget(channel)
     fit_rows = calibrate.split_fitted(rows)
     inline = model_for(channel, config).inline_max_bytes  # small messages ride inline
+    split = calibrate.split_params(channel)  # direct: frames longer than a TCP segment
     params: dict[str, float] = dict(
-        calibrate.fit_wire([(r["nbytes"], r["latency_s"]) for r in fit_rows], inline=inline)
+        calibrate.fit_wire(
+            [(r["nbytes"], r["latency_s"]) for r in fit_rows],
+            inline=inline,
+            split=split.get("split_message_bytes"),
+        )
     )
-    params.update(calibrate.split_params(channel))
+    params.update(split)
     top = min(1 << 18, opts.collective_max_bytes) if opts.quick else opts.collective_max_bytes
     points = []
     fitted_rows = list(fit_rows)

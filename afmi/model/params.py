@@ -57,7 +57,9 @@ class ChannelModel:
     cache, then the next), and arrives
     ``l(n) = latency_s + poll_interval_s / 2`` after it is sent, plus
     ``fetch_s`` when it is larger than ``inline_max_bytes`` (S3: a small message
-    rides in its object's key and needs no GET; :meth:`message_latency_s`). A
+    rides in its object's key and needs no GET; :meth:`message_latency_s`), plus
+    ``split_latency_s`` when it is larger than ``split_message_bytes`` (direct: its
+    frame takes more than one TCP segment, and the rest comes in a read of its own). A
     round in which a rank sends ``m`` messages of ``n`` bytes takes ``l(n) +
     (m - 1) * per_message_s + x(n) * s`` seconds, where
     ``s = 1`` for a lone message and ``s = m * single / min(m * single,
@@ -134,6 +136,7 @@ class ChannelModel:
     cpu_per_wait_s: float = 0.0
     cpu_per_fetch_s: float | None = None
     split_message_bytes: float = 0.0
+    split_latency_s: float = 0.0
     cpu_per_split_message_s: float = 0.0
     wait_per_round_s: float = 0.0
     later_round_s: float = 0.0
@@ -236,7 +239,9 @@ class ChannelModel:
     def message_latency_s(self, nbytes: int) -> float:
         """Seconds from sending a message of ``nbytes`` until it arrives, without its bytes."""
         fetch = self.fetch_s if self.fetches(nbytes) else 0.0
-        return self.latency_s + self.poll_interval_s / 2 + fetch
+        limit = self.split_message_bytes
+        split = self.split_latency_s if 0 < limit < nbytes else 0.0
+        return self.latency_s + self.poll_interval_s / 2 + fetch + split
 
     def round_time_s(self, messages: int, nbytes: int) -> float:
         """Seconds for one round in which one rank sends ``messages`` messages of ``nbytes``."""

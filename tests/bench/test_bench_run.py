@@ -373,6 +373,12 @@ def test_the_calibrated_lines_say_every_fitted_cost():
     split = {**direct, "split_message_bytes": 65419.0, "cpu_per_split_message_s": 55e-6}
     (split_line,) = _calibrated_lines({"channels": {"direct": split}})
     assert "+ 55.0 us per message over 65419 B (more than one TCP segment)" in split_line
+    assert "for a message over" not in split_line  # no step on the wire fitted: none said
+    split["split_latency_s"] = 13e-6
+    (split_line,) = _calibrated_lines({"channels": {"direct": split}})
+    assert "latency 60.0 us (+13.0 us for a message over 65419 B: more than one TCP segment)" in (
+        split_line
+    )
     assert "6000 MB/s single stream (3500 MB/s beyond 512 KiB, 2400 MB/s beyond 16 MiB)" in (
         direct_line
     )

@@ -217,6 +217,11 @@ def test_crowding_is_a_model_setting():
     )
     direct = channel_models(cfg)["direct"]
     assert (direct.split_message_bytes, direct.cpu_per_split_message_s) == (65419.0, 5e-5)
+    cfg = Config.from_dict(
+        {"model": {"direct": {"split_message_bytes": 65419, "split_latency_s": 1e-5}}}
+    )
+    direct = channel_models(cfg)["direct"]
+    assert direct.message_latency_s(65420) - direct.message_latency_s(65419) == pytest.approx(1e-5)
 
 
 def test_every_registered_algorithm_has_exact_work():
