@@ -262,7 +262,8 @@ def _with_split_step(pts: list[tuple[float, float]], limit: float) -> dict[str, 
     above = [t for n, t in pts if n > limit]
     if not above or len(above) == len(pts):
         return plain
-    best, score = plain, _worst_but_one(plain, pts)
+    plain_score = _worst_but_one(plain, pts)
+    best, score = plain, plain_score
     least = min(above)
     for k in range(1, SPLIT_STEPS + 1):
         step = least * k / (2 * SPLIT_STEPS)
@@ -271,7 +272,7 @@ def _with_split_step(pts: list[tuple[float, float]], limit: float) -> dict[str, 
         worst = _worst_but_one(cand, pts)
         if worst < score:
             best, score = cand, worst
-    if score > _worst_but_one(plain, pts) - WIRE_MIN_GAIN:
+    if score > plain_score - WIRE_MIN_GAIN:
         return plain
     return best
 
